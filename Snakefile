@@ -1,0 +1,23 @@
+# Compression x recovery benchmark: download -> compress -> train -> evaluate -> aggregate.
+# Run with a profile: `snakemake --profile profiles/default [--configfile my.yaml]`.
+from knowledge_recovery.config import preflight, validate_schema
+
+if not config:  # no --configfile given: the embedded default grid
+    configfile: "config.yaml"
+
+validate_schema(config)  # snakemake.utils.validate against the package's JSON schema
+preflight(config)  # every error names its config key, before any job runs
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/compress.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    input:
+        **aggregate_outputs(),
+    default_target: True

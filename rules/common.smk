@@ -1,0 +1,73 @@
+from knowledge_recovery.config import by_id, cells
+
+RES = f"{config['results_dir']}/{config['experiment']}"
+MODELS = by_id(config["models"], key="name")
+COMPRESSION = by_id(config["compression"])
+RECOVERY = by_id(config["recovery"])
+TASKS = by_id(config["tasks"], key="name")
+CELLS = cells(config)
+CELL_BY_ID = {c.id: c for c in CELLS}
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    compression=r"[^/]+",
+    recovery=r"[^/]+",
+    seed=r"\d+",
+    task=r"[^/]+",
+    unit=r"none|[^/]+/seed\d+",
+
+
+def checkpoint_dir(model, compression):
+    """Dense checkpoints come from download; every other one from compress."""
+    return f"{RES}/models/{model}/{compression}/checkpoint"
+
+
+def adapter_prefix(model, compression, recovery, seed):
+    return f"{RES}/adapters/{model}/{compression}/{recovery}/seed{seed}"
+
+
+def cell_of(wildcards):
+    return CELL_BY_ID[f"{wildcards.model}/{wildcards.compression}/{wildcards.unit}"]
+
+
+def eval_inputs(wildcards):
+    cell = cell_of(wildcards)
+    inputs = {
+        "checkpoint": checkpoint_dir(cell.model, cell.compression),
+        "tasks": [f"{RES}/tasks/{t}/lm_eval" for t in TASKS],
+        "task_manifests": [f"{RES}/tasks/{t}/manifest.json" for t in TASKS],
+    }
+    if cell.seed is not None:
+        prefix = adapter_prefix(cell.model, cell.compression, cell.recovery, cell.seed)
+        inputs["adapter"] = f"{prefix}/adapter"
+        inputs["train_manifest"] = f"{prefix}/manifest.json"
+    return inputs
+
+
+def eval_results(cell):
+    return f"{RES}/eval/{cell.id}/results.json"
+
+
+def train_manifests():
+    return {
+        c.id: f"{adapter_prefix(c.model, c.compression, c.recovery, c.seed)}/manifest.json"
+        for c in CELLS
+        if c.seed is not None
+    }
+
+
+def aggregate_outputs():
+    return {
+        "csv": f"{RES}/summary/results.csv",
+        "markdown": f"{RES}/summary/results.md",
+        "plot": f"{RES}/summary/mean_acc.png",
+    }
+
+
+def log_path(rule_name, name):
+    return f"{RES}/logs/{rule_name}/{name}.log"
+
+
+def bench_path(rule_name, name):
+    return f"{RES}/benchmarks/{rule_name}/{name}.tsv"

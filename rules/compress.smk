@@ -1,0 +1,20 @@
+rule compress:
+    input:
+        checkpoint=lambda w: checkpoint_dir(w.model, "dense"),
+    output:
+        checkpoint=directory(f"{RES}/models/{{model}}/{{compression}}/checkpoint"),
+        masks=f"{RES}/models/{{model}}/{{compression}}/masks.safetensors",
+        manifest=f"{RES}/models/{{model}}/{{compression}}/manifest.json",
+    wildcard_constraints:
+        compression=r"(?!dense$)[^/]+",
+    params:
+        spec=lambda w: COMPRESSION[w.compression],
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    log:
+        log_path("compress", "{model}/{compression}"),
+    benchmark:
+        bench_path("compress", "{model}/{compression}")
+    script:
+        "../workflow_scripts/compress.py"

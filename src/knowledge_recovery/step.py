@@ -1,0 +1,37 @@
+"""What every workflow step shares: its log file, thread count, offline mode and results root."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def step(smk, offline: bool = True):
+    """Run a step body with stdout/stderr in the rule's log, torch threads set, offline env."""
+    import torch
+
+    from .evaluation import set_offline
+
+    if offline:
+        set_offline()
+    torch.set_num_threads(max(1, smk.threads))
+    log = open(smk.log[0], "w", buffering=1) if smk.log else None
+    saved = sys.stdout, sys.stderr
+    if log:
+        sys.stdout = sys.stderr = log
+    try:
+        yield
+    except BaseException:
+        traceback.print_exc()  # into the rule's log, beside the step's own output
+        raise
+    finally:
+        sys.stdout, sys.stderr = saved
+        if log:
+            log.close()
+
+
+def results_root(smk) -> Path:
+    """The experiment's results folder, where the default MLflow store lives."""
+    return Path(smk.config["results_dir"]) / smk.config["experiment"]

@@ -1,0 +1,175 @@
+"""Evaluation tasks as lm-eval task folders: knowledge probes, local data files, built-in tasks.
+
+`prepare_task` turns one `tasks:` config entry into a folder of lm-eval YAML + JSONL that the
+evaluate step registers with `TaskManager(include_path=...)`, so evaluation itself is offline.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+# ---------------------------------------------------------------- knowledge probes
+# Each relation: (packages it reads, question template, fact source).
+
+
+def _countries():
+    from countryinfo import all_countries
+
+    out = []
+    for c in all_countries():
+        try:
+            out.append(c.info())
+        except Exception:  # a few entries lack fields; they are skipped, not guessed
+            continue
+    return sorted(out, key=lambda d: d.get("name", ""))
+
+
+def _country_facts(field):
+    facts = {}
+    for info in _countries():
+        name, value = info.get("name"), info.get(field)
+        if name and isinstance(value, str) and value.strip():
+            facts[name] = value.strip()
+    return facts
+
+
+def _country_currency():
+    import pycountry
+
+    facts = {}
+    for info in _countries():
+        codes = info.get("currencies") or []
+        cur = pycountry.currencies.get(alpha_3=codes[0]) if len(codes) == 1 else None
+        if info.get("name") and cur is not None:
+            facts[info["name"]] = cur.name
+    return facts
+
+
+def _country_language():
+    import pycountry
+
+    facts = {}
+    for info in _countries():
+        codes = info.get("languages") or []
+        lang = pycountry.languages.get(alpha_2=codes[0]) if codes else None
+        if info.get("name") and lang is not None:
+            facts[info["name"]] = lang.name.split(" (")[0]  # "Malay (macrolanguage)" -> "Malay"
+    return facts
+
+
+def _element_symbol():
+    import periodictable
+
+    return {el.name: el.symbol for el in periodictable.elements if el.number > 0}
+
+
+RELATIONS = {
+    "country_capital": (["countryinfo"], "Question: What is the capital of {subject}?",
+                        lambda: _country_facts("capital")),
+    "country_subregion": (["countryinfo"], "Question: In which region of the world is {subject}?",
+                          lambda: _country_facts("subregion")),
+    "country_currency": (["countryinfo", "pycountry"],
+                         "Question: What is the official currency of {subject}?", _country_currency),
+    "country_language": (["countryinfo", "pycountry"],
+                         "Question: What is the main official language of {subject}?",
+                         _country_language),
+    "element_symbol": (["periodictable"], "Question: What is the chemical symbol of {subject}?",
+                       _element_symbol),
+}
+
+
+def make_probes(relation: str, per_relation: int, num_choices: int, seed: int) -> list[dict]:
+    """Deterministic multiple-choice questions; distractors are other answers of the same relation."""
+    _, template, source = RELATIONS[relation]
+    facts = source()
+    answers = sorted(set(facts.values()))
+    if len(answers) < num_choices:
+        raise ValueError(f"relation {relation!r} has only {len(answers)} distinct answers")
+    rng = random.Random(f"{seed}:{relation}")
+    subjects = sorted(facts)
+    rng.shuffle(subjects)
+    rows = []
+    for subject in subjects[:per_relation]:
+        gold = facts[subject]
+        choices = rng.sample([a for a in answers if a != gold], num_choices - 1)
+        choices.insert(rng.randrange(num_choices), gold)
+        rows.append({"question": template.format(subject=subject), "choices": choices,
+                     "gold": choices.index(gold), "subject": subject, "relation": relation})
+    return rows
+
+
+def probe_sources(relation: str) -> dict:
+    return {pkg: metadata.version(pkg) for pkg in RELATIONS[relation][0]}
+
+
+# ---------------------------------------------------------------- lm-eval task folders
+def _mc_task_yaml(name: str, data_file: Path, text: str, choices: str, target: str, meta: dict):
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": text,
+        "doc_to_choice": choices,
+        "doc_to_target": target,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0, **meta},
+    }
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with open(path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        return data if isinstance(data, list) else data["data"]
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
+
+
+def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
+                 final_dir: Path | None = None) -> dict:
+    """Write the lm-eval folder for one task entry into out_dir; its YAMLs point at final_dir,
+    where out_dir will be moved (default: out_dir itself). Returns what the manifest records."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = final_dir or out_dir
+    kind = entry["type"]
+    if kind == "probes":
+        info = {}
+        for rel in entry["relations"]:
+            name = f"{entry['name']}_{rel}"
+            rows = make_probes(rel, entry["per_relation"], entry["num_choices"], seed)
+            _write_jsonl(out_dir / f"{name}.jsonl", rows)
+            meta = {"relation": rel, "sources": probe_sources(rel), "seed": seed}
+            spec = _mc_task_yaml(name, final_dir / f"{name}.jsonl", "{{question}}\nAnswer:",
+                                 "{{choices}}", "{{gold}}", meta)
+            (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+            info[name] = {"documents": len(rows), **meta}
+        return info
+    if kind == "local":
+        src = Path(base_dir, entry["path"])
+        rows = _read_rows(src)
+        # Copied as JSONL so the task no longer depends on the file's format or location.
+        _write_jsonl(out_dir / f"{entry['name']}.jsonl", rows)
+        spec = _mc_task_yaml(entry["name"], final_dir / f"{entry['name']}.jsonl", entry["text"],
+                             entry["choices"], entry["target"], {"source_file": str(src)})
+        (out_dir / f"{entry['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        return {entry["name"]: {"documents": len(rows), "source_file": str(src)}}
+    # A harness task: building it downloads its dataset into the datasets cache.
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    get_task_dict([entry["name"]], TaskManager())
+    return {entry["name"]: {"builtin": True}}

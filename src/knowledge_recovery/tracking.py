@@ -1,0 +1,116 @@
+"""MLflow tracking: one experiment per config, one parent "grid" run, one child run per
+(step, unit). Tracking is a view of the results, never their source: every failure here is
+reported and swallowed, and the step's JSON outputs stay the truth.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# No telemetry calls from compute nodes; fail fast instead of retrying a dead server for minutes.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+ROLE_TAG, KEY_TAG = "kr.role", "kr.step_key"
+
+
+def tracking_uri(results_dir: str | os.PathLike) -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite file in the results folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _setup(results_dir: Path, experiment: str):
+    """Experiment and parent run, created once under a file lock (SQLite schema creation and
+    get-or-create both race when many jobs start together)."""
+    import mlflow
+    from filelock import FileLock
+
+    client = mlflow.MlflowClient(tracking_uri(results_dir))
+    with FileLock(str(results_dir / ".mlflow.lock"), timeout=600):
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = client.create_experiment(
+                experiment, artifact_location=(results_dir / "mlartifacts").resolve().as_uri())
+        else:
+            exp_id = exp.experiment_id
+        parents = client.search_runs([exp_id], f"tags.`{ROLE_TAG}` = 'grid'", max_results=1)
+        parent = parents[0].info.run_id if parents else client.create_run(
+            exp_id, run_name="grid", tags={ROLE_TAG: "grid"}).info.run_id
+    return client, exp_id, parent
+
+
+def log_step(results_dir, experiment: str, step: str, unit: str, *, tags: dict | None = None,
+             params: dict | None = None, metrics: dict | None = None,
+             artifacts: list | None = None, series: dict | None = None) -> str | None:
+    """Log one step of one unit (a cell, a compressed model, ...) as a child run, replacing the
+    run of an earlier execution of the same step so re-runs never duplicate. Returns the run id,
+    or None if tracking failed (the failure is printed, not raised)."""
+    results_dir = Path(results_dir)
+    try:
+        client, exp_id, parent = _setup(results_dir, experiment)
+        key = f"{step}:{unit}"
+        for old in client.search_runs([exp_id], f"tags.`{KEY_TAG}` = '{key}'"):
+            client.delete_run(old.info.run_id)
+        run = client.create_run(exp_id, run_name=key, tags={
+            KEY_TAG: key, ROLE_TAG: "step", "step": step, "unit": unit,
+            "mlflow.parentRunId": parent, **{k: str(v) for k, v in (tags or {}).items()}})
+        run_id = run.info.run_id
+        from mlflow.entities import Metric, Param
+
+        flat = {k: str(v)[:6000] for k, v in _flatten(params or {}).items()}
+        numeric = {k: float(v) for k, v in _flatten(metrics or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        stamp = int(1000 * time.time())
+        series_metrics = [Metric(name, float(v), stamp, int(s))
+                          for name, points in (series or {}).items() for s, v in points]
+        client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()],
+                         metrics=[Metric(k, v, stamp, 0) for k, v in numeric.items()])
+        for i in range(0, len(series_metrics), 900):  # log_batch takes at most 1000 metrics
+            client.log_batch(run_id, metrics=series_metrics[i: i + 900])
+        for path in artifacts or []:
+            client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id)
+        return run_id
+    except Exception as err:  # noqa: BLE001 - tracking must never cost a result
+        print(f"WARNING: MLflow tracking failed for {step} {unit} "
+              f"(tracking URI {tracking_uri(results_dir)}): {type(err).__name__}: {err}\n"
+              f"The step's results are complete on disk; re-run the step to log them again.",
+              file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        return None
+
+
+def log_grid(results_dir, experiment: str, metrics: dict, artifacts: list) -> str | None:
+    """Attach the aggregate tables and plots to the parent run."""
+    results_dir = Path(results_dir)
+    try:
+        client, _, parent = _setup(results_dir, experiment)
+        from mlflow.entities import Metric
+
+        stamp = int(1000 * time.time())
+        client.log_batch(parent, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
+        for path in artifacts:
+            client.log_artifact(parent, str(path))
+        return parent
+    except Exception as err:  # noqa: BLE001
+        print(f"WARNING: MLflow tracking failed for the grid summary "
+              f"(tracking URI {tracking_uri(results_dir)}): {type(err).__name__}: {err}",
+              file=sys.stderr)
+        return None

@@ -1,0 +1,14 @@
+"""Fetch the recovery/calibration text into one plain-text file."""
+from knowledge_recovery import artifacts, text, tracking
+from knowledge_recovery.step import results_root, step
+
+smk = snakemake  # noqa: F821 - injected by Snakemake
+spec = dict(smk.params.spec)
+with step(smk, offline=False):
+    with artifacts.Timer() as timer:
+        body = text.load_text(spec)
+        artifacts.write_text(smk.output.text, body)
+    manifest = artifacts.manifest("download_text", spec, **timer.as_dict(), chars=len(body))
+    artifacts.write_json(smk.output.manifest, manifest)
+    tracking.log_step(results_root(smk), smk.config["experiment"], "download_text", "recovery_text",
+                      params=spec, metrics={"chars": len(body)}, artifacts=[smk.output.manifest])

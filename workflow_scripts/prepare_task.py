@@ -1,0 +1,19 @@
+"""Write one task entry as an lm-eval task folder (probes generated, local files converted)."""
+from pathlib import Path
+
+from knowledge_recovery import artifacts, tasks, tracking
+from knowledge_recovery.step import results_root, step
+
+smk = snakemake  # noqa: F821 - injected by Snakemake
+spec = dict(smk.params.spec)
+with step(smk, offline=spec["type"] != "lm_eval"):
+    with artifacts.Timer() as timer:
+        with artifacts.atomic_dir(smk.output.tasks) as tmp:
+            info = tasks.prepare_task(spec, Path(tmp), smk.params.seed,
+                                      final_dir=Path(smk.output.tasks))
+    manifest = artifacts.manifest("prepare_task", spec, **timer.as_dict(), tasks=info)
+    artifacts.write_json(smk.output.manifest, manifest)
+    tracking.log_step(results_root(smk), smk.config["experiment"], "prepare_task", spec["name"],
+                      tags={"task": spec["name"]}, params=spec,
+                      metrics={f"{k}.documents": v.get("documents", 0) for k, v in info.items()},
+                      artifacts=[smk.output.manifest])

@@ -1,0 +1,37 @@
+"""Train one recovery adapter (peft) on a compressed model; keep the best validation checkpoint."""
+from pathlib import Path
+
+from knowledge_recovery import artifacts, models, recovery, tracking
+from knowledge_recovery.step import results_root, step
+
+smk = snakemake  # noqa: F821 - injected by Snakemake
+spec = dict(smk.params.spec)
+w = smk.wildcards
+seed = int(w.seed)
+with step(smk):
+    base, tokenizer = models.load_checkpoint(smk.input.checkpoint)
+    model = recovery.attach(base, spec)
+    text = Path(smk.input.text).read_text(encoding="utf-8")
+    with artifacts.Timer() as timer:
+        best, history = recovery.train(model, tokenizer, text, spec["training"], seed)
+    recovery.load_best(model, best)
+    with artifacts.atomic_dir(smk.output.adapter) as tmp:
+        model.save_pretrained(tmp)
+    step_s = sorted(history["step_s"])
+    manifest = artifacts.manifest(
+        "train", spec, **timer.as_dict(), seed=seed, history=history,
+        trainable_params=recovery.trainable_parameters(model),
+        adapter_bytes=artifacts.dir_bytes(smk.output.adapter),
+        median_step_s=step_s[len(step_s) // 2])
+    artifacts.write_json(smk.output.manifest, manifest)
+    cell = f"{w.model}/{w.compression}/{w.recovery}/seed{seed}"
+    tracking.log_step(
+        results_root(smk), smk.config["experiment"], "train", cell,
+        tags={"cell": cell, "model": w.model, "compression": w.compression,
+              "recovery": w.recovery, "seed": seed},
+        params=spec,
+        metrics={k: manifest[k] if k in manifest else history[k]
+                 for k in ("trainable_params", "adapter_bytes", "median_step_s", "wall_s", "cpu_s",
+                           "best_val_loss", "initial_val_loss", "best_step")},
+        series={"train_loss": history["train_loss"], "val_loss": history["val_loss"]},
+        artifacts=[smk.output.manifest])
