@@ -38,8 +38,8 @@ def validate_schema(config: dict) -> dict:
     try:
         validate(config, str(SCHEMA_PATH), set_default=True)
     except WorkflowError as err:
-        cause = next((a for a in err.args if isinstance(a, jsonschema.ValidationError)), None)
-        if cause is None:
+        cause = err.__context__  # snakemake raises its WorkflowError while handling this
+        if not isinstance(cause, jsonschema.ValidationError):
             raise
         # The deepest error is the useful one ("sparsity: 1.5 is not < 1"), not "allOf failed".
         best = jsonschema.exceptions.best_match([cause, *cause.context]) if cause.context else cause

@@ -19,8 +19,9 @@ def task_manager(task_dirs: list[str], need_builtin: bool):
 
 
 def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
-             bootstrap_iters: int, seed: int) -> dict:
-    """Run lm-eval; `tasks` are {"name", "limit"} dicts. Returns {task: {metric: value}}."""
+             bootstrap_iters: int, seed: int, log_samples: bool = False) -> dict:
+    """Run lm-eval; `tasks` are {"name", "limit"} dicts. Returns {task: {metric: value}}, plus
+    with log_samples each document's choice log-likelihoods under "loglikelihoods"."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -30,7 +31,7 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
         out = lm_eval.simple_evaluate(
             model=lm, tasks=[task["name"]], task_manager=manager, limit=task.get("limit"),
             bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False,
+            torch_random_seed=seed, fewshot_random_seed=seed, log_samples=log_samples,
             num_fewshot=0)
         for name, metrics in out["results"].items():
             results[name] = {
@@ -38,4 +39,8 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
                 for key, val in metrics.items() if key != "alias" and "," in key
             }
             results[name]["documents"] = out["n-samples"][name]["effective"]
+            if log_samples:
+                results[name]["loglikelihoods"] = [
+                    [resp[0] for resp in s["filtered_resps"]]
+                    for s in sorted(out["samples"][name], key=lambda s: s["doc_id"])]
     return results

@@ -1,0 +1,86 @@
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from knowledge_recovery.config import ConfigError, cells, load_config
+
+SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+
+
+def test_default_config_is_valid_and_defaults_are_filled():
+    config = load_config(REPO / "config.yaml", base_dir=REPO)
+    assert config["evaluation"]["dtype"] == "float32"
+    lora = next(r for r in config["recovery"] if r["method"] == "lora")
+    # Shared training settings are merged into each trained recovery entry.
+    assert lora["training"]["steps"] == config["training"]["steps"]
+    assert lora["training"]["val_fraction"] == 0.1
+    assert [c["id"] for c in config["compression"]] == ["dense", "magnitude-s0.5", "rtn-w4-g64"]
+
+
+def test_cell_ids_are_readable_and_stable():
+    config = load_config(SMOKE, base_dir=REPO)
+    ids = [c.id for c in cells(config)]
+    assert ids == [
+        "tiny-llama/dense/none",
+        "tiny-llama/magnitude-s0.5/none",
+        "tiny-llama/magnitude-s0.5/prompt-n4/seed0",
+        "tiny-llama/magnitude-s0.5/lora-r2/seed0",
+        "tiny-llama/rtn-w4-g32/none",
+        "tiny-llama/rtn-w4-g32/prompt-n4/seed0",
+        "tiny-llama/rtn-w4-g32/lora-r2/seed0",
+    ]
+    config2 = load_config({**SMOKE, "seeds": [0, 1], "recover_dense": True}, base_dir=REPO)
+    ids2 = [c.id for c in cells(config2)]
+    assert "tiny-llama/dense/lora-r2/seed1" in ids2 and len(ids2) == 3 + 3 * 2 * 2
+
+
+def test_dense_row_is_always_present():
+    config = load_config({**SMOKE, "compression": [{"method": "magnitude", "sparsity": 0.3}]})
+    assert [c["id"] for c in config["compression"]] == ["dense", "magnitude-s0.3"]
+
+
+def _broken(path, value):
+    config = copy.deepcopy(SMOKE)
+    node = config
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return config
+
+
+@pytest.mark.parametrize("path,value,key,words", [
+    (("compression", 1, "method"), "wanda2", "compression[1].method", "is not one of"),
+    (("compression", 1, "sparsity"), 1.5, "compression[1].sparsity", "1.5"),
+    (("compression", 1, "sparsity"), 0, "compression[1].sparsity", "0"),
+    (("compression", 2, "bits"), 5, "compression[2].bits", "5"),
+    (("recovery", 2, "method"), "qlora", "recovery[2].method", "is not one of"),
+    (("recovery", 1, "num_virtual_tokens"), 0, "recovery[1].num_virtual_tokens", "0"),
+    (("training", "steps"), 0, "training.steps", "0"),
+    (("models", 0, "source"), "ftp", "models[0].source", "is not one of"),
+    (("tasks", 0, "relations"), ["country_flag"], "tasks[0].relations[0]", "country_flag"),
+    (("unknown_key",), 1, "<top level>", "unknown_key"),
+])
+def test_schema_errors_name_the_key(path, value, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(_broken(path, value))
+    assert err.value.key == key
+    assert words in str(err.value)
+
+
+def test_missing_task_file_names_the_key(tmp_path):
+    config = copy.deepcopy(SMOKE)
+    config["tasks"].append({"name": "arc", "type": "local", "path": "no/such/file.jsonl",
+                            "text": "{{q}}", "choices": "{{c}}", "target": "{{g}}"})
+    with pytest.raises(ConfigError, match=r"tasks\[1\]\.path.*no such task file"):
+        load_config(config, base_dir=tmp_path)
+
+
+def test_duplicate_ids_are_rejected():
+    config = copy.deepcopy(SMOKE)
+    config["recovery"].append({"method": "lora", "r": 2, "alpha": 4})
+    with pytest.raises(ConfigError, match=r"recovery\[3\].*duplicate.*lora-r2"):
+        load_config(config)
+    config["recovery"][-1]["name"] = "lora-r2-a4"
+    assert "lora-r2-a4" in [r["id"] for r in load_config(config)["recovery"]]

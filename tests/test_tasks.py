@@ -1,0 +1,50 @@
+import json
+
+import pytest
+import yaml
+
+from knowledge_recovery.tasks import RELATIONS, make_probes, prepare_task
+
+
+@pytest.mark.parametrize("relation", sorted(RELATIONS))
+def test_probes_are_valid_and_deterministic(relation):
+    rows = make_probes(relation, 40, 4, seed=0)
+    assert rows == make_probes(relation, 40, 4, seed=0)
+    assert rows != make_probes(relation, 40, 4, seed=1)
+    assert len(rows) == 40 and len({r["subject"] for r in rows}) == 40
+    facts = RELATIONS[relation][2]()
+    answers = set(facts.values())
+    for row in rows:
+        assert len(row["choices"]) == len(set(row["choices"])) == 4
+        assert row["choices"][row["gold"]] == facts[row["subject"]]
+        assert set(row["choices"]) <= answers  # distractors come from the same relation
+
+
+def test_known_facts_are_right():
+    capital = RELATIONS["country_capital"][2]()
+    assert capital["France"] == "Paris" and capital["Japan"] == "Tokyo"
+    assert RELATIONS["element_symbol"][2]()["gold"] == "Au"
+
+
+def test_prepare_probes_writes_lm_eval_tasks(tmp_path):
+    entry = {"name": "kp", "type": "probes", "relations": ["country_capital", "element_symbol"],
+             "per_relation": 5, "num_choices": 3}
+    info = prepare_task(entry, tmp_path / "out", seed=0)
+    assert set(info) == {"kp_country_capital", "kp_element_symbol"}
+    assert info["kp_country_capital"]["sources"]["countryinfo"]
+    spec = yaml.safe_load((tmp_path / "out" / "kp_element_symbol.yaml").read_text())
+    data = spec["dataset_kwargs"]["data_files"]["test"]
+    assert spec["task"] == "kp_element_symbol" and spec["output_type"] == "multiple_choice"
+    assert len(open(data).readlines()) == 5
+
+
+def test_local_task_from_shared_arc_easy(tmp_path, shared_benchmarks):
+    entry = {"name": "arc_easy_local", "type": "local",
+             "path": str(shared_benchmarks / "arc_easy" / "ARC-Easy-Test.jsonl"),
+             "text": "Question: {{question.stem}}\nAnswer:",
+             "choices": "{{question.choices|map(attribute='text')|list}}",
+             "target": "{{(question.choices|map(attribute='label')|list).index(answerKey)}}"}
+    info = prepare_task(entry, tmp_path, seed=0)
+    assert info["arc_easy_local"]["documents"] == 2376
+    first = json.loads((tmp_path / "arc_easy_local.jsonl").open().readline())
+    assert first["question"]["stem"]
