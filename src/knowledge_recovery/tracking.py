@@ -42,8 +42,11 @@ def _setup(results_dir: Path, experiment: str):
     import mlflow
     from filelock import FileLock
 
-    client = mlflow.MlflowClient(tracking_uri(results_dir))
+    results_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(results_dir / ".mlflow.lock"), timeout=600):
+        # Opening the store creates or migrates the SQLite schema: never two processes at once.
+        client = mlflow.MlflowClient(tracking_uri(results_dir))
+        client.search_experiments(max_results=1)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             exp_id = client.create_experiment(

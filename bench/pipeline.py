@@ -1,0 +1,85 @@
+"""Time the pipeline targets of the spine: a fresh grid run, then a no-op re-run.
+
+    .venv/bin/python bench/pipeline.py                       # smoke grid (tiny model)
+    .venv/bin/python bench/pipeline.py --config config.yaml  # the default grid (~15 min)
+
+Runs in a fresh temporary folder, so nothing cached is reused. Prints wall time beside the CPU
+time of all child processes (the machine is noisy: CPU time shows contention), the number of
+jobs each run executed, and the per-rule wall/CPU times from Snakemake's benchmark files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(workdir: Path, config: Path) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                           "--workflow-profile", str(REPO / "profiles" / "default"),
+                           "--directory", str(workdir), "--configfile", str(config)],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        sys.exit(f"snakemake failed:\n{proc.stderr[-4000:]}")
+    out = proc.stdout + proc.stderr
+    done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", out)
+    jobs = int(done[-1][0]) if done else 0
+    if "Nothing to be done" in out:
+        jobs = 0
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "jobs": jobs}
+
+
+def per_rule(results: Path) -> dict:
+    totals = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for tsv in (results / "benchmarks").rglob("*.tsv"):
+        rule = tsv.relative_to(results / "benchmarks").parts[0]
+        with open(tsv) as fh:
+            row = list(csv.DictReader(fh, delimiter="\t"))[-1]
+        t = totals[rule]
+        t[0] += 1
+        t[1] += float(row["s"])
+        t[2] += float(row["cpu_time"])
+        t[3] = max(t[3], float(row["max_rss"]))
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=str(REPO / "config" / "smoke.yaml"))
+    args = parser.parse_args()
+    config = yaml.safe_load(Path(args.config).read_text())
+    with tempfile.TemporaryDirectory(prefix="kr-bench-") as tmp:
+        workdir = Path(tmp)
+        config["results_dir"] = str(workdir / "results")
+        cfg_path = workdir / "config.yaml"
+        cfg_path.write_text(yaml.safe_dump(config))
+        first = run(workdir, cfg_path)
+        again = run(workdir, cfg_path)
+        print(f"config: {args.config}  (cores: {os.cpu_count()})")
+        print(f"{'run':<22}{'wall s':>10}{'CPU s':>10}{'jobs':>7}")
+        for name, r in (("fresh grid", first), ("no-op re-run", again)):
+            print(f"{name:<22}{r['wall_s']:>10.1f}{r['cpu_s']:>10.1f}{r['jobs']:>7}")
+        print(f"\n{'rule':<16}{'jobs':>6}{'wall s':>10}{'CPU s':>10}{'max RSS MB':>12}")
+        for rule, (n, wall, cpu, rss) in sorted(per_rule(workdir / "results" / config.get("experiment", "default")).items()):
+            print(f"{rule:<16}{n:>6}{wall:>10.1f}{cpu:>10.1f}{rss:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()

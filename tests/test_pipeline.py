@@ -1,0 +1,135 @@
+"""End to end: the smoke config through real Snakemake, real lm-eval and a real MLflow store."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+             "--workflow-profile", str(REPO / "profiles" / "default")]
+EXPECTED_JOBS = {"download_model": 1, "download_text": 1, "prepare_task": 1, "compress": 2,
+                 "train": 4, "evaluate": 7, "aggregate": 1}
+
+
+def smoke_config(workdir: Path, **changes) -> Path:
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config.update(changes)
+    path = workdir / "smoke.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir: Path, config: Path, *args, check=True):
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config),
+                           *args], capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict:
+    """Parse Snakemake's 'Job stats' table."""
+    table = output.split("Job stats:")[-1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
+            if m[1] not in ("all", "total")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The smoke grid, run once for this module."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    config = smoke_config(workdir)
+    first = snakemake(workdir, config)
+    return workdir, config, first.stdout + first.stderr
+
+
+def test_first_run_executes_every_stage(finished):
+    _, _, output = finished
+    assert job_counts(output) == EXPECTED_JOBS
+
+
+def test_every_output_exists_with_real_values(finished):
+    workdir, _, _ = finished
+    res = workdir / "results" / "smoke"
+    for model_dir in ("dense", "magnitude-s0.5", "rtn-w4-g32"):
+        assert (res / "models" / "tiny-llama" / model_dir / "checkpoint" / "model.safetensors").is_file()
+    comp = json.loads((res / "models/tiny-llama/magnitude-s0.5/manifest.json").read_text())
+    assert comp["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert comp["versions"]["torch"] and comp["wall_s"] >= 0
+    train = json.loads((res / "adapters/tiny-llama/rtn-w4-g32/lora-r2/seed0/manifest.json").read_text())
+    assert train["trainable_params"] > 0 and train["adapter_bytes"] > 0
+    assert (res / "adapters/tiny-llama/rtn-w4-g32/lora-r2/seed0/adapter/adapter_model.safetensors").is_file()
+
+    df = pd.read_csv(res / "summary" / "results.csv")
+    acc = df[df.metric == "acc"]
+    assert len(acc) == 7 * 2  # cells x tasks
+    assert acc.value.between(0, 1).all() and acc.stderr.gt(0).all()
+    assert set(acc.task) == {"kp_country_capital", "kp_element_symbol"}
+    table = (res / "summary" / "results.md").read_text()
+    assert "tiny-llama/dense/none" in table and "tiny-llama/rtn-w4-g32/prompt-n4/seed0" in table
+    assert (res / "summary" / "mean_acc.png").read_bytes()[:4] == b"\x89PNG"
+    # A temporary name never survives a finished step.
+    assert not list(res.rglob(".*.tmp-*"))
+
+
+def test_mlflow_has_one_run_per_step_with_axes(finished):
+    workdir, _, _ = finished
+    res = workdir / "results" / "smoke"
+    client = mlflow.MlflowClient(f"sqlite:///{res / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    steps = {}
+    for run in runs:
+        steps.setdefault(run.data.tags.get("step", "grid"), []).append(run)
+    assert {k: len(v) for k, v in steps.items() if k != "grid"} == \
+        {k: v for k, v in EXPECTED_JOBS.items() if k != "aggregate"}
+    (parent,) = steps["grid"]
+    evaluated = {r.data.tags["cell"]: r for r in steps["evaluate"]}
+    run = evaluated["tiny-llama/magnitude-s0.5/lora-r2/seed0"]
+    assert run.data.tags["recovery"] == "lora-r2" and run.data.tags["compression"] == "magnitude-s0.5"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert 0 <= run.data.metrics["kp_country_capital.acc"] <= 1
+    train_run = next(r for r in steps["train"] if r.data.tags["cell"].endswith("prompt-n4/seed0"))
+    history = client.get_metric_history(train_run.info.run_id, "train_loss")
+    assert len(history) == 6
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "results.md", "mean_acc.png"} <= artifacts
+
+
+def test_rerun_executes_nothing_and_logs_nothing(finished):
+    workdir, config, _ = finished
+    db = workdir / "results" / "smoke" / "mlflow.db"
+    before = db.stat().st_mtime_ns
+    out = snakemake(workdir, config)
+    assert "Nothing to be done" in out.stdout + out.stderr
+    assert db.stat().st_mtime_ns == before
+
+
+def test_changing_one_setting_reruns_only_what_it_affects(finished):
+    workdir, _, _ = finished
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["recovery"][2]["dropout"] = 0.2  # lora-r2 only
+    changed = workdir / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    out = snakemake(workdir, changed, "--dry-run")
+    assert job_counts(out.stdout) == {"train": 2, "evaluate": 2, "aggregate": 1}
+
+
+def test_malformed_config_fails_before_any_job(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["compression"][1]["sparsity"] = 1.5
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake(tmp_path, path, check=False)
+    assert out.returncode != 0
+    assert "config key 'compression[1].sparsity'" in out.stderr
+    assert not (tmp_path / "results").exists()
