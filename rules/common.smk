@@ -1,3 +1,4 @@
+from knowledge_recovery.compression import needs_calibration
 from knowledge_recovery.config import by_id, cells
 
 RES = f"{config['results_dir']}/{config['experiment']}"
@@ -21,6 +22,20 @@ wildcard_constraints:
 def checkpoint_dir(model, compression):
     """Dense checkpoints come from download; every other one from compress."""
     return f"{RES}/models/{model}/{compression}/checkpoint"
+
+
+def compress_inputs(wildcards):
+    """Data-aware methods also read the calibration text; data-free ones do not depend on it."""
+    inputs = {"checkpoint": checkpoint_dir(wildcards.model, "dense")}
+    if needs_calibration(COMPRESSION[wildcards.compression]):
+        inputs["text"] = f"{RES}/data/recovery_text.txt"
+    return inputs
+
+
+def calibration_settings(entry):
+    if not needs_calibration(entry):
+        return None
+    return {**config["calibration"], "text": config["text"], "seed": config["seed"]}
 
 
 def adapter_prefix(model, compression, recovery, seed):

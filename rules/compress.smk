@@ -1,6 +1,6 @@
 rule compress:
     input:
-        checkpoint=lambda w: checkpoint_dir(w.model, "dense"),
+        unpack(compress_inputs),
     output:
         checkpoint=directory(f"{RES}/models/{{model}}/{{compression}}/checkpoint"),
         masks=f"{RES}/models/{{model}}/{{compression}}/masks.safetensors",
@@ -9,6 +9,7 @@ rule compress:
         compression=r"(?!dense$)[^/]+",
     params:
         spec=lambda w: COMPRESSION[w.compression],
+        calibration=lambda w: calibration_settings(COMPRESSION[w.compression]),
     threads: config["threads"]
     resources:
         mem_mb=8000,

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from knowledge_recovery.compression import compress, magnitude_mask, quantize_rtn, target_linears
+from knowledge_recovery.compression import compress, target_linears
+from knowledge_recovery.pruning import magnitude
+from knowledge_recovery.quantization import quantize_rtn
 
 
 def test_targets_are_block_linears_not_embeddings_or_head(tiny):
@@ -26,7 +28,7 @@ def test_magnitude_gives_exact_sparsity_per_layer(tiny, sparsity):
 
 def test_magnitude_removes_the_smallest_weights():
     w = torch.tensor([[0.1, -3.0, 0.2, 4.0], [-0.05, 1.0, -2.0, 0.3]])
-    mask = magnitude_mask(w, 0.5)
+    mask = magnitude(w, {"sparsity": 0.5})
     assert mask.tolist() == [[False, True, False, True], [False, True, True, False]]
 
 

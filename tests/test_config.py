@@ -27,9 +27,9 @@ def test_cell_ids_are_readable_and_stable():
         "tiny-llama/magnitude-s0.5/none",
         "tiny-llama/magnitude-s0.5/prompt-n4/seed0",
         "tiny-llama/magnitude-s0.5/lora-r2/seed0",
-        "tiny-llama/rtn-w4-g32/none",
-        "tiny-llama/rtn-w4-g32/prompt-n4/seed0",
-        "tiny-llama/rtn-w4-g32/lora-r2/seed0",
+        "tiny-llama/gptq-w4-g32/none",
+        "tiny-llama/gptq-w4-g32/prompt-n4/seed0",
+        "tiny-llama/gptq-w4-g32/lora-r2/seed0",
     ]
     config2 = load_config({**SMOKE, "seeds": [0, 1], "recover_dense": True}, base_dir=REPO)
     ids2 = [c.id for c in cells(config2)]
@@ -84,3 +84,39 @@ def test_duplicate_ids_are_rejected():
         load_config(config)
     config["recovery"][-1]["name"] = "lora-r2-a4"
     assert "lora-r2-a4" in [r["id"] for r in load_config(config)["recovery"]]
+
+
+@pytest.mark.parametrize("entry,key,words", [
+    ({"method": "wanda", "pattern": "4:4"}, "compression[1].pattern", "N < M"),
+    ({"method": "wanda", "pattern": "2-4"}, "compression[1].pattern", "does not match"),
+    ({"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4"}, "compression[1]", "exactly one"),
+    ({"method": "sparsegpt"}, "compression[1]", "exactly one"),
+    ({"method": "sparsegpt", "sparsity": 0.5, "bits": 4}, "compression[1].bits", "under 'quantize'"),
+    ({"method": "gptq", "bits": 5}, "compression[1].bits", "5"),
+    ({"method": "gptq", "bits": 4, "sparsity": 0.5}, "compression[1].sparsity", "not a setting"),
+    ({"method": "gptq", "bits": 4, "group_size": 48}, "compression[1].group_size", "does not divide"),
+    ({"method": "rtn", "bits": 4, "act_order": True}, "compression[1].act_order", "gptq"),
+    ({"method": "sparsegpt", "pattern": "2:4", "quantize": {"method": "gptq", "bits": 4, "group_size": 2}},
+     "compression[1].quantize.group_size", "whole 2:4 groups"),
+    ({"method": "wanda", "sparsity": 0.5, "quantize": {"method": "awq", "bits": 4}},
+     "compression[1].quantize.method", "is not one of"),
+])
+def test_compression_settings_are_checked(entry, key, words):
+    config = {**copy.deepcopy(SMOKE), "compression": [{"method": "dense"}, entry]}
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert err.value.key == key and words in str(err.value), str(err.value)
+
+
+def test_compression_ids_name_the_settings():
+    config = {**copy.deepcopy(SMOKE), "compression": [
+        {"method": "wanda", "pattern": "2:4"},
+        {"method": "gptq", "bits": 3, "group_size": None, "act_order": True},
+        {"method": "sparsegpt", "sparsity": 0.5, "quantize": {"method": "gptq", "bits": 4}},
+    ]}
+    config["models"][0]["hidden_size"] = config["models"][0]["intermediate_size"] = 256
+    ids = [c["id"] for c in load_config(config)["compression"]]
+    assert ids == ["dense", "wanda-2to4", "gptq-w3-row-act", "sparsegpt-s0.5+gptq-w4-g128"]
+    config["compression"][2]["quantize"]["group_size"] = 96
+    with pytest.raises(ConfigError, match=r"compression\[3\]\.quantize\.group_size.*256"):
+        load_config(config)

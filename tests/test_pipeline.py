@@ -1,7 +1,6 @@
 """End to end: the smoke config through real Snakemake, real lm-eval and a real MLflow store."""
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,8 @@ import yaml
 from conftest import REPO
 
 pytestmark = pytest.mark.e2e
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-             "--workflow-profile", str(REPO / "profiles" / "default")]
+SNAKEMAKE_BASE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+SNAKEMAKE = [*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "default")]
 EXPECTED_JOBS = {"download_model": 1, "download_text": 1, "prepare_task": 1, "compress": 2,
                  "train": 4, "evaluate": 7, "aggregate": 1}
 
@@ -60,14 +59,17 @@ def test_first_run_executes_every_stage(finished):
 def test_every_output_exists_with_real_values(finished):
     workdir, _, _ = finished
     res = workdir / "results" / "smoke"
-    for model_dir in ("dense", "magnitude-s0.5", "rtn-w4-g32"):
+    for model_dir in ("dense", "magnitude-s0.5", "gptq-w4-g32"):
         assert (res / "models" / "tiny-llama" / model_dir / "checkpoint" / "model.safetensors").is_file()
     comp = json.loads((res / "models/tiny-llama/magnitude-s0.5/manifest.json").read_text())
     assert comp["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert comp["versions"]["torch"] and comp["wall_s"] >= 0
-    train = json.loads((res / "adapters/tiny-llama/rtn-w4-g32/lora-r2/seed0/manifest.json").read_text())
+    gptq = json.loads((res / "models/tiny-llama/gptq-w4-g32/manifest.json").read_text())
+    assert gptq["calibration"]["samples"] == 4 and gptq["calibration"]["seq_len"] == 64
+    assert gptq["effective_bits_per_weight"] == pytest.approx(4 + 32 / 32)
+    train = json.loads((res / "adapters/tiny-llama/gptq-w4-g32/lora-r2/seed0/manifest.json").read_text())
     assert train["trainable_params"] > 0 and train["adapter_bytes"] > 0
-    assert (res / "adapters/tiny-llama/rtn-w4-g32/lora-r2/seed0/adapter/adapter_model.safetensors").is_file()
+    assert (res / "adapters/tiny-llama/gptq-w4-g32/lora-r2/seed0/adapter/adapter_model.safetensors").is_file()
 
     df = pd.read_csv(res / "summary" / "results.csv")
     acc = df[df.metric == "acc"]
@@ -75,7 +77,7 @@ def test_every_output_exists_with_real_values(finished):
     assert acc.value.between(0, 1).all() and acc.stderr.gt(0).all()
     assert set(acc.task) == {"kp_country_capital", "kp_element_symbol"}
     table = (res / "summary" / "results.md").read_text()
-    assert "tiny-llama/dense/none" in table and "tiny-llama/rtn-w4-g32/prompt-n4/seed0" in table
+    assert "tiny-llama/dense/none" in table and "tiny-llama/gptq-w4-g32/prompt-n4/seed0" in table
     assert (res / "summary" / "mean_acc.png").read_bytes()[:4] == b"\x89PNG"
     # A temporary name never survives a finished step.
     assert not list(res.rglob(".*.tmp-*"))
@@ -124,12 +126,19 @@ def test_changing_one_setting_reruns_only_what_it_affects(finished):
     assert job_counts(out.stdout) == {"train": 2, "evaluate": 2, "aggregate": 1}
 
 
-def test_malformed_config_fails_before_any_job(tmp_path):
+@pytest.mark.parametrize("break_it,key", [
+    (lambda c: c["compression"][1].update(method="wanda2"), "compression[1].method"),
+    (lambda c: c["compression"][1].update(sparsity=1.5), "compression[1].sparsity"),
+    (lambda c: c["tasks"].append({"name": "arc", "type": "local", "path": "missing.jsonl",
+                                  "text": "{{q}}", "choices": "{{c}}", "target": "{{g}}"}),
+     "tasks[1].path"),
+])
+def test_malformed_config_fails_before_any_job(tmp_path, break_it, key):
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-    config["compression"][1]["sparsity"] = 1.5
+    break_it(config)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     out = snakemake(tmp_path, path, check=False)
     assert out.returncode != 0
-    assert "config key 'compression[1].sparsity'" in out.stderr
+    assert f"config key '{key}'" in out.stderr
     assert not (tmp_path / "results").exists()

@@ -7,8 +7,8 @@ from knowledge_recovery.step import results_root, step
 smk = snakemake  # noqa: F821 - injected by Snakemake
 with step(smk):
     df = aggregate.collect(smk.params.cells, smk.input.results, smk.params.train_manifests)
-    df.to_csv(smk.output.csv + ".tmp", index=False)
-    Path(smk.output.csv + ".tmp").replace(smk.output.csv)
+    with artifacts.atomic_path(smk.output.csv) as tmp:
+        df.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.markdown, aggregate.markdown(df))
     aggregate.plot(df, Path(smk.output.plot))
     means = aggregate.table(df)["mean"]

@@ -1,25 +1,35 @@
 """Compress the dense checkpoint with one compression setting; save checkpoint, masks, manifest."""
+from pathlib import Path
+
 from safetensors.torch import save_file
 
-from knowledge_recovery import artifacts, compression, models, tracking
+from knowledge_recovery import artifacts, calibration, compression, models, tracking
 from knowledge_recovery.step import results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
+calib = smk.params.calibration
 model_name, comp = smk.wildcards.model, smk.wildcards.compression
 with step(smk):
     model, tokenizer = models.load_checkpoint(smk.input.checkpoint)
+    batch = None
+    if calib:
+        text = Path(smk.input.text).read_text(encoding="utf-8")
+        batch = calibration.calibration_batch(tokenizer, text, calib["samples"], calib["seq_len"],
+                                              calib["seed"])
     with artifacts.Timer() as timer:
-        masks, stats = compression.compress(model, spec)
+        masks, stats = compression.compress(model, spec, batch)
     with artifacts.atomic_dir(smk.output.checkpoint) as tmp:
         models.save_checkpoint(model, tokenizer, tmp)
-    save_file({k: v.contiguous() for k, v in masks.items()}, smk.output.masks)
-    manifest = artifacts.manifest("compress", spec, **timer.as_dict(), **stats,
+    with artifacts.atomic_path(smk.output.masks) as tmp:
+        save_file({k: v.contiguous() for k, v in masks.items()}, str(tmp))
+    manifest = artifacts.manifest("compress", spec, **timer.as_dict(), **stats, calibration=calib,
                                   checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint))
     artifacts.write_json(smk.output.manifest, manifest)
     summary = {k: manifest[k] for k in ("sparsity", "effective_bits_per_weight", "packed_bytes",
                                         "compressed_params", "wall_s", "cpu_s")}
     print(summary)
     tracking.log_step(results_root(smk), smk.config["experiment"], "compress", f"{model_name}/{comp}",
-                      tags={"model": model_name, "compression": comp}, params=spec,
+                      tags={"model": model_name, "compression": comp},
+                      params={**spec, "calibration": calib or {}},
                       metrics=summary, artifacts=[smk.output.manifest])

@@ -39,21 +39,28 @@ def atomic_dir(path: str | os.PathLike):
     os.replace(tmp, path)
 
 
-def write_json(path: str | os.PathLike, data) -> None:
-    """Write JSON atomically (temp file + rename)."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary file name that is renamed to `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def read_json(path: str | os.PathLike):

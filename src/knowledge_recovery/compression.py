@@ -1,11 +1,22 @@
-"""Compression methods: each takes a float HF model in memory and compresses its transformer
-linear layers in place. Weights stay float ("fake quant"), so transformers, peft and lm-eval
-load the result unchanged; masks and per-layer statistics are returned for the manifest.
+"""Compression of a float HF model in memory, in place, by one `compression:` config entry.
+
+Weights stay float ("fake quant"), so transformers, peft and lm-eval load the result unchanged;
+masks and per-layer statistics are returned for the manifest. Data-free methods (magnitude, RTN)
+work layer by layer on the weights; data-aware ones (Wanda, SparseGPT, GPTQ) go block by block
+through `calibration.sequential_compress`. A joint entry prunes, then quantizes with the mask kept.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from . import pruning, quantization
+from .calibration import sequential_compress
+
+PRUNING = {"magnitude", "wanda", "sparsegpt"}
+QUANTIZATION = {"rtn", "gptq"}
+NEEDS_DATA = {"wanda", "sparsegpt", "gptq"}
+NEEDS_HESSIAN = {"sparsegpt", "gptq"}
 
 
 def target_linears(model) -> dict[str, nn.Linear]:
@@ -15,72 +26,94 @@ def target_linears(model) -> dict[str, nn.Linear]:
             if isinstance(mod, nn.Linear) and mod is not head}
 
 
-@torch.no_grad()
-def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Keep-mask that zeroes exactly round(sparsity * numel) smallest-magnitude weights."""
-    n_zero = int(round(sparsity * weight.numel()))
-    mask = torch.ones(weight.numel(), dtype=torch.bool)
-    if n_zero:
-        # A stable sort makes ties (and so the mask) deterministic.
-        order = torch.sort(weight.abs().flatten().float(), stable=True).indices
-        mask[order[:n_zero]] = False
-    return mask.view_as(weight)
+def stages(entry: dict) -> list[dict]:
+    """A joint entry is two stages: its pruning, then its `quantize` sub-entry."""
+    first = {k: v for k, v in entry.items() if k != "quantize"}
+    return [first] + ([entry["quantize"]] if entry.get("quantize") else [])
+
+
+def needs_calibration(entry: dict) -> bool:
+    return any(s["method"] in NEEDS_DATA for s in stages(entry))
+
+
+def pattern_of(entry: dict) -> dict:
+    if entry.get("pattern"):
+        n, m = (int(x) for x in entry["pattern"].split(":"))
+        return {"n": n, "m": m}
+    return {"sparsity": entry["sparsity"]}
 
 
 @torch.no_grad()
-def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None,
-                 symmetric: bool = False) -> torch.Tensor:
-    """Round-to-nearest, group-wise along the input dimension; returns dequantized weights."""
-    rows, cols = weight.shape
-    group = cols if group_size is None else group_size
-    if cols % group:
-        raise ValueError(f"group_size {group} does not divide the layer width {cols}")
-    w = weight.float().reshape(rows, cols // group, group)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        scale = (w.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=1e-12)
-        q = torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
-        deq = q * scale
-    else:
-        qmax = 2 ** bits - 1
-        lo, hi = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
-        scale = ((hi - lo) / qmax).clamp(min=1e-12)
-        zero = torch.round(-lo / scale)
-        q = torch.clamp(torch.round(w / scale) + zero, 0, qmax)
-        deq = (q - zero) * scale
-    return deq.reshape(rows, cols).to(weight.dtype)
-
-
-def compress(model, entry: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Apply one `compression:` entry in place. Returns (masks, statistics)."""
-    method = entry["method"]
-    layers = target_linears(model)
-    masks, per_layer = {}, {}
-    for name, layer in layers.items():
-        w = layer.weight.data
+def compress_weight(weight: torch.Tensor, entry: dict, stats=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Compress one weight matrix by every stage of the entry. Returns (new weight, keep-mask)."""
+    w, keep = weight, None
+    for stage in stages(entry):
+        method = stage["method"]
         if method == "magnitude":
-            mask = magnitude_mask(w, entry["sparsity"])
-            w.mul_(mask)
-            masks[f"{name}.weight"] = mask
+            keep = pruning.magnitude(w, pattern_of(stage))
+            w = w * keep
+        elif method == "wanda":
+            keep = pruning.wanda(w, stats.col_sq, pattern_of(stage))
+            w = w * keep
+        elif method == "sparsegpt":
+            w, keep = pruning.sparsegpt(w, stats.hessian, pattern_of(stage), stage["damping"])
         elif method == "rtn":
-            w.copy_(quantize_rtn(w, entry["bits"], entry["group_size"], entry["symmetric"]))
+            w = quantization.quantize_rtn(w, stage["bits"], stage["group_size"], stage["symmetric"])
+        elif method == "gptq":
+            w = quantization.gptq(w, stats.hessian, stage["bits"], stage["group_size"],
+                                  stage["symmetric"], stage["damping"], stage["act_order"],
+                                  keep=keep)
         elif method != "dense":
             raise ValueError(f"unknown compression method {method!r}")
-        zeros = int((w == 0).sum())
+        if keep is not None:
+            w = w * keep  # the mask survives every later stage
+    return w.to(weight.dtype), keep
+
+
+def compress(model, entry: dict, calibration: torch.Tensor | None = None, log=print):
+    """Apply one `compression:` entry in place. Returns (masks, statistics)."""
+    layers = target_linears(model)
+    masks, per_layer = {}, {}
+
+    def apply(name, layer, stats=None):
+        w, keep = compress_weight(layer.weight.data, entry, stats)
+        layer.weight.data.copy_(w)
+        if keep is not None:
+            masks[f"{name}.weight"] = keep
+        zeros = int((layer.weight == 0).sum())
         per_layer[name] = {"numel": w.numel(), "zeros": zeros,
                            "bits_per_weight": bits_per_weight(entry, w.shape[1], zeros / w.numel())}
+
+    if needs_calibration(entry):
+        if calibration is None:
+            raise ValueError(f"method {entry['method']!r} needs calibration data")
+        names = {id(mod): name for name, mod in layers.items()}
+        need_h = any(s["method"] in NEEDS_HESSIAN for s in stages(entry))
+        sequential_compress(model, calibration, lambda _n, mod, stats: apply(names[id(mod)], mod, stats),
+                            need_hessian=need_h,
+                            true_sequential=entry.get("true_sequential", True), log=log)
+        # Linear layers outside the decoder blocks (rare) get the data-free treatment.
+        missing = [n for n in layers if n not in per_layer]
+        if missing:
+            raise ValueError(f"linear layers outside the decoder blocks: {missing[:3]}")
+    else:
+        for name, layer in layers.items():
+            apply(name, layer)
     return masks, statistics(per_layer, model)
 
 
 def bits_per_weight(entry: dict, width: int, sparsity: float) -> float:
-    """Storage cost of one weight if the layer were packed (16-bit baseline)."""
-    if entry["method"] == "rtn":
-        # Per group: a float16 scale, plus a float16 zero point when asymmetric.
-        group = entry["group_size"] or width
-        return entry["bits"] + 16 * (1 if entry["symmetric"] else 2) / group
-    if entry["method"] == "magnitude":
-        return 16 * (1 - sparsity) + 1  # 16-bit kept values plus a 1-bit mask
-    return 16.0
+    """Storage cost of one weight if the layer were packed (16-bit baseline): quantized values
+    plus per-group float16 scale (and zero point when asymmetric); pruned layers add a 1-bit mask
+    and store only the kept values."""
+    bits = 16.0
+    quant = next((s for s in stages(entry) if s["method"] in QUANTIZATION), None)
+    if quant:
+        group = quant["group_size"] or width
+        bits = quant["bits"] + 16 * (1 if quant["symmetric"] else 2) / group
+    if any(s["method"] in PRUNING for s in stages(entry)):
+        return bits * (1 - sparsity) + 1
+    return bits
 
 
 def statistics(per_layer: dict, model) -> dict:

@@ -5,6 +5,7 @@ Every error raised here names the config key at fault, and is raised before any 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,32 +53,35 @@ def _num(x) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def compression_id(entry: dict) -> str:
-    if entry.get("name"):
-        return entry["name"]
-    method = entry["method"]
-    if method == "dense":
-        return "dense"
-    if method == "magnitude":
-        return f"magnitude-s{_num(entry['sparsity'])}"
-    if method == "rtn":
-        group = "row" if entry.get("group_size") is None else f"g{entry['group_size']}"
-        sym = "-sym" if entry.get("symmetric") else ""
-        return f"rtn-w{entry['bits']}-{group}{sym}"
-    raise ConfigError("compression.method", f"no id rule for method {method!r}")
+def _quant_id(e: dict) -> str:
+    group = "row" if e.get("group_size") is None else f"g{e['group_size']}"
+    flags = ("-sym" if e.get("symmetric") else "") + ("-act" if e.get("act_order") else "")
+    return f"{e['method']}-w{e['bits']}-{group}{flags}"
 
 
-def recovery_id(entry: dict) -> str:
-    if entry.get("name"):
-        return entry["name"]
-    method = entry["method"]
-    if method == "none":
-        return "none"
-    if method == "prompt_tuning":
-        return f"prompt-n{entry['num_virtual_tokens']}"
-    if method == "lora":
-        return f"lora-r{entry['r']}"
-    raise ConfigError("recovery.method", f"no id rule for method {method!r}")
+def _prune_id(e: dict) -> str:
+    level = e["pattern"].replace(":", "to") if e.get("pattern") else f"s{_num(e['sparsity'])}"
+    joint = f"+{_quant_id(e['quantize'])}" if e.get("quantize") else ""
+    return f"{e['method']}-{level}{joint}"
+
+
+# How a compression or recovery entry is named in paths and MLflow, from its key settings.
+# Entries that differ only in other settings need an explicit `name`.
+ID_FORMATS = {
+    "dense": lambda e: "dense",
+    "magnitude": _prune_id,
+    "wanda": _prune_id,
+    "sparsegpt": _prune_id,
+    "rtn": _quant_id,
+    "gptq": _quant_id,
+    "none": lambda e: "none",
+    "prompt_tuning": lambda e: f"prompt-n{e['num_virtual_tokens']}",
+    "lora": lambda e: f"lora-r{e['r']}",
+}
+
+
+def entry_id(entry: dict) -> str:
+    return entry.get("name") or ID_FORMATS[entry["method"]](entry)
 
 
 # ---------------------------------------------------------------- grid
@@ -118,13 +122,12 @@ def preflight(config: dict, base_dir: str | os.PathLike = ".") -> dict:
     if not any(c["method"] == "dense" for c in config["compression"]):
         config["compression"].insert(0, {"method": "dense"})
     for i, c in enumerate(config["compression"]):
-        if c["method"] == "dense" and len(c) > 1 + ("name" in c):
-            raise ConfigError(f"compression[{i}]", "method 'dense' takes no settings")
-        c["id"] = compression_id(c)
+        check_compression(c, f"compression[{i}]", config["models"])
+        c["id"] = entry_id(c)
     _unique([c["id"] for c in config["compression"]], "compression", "id (set 'name' to tell them apart)")
 
     for i, r in enumerate(config["recovery"]):
-        r["id"] = recovery_id(r)
+        r["id"] = entry_id(r)
         if r["method"] != "none":
             merged = dict(config["training"])
             merged.update(r.get("training", {}))
@@ -149,6 +152,61 @@ def preflight(config: dict, base_dir: str | os.PathLike = ".") -> dict:
         if t["type"] != "probes" and "relations" in t:
             raise ConfigError(f"tasks[{i}].relations", "only 'probes' tasks have relations")
     return config
+
+
+PRUNING_KEYS = {"sparsity", "pattern", "quantize"}
+QUANT_KEYS = {"bits", "group_size", "symmetric", "act_order"}
+
+
+def check_compression(c: dict, key: str, models: list[dict]) -> None:
+    """Settings that contradict each other or the method."""
+    method = c["method"]
+    given = set(c) - {"method", "name"}
+    if method == "dense" and given:
+        raise ConfigError(key, f"method 'dense' takes no settings, got {sorted(given)}")
+    if method in ("magnitude", "wanda", "sparsegpt"):
+        if ("sparsity" in c) == ("pattern" in c):
+            raise ConfigError(key, f"method {method!r} needs exactly one of 'sparsity' or 'pattern'")
+        stray = given & QUANT_KEYS
+        if stray:
+            raise ConfigError(f"{key}.{sorted(stray)[0]}",
+                              "quantization settings of a pruning method belong under 'quantize'")
+        if "pattern" in c:
+            n, m = (int(x) for x in c["pattern"].split(":"))
+            if n >= m:
+                raise ConfigError(f"{key}.pattern", f"N:M needs N < M, got {c['pattern']!r}")
+            group = (c.get("quantize") or {}).get("group_size")
+            if group and group % m:
+                raise ConfigError(f"{key}.quantize.group_size",
+                                  f"{group} does not hold whole {c['pattern']} groups (M={m})")
+    if method in ("rtn", "gptq"):
+        stray = given & PRUNING_KEYS
+        if stray:
+            raise ConfigError(f"{key}.{sorted(stray)[0]}", f"not a setting of method {method!r}")
+    if method == "rtn" and c.get("act_order"):
+        raise ConfigError(f"{key}.act_order", "act_order applies to 'gptq' only")
+    sizes = [(c.get("group_size"), "group_size"),
+             ((c.get("quantize") or {}).get("group_size"), "quantize.group_size"),
+             (int(c["pattern"].split(":")[1]) if c.get("pattern") else None, "pattern")]
+    for m in models:
+        for width in model_widths(m):
+            for size, what in sizes:
+                if size and width % size:
+                    raise ConfigError(f"{key}.{what}", f"{size} does not divide the layer width "
+                                      f"{width} of model {m['name']!r}")
+
+
+def model_widths(model: dict) -> tuple[int, ...]:
+    """Input widths of the linear layers, where known before download (tiny random models and
+    local folders); other models are checked by the compress step before it starts."""
+    if model["source"] == "tiny-random":
+        return model["hidden_size"], model["intermediate_size"]
+    if model["source"] == "local":
+        cfg_file = Path(model["path"]) / "config.json"
+        if cfg_file.is_file():
+            cfg = json.loads(cfg_file.read_text())
+            return tuple(cfg[k] for k in ("hidden_size", "intermediate_size", "ffn_dim") if k in cfg)
+    return ()
 
 
 def _unique(values, key, what):

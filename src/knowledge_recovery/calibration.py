@@ -1,0 +1,157 @@
+"""Layer-by-layer (sequential) calibration for data-aware compression (Wanda, SparseGPT, GPTQ).
+
+Only one decoder block's weights and activations are worked on at a time: the calibration inputs
+of block i are the outputs of the already-compressed blocks before it, as in the SparseGPT and
+GPTQ papers. `compress_linear(name, layer, stats)` decides what happens to each linear layer.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def calibration_batch(tokenizer, text: str, n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    """n_samples random windows of seq_len tokens from the text (seeded)."""
+    ids = torch.tensor(tokenizer(text, return_attention_mask=False)["input_ids"])
+    if len(ids) <= seq_len:
+        raise ValueError(f"calibration text gives {len(ids)} tokens, need more than {seq_len}")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - seq_len, (n_samples,), generator=gen)
+    return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The stack of transformer blocks (any architecture: the ModuleList of num_hidden_layers)."""
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"no list of {n} decoder layers found in {type(model).__name__}")
+
+
+class InputStats:
+    """Running statistics of one linear layer's inputs: X^T X (for GPTQ/SparseGPT) and squared
+    column norms (for Wanda), accumulated in float32 over all calibration tokens."""
+
+    def __init__(self, width: int, need_hessian: bool, device=None):
+        self.tokens = 0
+        self.col_sq = torch.zeros(width, device=device)
+        self.hessian = torch.zeros(width, width, device=device) if need_hessian else None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        n = x.shape[0]
+        if self.hessian is not None:
+            # Running mean of 2 X^T X / n, as in the GPTQ reference implementation.
+            self.hessian *= self.tokens / (self.tokens + n)
+            xs = x * (2.0 / (self.tokens + n)) ** 0.5
+            self.hessian += xs.T @ xs
+        self.col_sq += x.pow(2).sum(0)
+        self.tokens += n
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(tree, device):
+    """Move every tensor in nested tuples/lists/dicts (a block's args and kwargs)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(t, device) for t in tree)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    return tree
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def _first_layer_inputs(model, layers, batch):
+    """Run the model up to block 0 and keep each sample's positional args and kwargs."""
+    captured = []
+
+    def grab(_module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for sample in batch:
+            try:
+                model(input_ids=sample[None], use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _linear_groups(layer, run) -> list[list[str]]:
+    """Linear layers of a block grouped by shared input, in forward order ([q,k,v], [o], ...)."""
+    order, seen, alive = [], {}, []
+    hooks = []
+    for name, mod in layer.named_modules():
+        if isinstance(mod, nn.Linear):
+            def rec(_m, inp, _out, name=name):
+                alive.append(inp[0])  # held, so no later tensor can reuse its id
+                key = id(inp[0])
+                if key not in seen:
+                    seen[key] = len(order)
+                    order.append([])
+                order[seen[key]].append(name)
+            hooks.append(mod.register_forward_hook(rec))
+    try:
+        run(limit=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+@torch.no_grad()
+def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
+                        need_hessian: bool, true_sequential: bool = True, device=None,
+                        log=print) -> dict:
+    """Compress every linear layer of every block in order. Returns per-layer reports.
+
+    The model stays where it is (CPU for a 7B model); each block, its inputs and its statistics
+    move to `device` (CUDA when available) only while that block is compressed."""
+    device = torch.device(device) if device else default_device()
+    layers = decoder_layers(model)
+    inputs = to_device(_first_layer_inputs(model, layers, batch), device)
+    home = next(layers[0].parameters()).device
+    reports = OrderedDict()
+    for index, layer in enumerate(layers):
+        layer.to(device)
+        def run(limit=None, layer=layer):
+            return [layer(*args, **kwargs) for args, kwargs in inputs[:limit]]
+
+        groups = _linear_groups(layer, run)
+        if not true_sequential:  # every linear sees the uncompressed block's activations
+            groups = [[n for g in groups for n in g]]
+        modules = dict(layer.named_modules())
+        for group in groups:
+            stats = {n: InputStats(modules[n].in_features, need_hessian, device) for n in group}
+            hooks = [modules[n].register_forward_hook(
+                lambda _m, inp, _out, n=n: stats[n].add(inp[0])) for n in group]
+            try:
+                run()
+            finally:
+                for h in hooks:
+                    h.remove()
+            for n in group:
+                reports[f"{index}.{n}"] = compress_linear(f"{index}.{n}", modules[n], stats[n])
+        outputs = run()
+        # Next block's inputs: this (compressed) block's outputs, other arguments unchanged.
+        inputs = [((out[0] if isinstance(out, tuple) else out,) + tuple(args[1:]), kwargs)
+                  for out, (args, kwargs) in zip(outputs, inputs)]
+        layer.to(home)
+        log(f"block {index + 1}/{len(layers)} compressed")
+    return reports

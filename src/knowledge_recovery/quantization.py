@@ -1,0 +1,98 @@
+"""Weight-only quantization: a min-max group quantizer, round-to-nearest, and GPTQ.
+
+All functions return dequantized float weights ("fake quant"): the values a packed low-bit
+checkpoint would decode to.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def qparams(w: torch.Tensor, bits: int, symmetric: bool):
+    """Per-row min-max scale and integer zero point of a [rows, cols] block."""
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (w.abs().amax(dim=1, keepdim=True) / qmax).clamp(min=1e-12)
+        return scale, torch.zeros_like(scale), -qmax - 1, qmax
+    qmax = 2 ** bits - 1
+    lo = w.amin(dim=1, keepdim=True).clamp(max=0)
+    hi = w.amax(dim=1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / qmax).clamp(min=1e-12)
+    return scale, torch.round(-lo / scale), 0, qmax
+
+
+def fake_quant(x: torch.Tensor, scale, zero, qmin, qmax) -> torch.Tensor:
+    """Quantize and dequantize. Zero is always exactly representable (pruned weights stay 0)."""
+    return (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def _check_group(cols: int, group_size: int | None) -> int:
+    group = cols if group_size is None else group_size
+    if cols % group:
+        raise ValueError(f"group_size {group} does not divide the layer width {cols}")
+    return group
+
+
+@torch.no_grad()
+def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None,
+                 symmetric: bool = False) -> torch.Tensor:
+    """Round-to-nearest, group-wise along the input dimension."""
+    rows, cols = weight.shape
+    group = _check_group(cols, group_size)
+    w = weight.float().reshape(rows * (cols // group), group)
+    return fake_quant(w, *qparams(w, bits, symmetric)).reshape(rows, cols).to(weight.dtype)
+
+
+def _inverse_hessian_chol(hessian: torch.Tensor, weight: torch.Tensor, damping: float):
+    """Upper Cholesky factor of the damped inverse Hessian; dead inputs zeroed in the weight."""
+    h = hessian.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    weight[:, dead] = 0
+    h += damping * torch.mean(torch.diag(h)) * torch.eye(len(h), device=h.device)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
+@torch.no_grad()
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
+         symmetric: bool = False, damping: float = 0.01, act_order: bool = False,
+         block_size: int = 128, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """GPTQ (Frantar et al. 2022): quantize column by column, pushing each column's error onto
+    the columns not yet quantized through the inverse Hessian of the layer's inputs.
+
+    With act_order, columns go in order of decreasing Hessian diagonal; group parameters then
+    come from the original contiguous groups ("static groups"), so each stored group still
+    holds at most 2^bits values. `keep` is a mask from earlier pruning: pruned weights stay 0.
+    """
+    rows, cols = weight.shape
+    group = _check_group(cols, group_size)
+    w, h = weight.float().clone(), hessian.float()
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True)
+    if act_order:
+        static = [qparams(w[:, g: g + group], bits, symmetric) for g in range(0, cols, group)]
+        w, h = w[:, perm], h[perm][:, perm]
+        keep = None if keep is None else keep[:, perm]
+    hinv = _inverse_hessian_chol(h, w, damping)
+    params = None
+    q_all = torch.zeros_like(w)
+    for b0 in range(0, cols, block_size):
+        b1 = min(b0 + block_size, cols)
+        w1, hinv1 = w[:, b0:b1].clone(), hinv[b0:b1, b0:b1]
+        err1 = torch.zeros_like(w1)
+        for i in range(b1 - b0):
+            col = b0 + i
+            if act_order:
+                params = static[int(perm[col]) // group]
+            elif col % group == 0:
+                params = qparams(torch.cat([w1[:, i:], w[:, b1:]], 1)[:, :group], bits, symmetric)
+            q = fake_quant(w1[:, i: i + 1], *params).flatten()
+            if keep is not None:
+                q = q * keep[:, col]
+            q_all[:, col] = q
+            e = (w1[:, i] - q) / hinv1[i, i]
+            w1[:, i:] -= e[:, None] @ hinv1[i: i + 1, i:]
+            err1[:, i] = e
+        w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
+    if act_order:
+        q_all = q_all[:, torch.argsort(perm)]
+    return q_all.to(weight.dtype)

@@ -1,0 +1,113 @@
+"""Wanda, SparseGPT, GPTQ and joint pruning + quantization, checked on small layers and models."""
+import pytest
+import torch
+
+from knowledge_recovery import calibration, pruning, quantization
+from knowledge_recovery.calibration import InputStats
+from knowledge_recovery.compression import compress, compress_weight, target_linears
+from knowledge_recovery.text import python_reference
+
+
+@pytest.fixture(scope="module")
+def layer_data():
+    """A weight and correlated, unevenly scaled inputs, as real activations are."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 64, generator=gen) @ torch.randn(64, 64, generator=gen)
+    x *= torch.linspace(0.1, 3.0, 64)
+    w = torch.randn(32, 64, generator=gen)
+    stats = InputStats(64, need_hessian=True)
+    for chunk in x.split(256):
+        stats.add(chunk)
+    return w, x, stats
+
+
+def recon_error(x, w, w_hat):
+    return (x @ w.T - x @ w_hat.T).pow(2).mean().item()
+
+
+def test_input_stats_match_direct_computation(layer_data):
+    _, x, stats = layer_data
+    assert torch.allclose(stats.hessian, 2 * x.T @ x / len(x), rtol=1e-4, atol=1e-3)
+    assert torch.allclose(stats.col_sq, x.pow(2).sum(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("pattern", [{"n": 2, "m": 4}, {"n": 4, "m": 8}, {"n": 1, "m": 2}])
+def test_nm_masks_are_valid(layer_data, pattern):
+    w, _, stats = layer_data
+    for mask in (pruning.magnitude(w, pattern), pruning.wanda(w, stats.col_sq, pattern),
+                 pruning.sparsegpt(w, stats.hessian, pattern)[1]):
+        groups = mask.reshape(w.shape[0], -1, pattern["m"])
+        assert (groups.sum(-1) == pattern["n"]).all()
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_unstructured_sparsity_is_exact(layer_data, sparsity):
+    w, _, stats = layer_data
+    k = round(sparsity * w.numel())
+    assert int((~pruning.wanda(w, stats.col_sq, {"sparsity": sparsity})).sum()) == \
+        w.shape[0] * round(sparsity * w.shape[1])  # Wanda: exact per row
+    w_sgpt, mask = pruning.sparsegpt(w, stats.hessian, {"sparsity": sparsity})
+    assert int((~mask).sum()) == k and int((w_sgpt == 0).sum()) >= k
+    assert torch.equal(w_sgpt == 0, ~mask) or int((w_sgpt[mask] == 0).sum()) == 0
+
+
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"n": 2, "m": 4}])
+def test_data_aware_pruning_reconstructs_better_than_magnitude(layer_data, pattern):
+    w, x, stats = layer_data
+    err_mag = recon_error(x, w, w * pruning.magnitude(w, pattern))
+    err_wanda = recon_error(x, w, w * pruning.wanda(w, stats.col_sq, pattern))
+    err_sgpt = recon_error(x, w, pruning.sparsegpt(w, stats.hessian, pattern)[0])
+    assert err_sgpt < err_wanda < err_mag
+
+
+@pytest.mark.parametrize("bits,group,act_order", [(4, 16, False), (3, 16, True), (2, None, False),
+                                                  (8, 32, True)])
+def test_gptq_groups_hold_2_pow_bits_values_and_beat_rtn(layer_data, bits, group, act_order):
+    w, x, stats = layer_data
+    q = quantization.gptq(w, stats.hessian, bits, group, act_order=act_order)
+    g = group or w.shape[1]
+    for row_group in q.reshape(w.shape[0], -1, g).reshape(-1, g):
+        assert len(torch.unique(row_group)) <= 2 ** bits
+    rtn = quantization.quantize_rtn(w, bits, group)
+    assert recon_error(x, w, q) < recon_error(x, w, rtn)
+
+
+def test_joint_pruning_then_quantization_keeps_the_mask(layer_data):
+    w, _, stats = layer_data
+    entry = {"method": "sparsegpt", "sparsity": 0.5, "damping": 0.01,
+             "quantize": {"method": "gptq", "bits": 4, "group_size": 16, "symmetric": False,
+                          "damping": 0.01, "act_order": False}}
+    q, keep = compress_weight(w, entry, stats)
+    assert int((~keep).sum()) == w.numel() // 2
+    assert (q[~keep] == 0).all()
+    for row_group in q.reshape(-1, 16):
+        assert len(torch.unique(row_group)) <= 2 ** 4
+
+
+@pytest.mark.parametrize("entry", [
+    {"method": "wanda", "sparsity": 0.5, "damping": 0.01},
+    {"method": "sparsegpt", "pattern": "2:4", "damping": 0.01},
+    {"method": "gptq", "bits": 4, "group_size": 32, "symmetric": False, "damping": 0.01,
+     "act_order": True},
+])
+def test_sequential_compression_of_a_model(tiny, entry):
+    model, tok = tiny()
+    batch = calibration.calibration_batch(tok, python_reference()[:20000], 4, 32, seed=0)
+    _, stats = compress(model, entry, batch, log=lambda *_: None)
+    if "sparsity" in entry or "pattern" in entry:
+        assert stats["sparsity"] == pytest.approx(0.5, abs=1e-6)
+    assert set(stats["per_layer_sparsity"]) == set(target_linears(model))
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=batch[:1]).logits).all()
+
+
+def test_sequential_compression_is_deterministic(tiny):
+    entry = {"method": "sparsegpt", "sparsity": 0.5, "damping": 0.01}
+    outs = []
+    for _ in range(2):
+        model, tok = tiny()
+        batch = calibration.calibration_batch(tok, python_reference()[:20000], 4, 32, seed=0)
+        compress(model, entry, batch, log=lambda *_: None)
+        outs.append(model.state_dict())
+    for k in outs[0]:
+        assert torch.equal(outs[0][k], outs[1][k]), k
