@@ -3,6 +3,7 @@
 Needs a running SLURM (tests/slurm/start_slurm.sh, which .ci/run calls); skipped where none is.
 """
 import os
+import re
 import shutil
 import subprocess
 
@@ -46,6 +47,7 @@ def test_smoke_grid_runs_through_the_slurm_profile(tmp_path):
     assert (res / "summary" / "results.csv").is_file()
     for cell in ("dense/none", "magnitude-s0.5/none", "magnitude-s0.5/lora-r2/seed0"):
         assert (res / "eval" / "tiny-llama" / cell / "results.json").is_file()
-    # The compute rules really went through sbatch: SLURM wrote a log for each of them.
-    slurm_logs = {p.parent.parent.name for p in (tmp_path / ".snakemake" / "slurm_logs").rglob("*.log")}
-    assert {"rule_compress", "rule_train", "rule_evaluate"} <= slurm_logs, slurm_logs
+    # The compute rules really went through sbatch (1 compress, 1 train, 3 evaluate); the local
+    # rules (downloads, aggregate) did not.
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+", output)
+    assert len(submitted) == 5, output[-4000:]
