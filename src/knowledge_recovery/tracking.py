@@ -59,40 +59,30 @@ def _setup(results_dir: Path, experiment: str):
     return client, exp_id, parent
 
 
-def log_step(results_dir, experiment: str, step: str, unit: str, *, tags: dict | None = None,
-             params: dict | None = None, metrics: dict | None = None,
-             artifacts: list | None = None, series: dict | None = None) -> str | None:
-    """Log one step of one unit (a cell, a compressed model, ...) as a child run, replacing the
-    run of an earlier execution of the same step so re-runs never duplicate. Returns the run id,
-    or None if tracking failed (the failure is printed, not raised)."""
-    results_dir = Path(results_dir)
-    try:
-        client, exp_id, parent = _setup(results_dir, experiment)
-        key = f"{step}:{unit}"
-        for old in client.search_runs([exp_id], f"tags.`{KEY_TAG}` = '{key}'"):
-            client.delete_run(old.info.run_id)
-        run = client.create_run(exp_id, run_name=key, tags={
-            KEY_TAG: key, ROLE_TAG: "step", "step": step, "unit": unit,
-            "mlflow.parentRunId": parent, **{k: str(v) for k, v in (tags or {}).items()}})
-        run_id = run.info.run_id
-        from mlflow.entities import Metric, Param
+def _record(client, run_id, params=None, metrics=None, series=None, artifacts=None) -> None:
+    """Params (flattened), scalar metrics, metric series [(step, value)] and files of one run."""
+    from mlflow.entities import Metric, Param
 
-        flat = {k: str(v)[:6000] for k, v in _flatten(params or {}).items()}
-        numeric = {k: float(v) for k, v in _flatten(metrics or {}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        stamp = int(1000 * time.time())
-        series_metrics = [Metric(name, float(v), stamp, int(s))
-                          for name, points in (series or {}).items() for s, v in points]
-        client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()],
-                         metrics=[Metric(k, v, stamp, 0) for k, v in numeric.items()])
-        for i in range(0, len(series_metrics), 900):  # log_batch takes at most 1000 metrics
-            client.log_batch(run_id, metrics=series_metrics[i: i + 900])
-        for path in artifacts or []:
-            client.log_artifact(run_id, str(path))
-        client.set_terminated(run_id)
-        return run_id
+    stamp = int(1000 * time.time())
+    flat = {k: str(v)[:6000] for k, v in _flatten(params or {}).items()}
+    scalars = [Metric(k, float(v), stamp, 0) for k, v in _flatten(metrics or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    points = [Metric(name, float(v), stamp, int(s))
+              for name, values in (series or {}).items() for s, v in values]
+    client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()])
+    everything = scalars + points
+    for i in range(0, len(everything), 900):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=everything[i: i + 900])
+    for path in artifacts or []:
+        client.log_artifact(run_id, str(path))
+
+
+def _reported(what: str, results_dir: Path, log) -> str | None:
+    """Run `log()`; on any failure print what was not logged and where, and return None."""
+    try:
+        return log()
     except Exception as err:  # noqa: BLE001 - tracking must never cost a result
-        print(f"WARNING: MLflow tracking failed for {step} {unit} "
+        print(f"WARNING: MLflow tracking failed for {what} "
               f"(tracking URI {tracking_uri(results_dir)}): {type(err).__name__}: {err}\n"
               f"The step's results are complete on disk; re-run the step to log them again.",
               file=sys.stderr)
@@ -100,20 +90,37 @@ def log_step(results_dir, experiment: str, step: str, unit: str, *, tags: dict |
         return None
 
 
+def log_step(results_dir, experiment: str, step: str, unit: str, *, tags: dict | None = None,
+             params: dict | None = None, metrics: dict | None = None,
+             artifacts: list | None = None, series: dict | None = None) -> str | None:
+    """Log one step of one unit (a cell, a compressed model, ...) as a child run, replacing the
+    run of an earlier execution of the same step so re-runs never duplicate. Returns the run id,
+    or None if tracking failed (the failure is printed, not raised)."""
+    results_dir = Path(results_dir)
+
+    def log():
+        client, exp_id, parent = _setup(results_dir, experiment)
+        key = f"{step}:{unit}"
+        for old in client.search_runs([exp_id], f"tags.`{KEY_TAG}` = '{key}'"):
+            client.delete_run(old.info.run_id)
+        run_id = client.create_run(exp_id, run_name=key, tags={
+            KEY_TAG: key, ROLE_TAG: "step", "step": step, "unit": unit,
+            "mlflow.parentRunId": parent, **{k: str(v) for k, v in (tags or {}).items()}},
+        ).info.run_id
+        _record(client, run_id, params, metrics, series, artifacts)
+        client.set_terminated(run_id)
+        return run_id
+
+    return _reported(f"{step} {unit}", results_dir, log)
+
+
 def log_grid(results_dir, experiment: str, metrics: dict, artifacts: list) -> str | None:
     """Attach the aggregate tables and plots to the parent run."""
     results_dir = Path(results_dir)
-    try:
-        client, _, parent = _setup(results_dir, experiment)
-        from mlflow.entities import Metric
 
-        stamp = int(1000 * time.time())
-        client.log_batch(parent, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
-        for path in artifacts:
-            client.log_artifact(parent, str(path))
+    def log():
+        client, _, parent = _setup(results_dir, experiment)
+        _record(client, parent, metrics=metrics, artifacts=artifacts)
         return parent
-    except Exception as err:  # noqa: BLE001
-        print(f"WARNING: MLflow tracking failed for the grid summary "
-              f"(tracking URI {tracking_uri(results_dir)}): {type(err).__name__}: {err}",
-              file=sys.stderr)
-        return None
+
+    return _reported("the grid summary", results_dir, log)
