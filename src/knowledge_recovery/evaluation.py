@@ -48,3 +48,19 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
                     [resp[0] for resp in s["filtered_resps"]]
                     for s in sorted(out["samples"][name], key=lambda s: s["doc_id"])]
     return results
+
+
+def perplexity(model, tokenizer, text: str, seq_len: int = 256, max_windows: int | None = None,
+               batch_size: int = 4) -> float:
+    """Perplexity over consecutive non-overlapping windows of seq_len tokens."""
+    import torch
+
+    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
+    n = len(ids) // seq_len if max_windows is None else min(len(ids) // seq_len, max_windows)
+    windows = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            batch = windows[i: i + batch_size]
+            total += model(input_ids=batch, labels=batch).loss.item() * len(batch)
+    return float(torch.exp(torch.tensor(total / n)))

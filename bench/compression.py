@@ -1,0 +1,94 @@
+"""Compression methods on a real model: time, CPU time, peak memory and WikiText-2 perplexity.
+
+    .venv/bin/python bench/compression.py [--checkpoint DIR] [--samples 16 --seq-len 256]
+
+Each method runs in its own process (clean peak-RSS figure) on the same dense checkpoint and the
+same calibration windows. Default checkpoint: the default grid's SmolLM2-135M (run `make run`
+first). Perplexity text: ../shared WikiText-2 test when present, else the built-in text.
+Expected: dense < GPTQ-4bit < RTN-4bit; Wanda and SparseGPT 50% well below magnitude 50%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WIKITEXT = REPO.parent / "shared" / "data" / "benchmarks" / "wikitext" / "wiki.test.raw"
+METHODS = {
+    "dense": {"method": "dense"},
+    "magnitude-s0.5": {"method": "magnitude", "sparsity": 0.5},
+    "wanda-s0.5": {"method": "wanda", "sparsity": 0.5, "damping": 0.01},
+    "sparsegpt-s0.5": {"method": "sparsegpt", "sparsity": 0.5, "damping": 0.01},
+    "wanda-2to4": {"method": "wanda", "pattern": "2:4", "damping": 0.01},
+    "rtn-w4-g64": {"method": "rtn", "bits": 4, "group_size": 64, "symmetric": False},
+    "gptq-w4-g64": {"method": "gptq", "bits": 4, "group_size": 64, "symmetric": False,
+                    "damping": 0.01, "act_order": False},
+    "gptq-w3-g64": {"method": "gptq", "bits": 3, "group_size": 64, "symmetric": False,
+                    "damping": 0.01, "act_order": True},
+    "rtn-w3-g64": {"method": "rtn", "bits": 3, "group_size": 64, "symmetric": False},
+}
+
+
+def one(args) -> None:
+    import torch
+
+    from knowledge_recovery import calibration, compression, evaluation, models
+    from knowledge_recovery.text import python_reference
+
+    torch.set_num_threads(args.threads)
+    model, tok = models.load_checkpoint(args.checkpoint)
+    calib_text = python_reference()
+    eval_text = WIKITEXT.read_text() if WIKITEXT.is_file() else calib_text[-200000:]
+    batch = calibration.calibration_batch(tok, calib_text, args.samples, args.seq_len, seed=0)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0, c0 = time.perf_counter(), time.process_time()
+    _, stats = compression.compress(model, METHODS[args.one], batch, log=lambda *_: None)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
+    ppl = evaluation.perplexity(model, tok, eval_text, 256, args.ppl_windows)
+    print(json.dumps({"method": args.one, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 1024,
+                      "rss_before_mb": rss0 / 1024, "fp32_mb": fp32_mb, "ppl": ppl,
+                      "sparsity": stats["sparsity"],
+                      "bits": stats["effective_bits_per_weight"]}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint",
+                        default=str(REPO / "results/default/models/smollm2-135m/dense/checkpoint"))
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--ppl-windows", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return one(args)
+    print(f"checkpoint {args.checkpoint}; calibration {args.samples} x {args.seq_len} tokens; "
+          f"perplexity on {'WikiText-2 test' if WIKITEXT.is_file() else 'built-in text'}, "
+          f"{args.ppl_windows} x 256 tokens")
+    print(f"{'method':<16}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}{'x fp32':>8}{'sparsity':>9}"
+          f"{'bits':>6}{'ppl':>9}")
+    for name in args.methods:
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--checkpoint", args.checkpoint,
+                              "--samples", str(args.samples), "--seq-len", str(args.seq_len),
+                              "--ppl-windows", str(args.ppl_windows), "--threads", str(args.threads)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            print(f"{name:<16} failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{name:<16}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['peak_rss_mb']:>9.0f}"
+              f"{r['peak_rss_mb'] / r['fp32_mb']:>8.2f}{r['sparsity']:>9.3f}{r['bits']:>6.2f}"
+              f"{r['ppl']:>9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
