@@ -56,3 +56,15 @@ def test_lm_eval_accuracy_matches_hand_computation(tiny, task_dir, method):
         correct += int(max(range(4), key=scores.__getitem__) == doc["gold"])
     assert results["kp_country_capital"]["documents"] == N_DOCS
     assert results["kp_country_capital"]["acc"] == pytest.approx(correct / N_DOCS)
+
+
+def test_perplexity_is_exp_of_mean_window_loss(tiny):
+    from knowledge_recovery.text import python_reference
+
+    model, tok = tiny(seed=1)
+    text = python_reference()[:5000]
+    ppl = evaluation.perplexity(model, tok, text, seq_len=64, max_windows=5, batch_size=2)
+    ids = torch.tensor(tok(text)["input_ids"][: 5 * 64]).view(5, 64)
+    with torch.no_grad():
+        losses = [model(input_ids=w[None], labels=w[None]).loss.item() for w in ids]
+    assert ppl == pytest.approx(float(torch.tensor(losses).mean().exp()), rel=1e-4)

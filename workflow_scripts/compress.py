@@ -11,7 +11,8 @@ spec = dict(smk.params.spec)
 calib = smk.params.calibration
 model_name, comp = smk.wildcards.model, smk.wildcards.compression
 with step(smk):
-    model, tokenizer = models.load_checkpoint(smk.input.checkpoint)
+    # The model stays on the CPU; calibration moves one block at a time to the GPU if any.
+    model, tokenizer = models.load_checkpoint(smk.input.checkpoint, device="cpu")
     batch = None
     if calib:
         text = Path(smk.input.text).read_text(encoding="utf-8")

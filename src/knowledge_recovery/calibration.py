@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .models import compute_device
+
 
 def calibration_batch(tokenizer, text: str, n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
     """n_samples random windows of seq_len tokens from the text (seeded)."""
@@ -53,10 +55,6 @@ class InputStats:
         self.tokens += n
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def to_device(tree, device):
     """Move every tensor in nested tuples/lists/dicts (a block's args and kwargs)."""
     if isinstance(tree, torch.Tensor):
@@ -85,7 +83,7 @@ def _first_layer_inputs(model, layers, batch):
     try:
         for sample in batch:
             try:
-                model(input_ids=sample[None], use_cache=False)
+                model(input_ids=sample[None].to(model.device), use_cache=False)
             except _Stop:
                 pass
     finally:
@@ -123,7 +121,7 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
 
     The model stays where it is (CPU for a 7B model); each block, its inputs and its statistics
     move to `device` (CUDA when available) only while that block is compressed."""
-    device = torch.device(device) if device else default_device()
+    device = torch.device(device) if device else compute_device()
     layers = decoder_layers(model)
     inputs = to_device(_first_layer_inputs(model, layers, batch), device)
     home = next(layers[0].parameters()).device

@@ -61,6 +61,6 @@ def perplexity(model, tokenizer, text: str, seq_len: int = 256, max_windows: int
     total = 0.0
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            batch = windows[i: i + batch_size]
+            batch = windows[i: i + batch_size].to(model.device)
             total += model(input_ids=batch, labels=batch).loss.item() * len(batch)
     return float(torch.exp(torch.tensor(total / n)))

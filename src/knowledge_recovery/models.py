@@ -95,11 +95,18 @@ def save_checkpoint(model, tokenizer, path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def load_checkpoint(path, dtype: str = "float32"):
+def compute_device() -> torch.device:
+    """CUDA when the job has a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_checkpoint(path, dtype: str = "float32", device=None):
+    """Load a checkpoint for training or evaluation on `device` (default: compute_device())."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model.to(device or compute_device())
     model.eval()
     return model, tokenizer
 

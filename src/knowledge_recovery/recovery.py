@@ -49,6 +49,7 @@ def split_blocks(blocks: torch.Tensor, val_fraction: float, seed: int):
 
 
 def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    batch = batch.to(next(model.parameters()).device)
     return model(input_ids=batch, labels=batch).loss
 
 
