@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .quantization import _inverse_hessian_chol
+from .quantization import inverse_hessian_chol
 
 
 def _lowest(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -53,6 +53,11 @@ def wanda(weight: torch.Tensor, col_sq: torch.Tensor, pattern: dict) -> torch.Te
     return make_mask(weight.abs() * col_sq.sqrt()[None, :], pattern, per_row=True)
 
 
+def saliency(w: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor:
+    """OBS pruning saliency of each weight: w^2 / [H^-1]_jj^2."""
+    return w.pow(2) / hinv_diag.pow(2)[None, :]
+
+
 @torch.no_grad()
 def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: dict, damping: float = 0.01,
               block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,14 +65,13 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: dict, dampin
     w^2 / [H^-1]_jj^2 and update the remaining weights to compensate. Returns (weight, mask)."""
     rows, cols = weight.shape
     w = weight.float().clone()
-    hinv = _inverse_hessian_chol(hessian.float(), w, damping)
+    hinv = inverse_hessian_chol(hessian.float(), w, damping)
     mask = torch.ones_like(w, dtype=torch.bool)
     nm = pattern.get("n") is not None
     for b0 in range(0, cols, block_size):
         b1 = min(b0 + block_size, cols)
         w1, hinv1 = w[:, b0:b1].clone(), hinv[b0:b1, b0:b1]
         err1 = torch.zeros_like(w1)
-        saliency = lambda cols_w, d: cols_w.pow(2) / d.pow(2)[None, :]  # noqa: E731
         if not nm:
             # Exact layer sparsity: each block prunes its share of round(sparsity * numel).
             k = round(pattern["sparsity"] * rows * b1) - round(pattern["sparsity"] * rows * b0)

@@ -43,7 +43,7 @@ def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None,
     return fake_quant(w, *qparams(w, bits, symmetric)).reshape(rows, cols).to(weight.dtype)
 
 
-def _inverse_hessian_chol(hessian: torch.Tensor, weight: torch.Tensor, damping: float):
+def inverse_hessian_chol(hessian: torch.Tensor, weight: torch.Tensor, damping: float):
     """Upper Cholesky factor of the damped inverse Hessian; dead inputs zeroed in the weight."""
     h = hessian.clone()
     dead = torch.diag(h) == 0
@@ -72,7 +72,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
         static = [qparams(w[:, g: g + group], bits, symmetric) for g in range(0, cols, group)]
         w, h = w[:, perm], h[perm][:, perm]
         keep = None if keep is None else keep[:, perm]
-    hinv = _inverse_hessian_chol(h, w, damping)
+    hinv = inverse_hessian_chol(h, w, damping)
     params = None
     q_all = torch.zeros_like(w)
     for b0 in range(0, cols, block_size):
