@@ -1,10 +1,12 @@
 from knowledge_recovery.compression import needs_calibration
-from knowledge_recovery.config import by_id, cells
+from knowledge_recovery.config import by_id, cells, training_spec
 
 RES = f"{config['results_dir']}/{config['experiment']}"
 MODELS = by_id(config["models"], key="name")
 COMPRESSION = by_id(config["compression"])
 RECOVERY = by_id(config["recovery"])
+# Adapters to train, by train id (IDP selection variants of one entry share one adapter).
+TRAINED = {r["train_id"]: training_spec(r) for r in config["recovery"] if r["method"] != "none"}
 TASKS = by_id(config["tasks"], key="name")
 CELLS = cells(config)
 CELL_BY_ID = {c.id: c for c in CELLS}
@@ -42,6 +44,21 @@ def adapter_prefix(model, compression, recovery, seed):
     return f"{RES}/adapters/{model}/{compression}/{recovery}/seed{seed}"
 
 
+def train_inputs(wildcards):
+    inputs = {
+        "checkpoint": checkpoint_dir(wildcards.model, wildcards.compression),
+        "text": f"{RES}/data/recovery_text.txt",
+    }
+    if TRAINED[wildcards.recovery]["training"]["objective"] == "distill":
+        inputs["teacher"] = checkpoint_dir(wildcards.model, "dense")
+    return inputs
+
+
+def resume_dir(wildcards):
+    """Resumable training state: outside the rule's outputs, so a killed job keeps it."""
+    return f"{RES}/train_state/{wildcards.model}/{wildcards.compression}/{wildcards.recovery}/seed{wildcards.seed}"
+
+
 def cell_of(wildcards):
     return CELL_BY_ID[f"{wildcards.model}/{wildcards.compression}/{wildcards.unit}"]
 
@@ -54,7 +71,7 @@ def eval_inputs(wildcards):
         "task_manifests": [f"{RES}/tasks/{t}/manifest.json" for t in TASKS],
     }
     if cell.seed is not None:
-        prefix = adapter_prefix(cell.model, cell.compression, cell.recovery, cell.seed)
+        prefix = adapter_prefix(cell.model, cell.compression, cell.settings["train_id"], cell.seed)
         inputs["adapter"] = f"{prefix}/adapter"
         inputs["train_manifest"] = f"{prefix}/manifest.json"
     return inputs
@@ -66,7 +83,7 @@ def eval_results(cell):
 
 def train_manifests():
     return {
-        c.id: f"{adapter_prefix(c.model, c.compression, c.recovery, c.seed)}/manifest.json"
+        c.id: f"{adapter_prefix(c.model, c.compression, c.settings['train_id'], c.seed)}/manifest.json"
         for c in CELLS
         if c.seed is not None
     }

@@ -1,12 +1,12 @@
 rule train:
     input:
-        checkpoint=lambda w: checkpoint_dir(w.model, w.compression),
-        text=rules.download_text.output.text,
+        unpack(train_inputs),
     output:
         adapter=directory(f"{RES}/adapters/{{model}}/{{compression}}/{{recovery}}/seed{{seed}}/adapter"),
         manifest=f"{RES}/adapters/{{model}}/{{compression}}/{{recovery}}/seed{{seed}}/manifest.json",
     params:
-        spec=lambda w: RECOVERY[w.recovery],
+        spec=lambda w: TRAINED[w.recovery],
+        resume=resume_dir,
     threads: config["threads"]
     resources:
         mem_mb=8000,

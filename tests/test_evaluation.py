@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from knowledge_recovery import evaluation, recovery
+from knowledge_recovery.idp import sample_vocab_embeddings
 from knowledge_recovery.tasks import make_probes, prepare_task
 
 N_DOCS = 6
@@ -16,23 +17,28 @@ def task_dir(tmp_path_factory):
     return out
 
 
-def hand_loglik(model, tok, context, continuation, prompt=None):
+def hand_loglik(model, tok, context, continuation, prompt=None, prefix_ids=None):
     ctx, cont = tok(context)["input_ids"], tok(continuation)["input_ids"]
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
-        if prompt is None:
-            logits = model(input_ids=ids).logits[0]
-        else:  # the soft prompt prepended by hand, in embedding space
+        if prompt is not None:  # the soft prompt prepended by hand, in embedding space
             embeds = torch.cat([prompt[None], model.get_input_embeddings()(ids)], dim=1)
             logits = model(inputs_embeds=embeds).logits[0, len(prompt):]
+        elif prefix_ids is not None:  # a real token prefix, whose keys/values a prefix copies
+            logits = model(input_ids=torch.cat([prefix_ids[None], ids], 1)).logits[0, len(prefix_ids):]
+        else:
+            logits = model(input_ids=ids).logits[0]
     logp = torch.log_softmax(logits.float(), -1)
     return sum(logp[len(ctx) + i - 1, t].item() for i, t in enumerate(cont))
 
 
-@pytest.mark.parametrize("method", ["none", "prompt_tuning", "lora"])
+@pytest.mark.parametrize("method", ["none", "prompt_tuning", "prefix_tuning", "lora"])
 def test_lm_eval_accuracy_matches_hand_computation(tiny, task_dir, method):
     base, tok = tiny(seed=3)
-    model, prompt = base, None
+    model, prompt, prefix_ids = base, None, None
+    if method == "prefix_tuning":  # vocab init: the prefix is the cache of real tokens
+        model = recovery.attach(base, {"method": method, "num_virtual_tokens": 5}, seed=2)
+        prefix_ids, _ = sample_vocab_embeddings(base, 5, seed=2)
     if method == "prompt_tuning":
         model = recovery.attach(base, {"method": method, "num_virtual_tokens": 5})
         prompt = model.get_prompt_embedding_to_save("default").detach()
@@ -47,15 +53,85 @@ def test_lm_eval_accuracy_matches_hand_computation(tiny, task_dir, method):
     results = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
                                   batch_size=4, bootstrap_iters=0, seed=0, log_samples=True)
     correct = 0
-    hand_model = model.get_base_model() if method == "prompt_tuning" else model
+    hand_model = model.get_base_model() if method.endswith("_tuning") else model
     docs = make_probes("country_capital", N_DOCS, 4, seed=0)
     for doc, harness in zip(docs, results["kp_country_capital"]["loglikelihoods"]):
         context = doc["question"] + "\nAnswer:"
-        scores = [hand_loglik(hand_model, tok, context, " " + c, prompt) for c in doc["choices"]]
+        scores = [hand_loglik(hand_model, tok, context, " " + c, prompt, prefix_ids)
+                  for c in doc["choices"]]
         assert harness == pytest.approx(scores, abs=1e-3)
         correct += int(max(range(4), key=scores.__getitem__) == doc["gold"])
     assert results["kp_country_capital"]["documents"] == N_DOCS
     assert results["kp_country_capital"]["acc"] == pytest.approx(correct / N_DOCS)
+
+
+def hand_idp_choice(base, pool, ids, layers):
+    """The prompt the input attends to most, from a plain full forward with all prompts in
+    front (no cache, no hooks): mean over input tokens and heads of each prompt's mass."""
+    m, n, _ = pool.shape
+    embeds = torch.cat([pool.reshape(1, m * n, -1), base.get_input_embeddings()(ids[None])], 1)
+    base.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            att = base(inputs_embeds=embeds, output_attentions=True).attentions
+    finally:
+        base.config._attn_implementation = "sdpa"
+    mass = torch.stack([att[l][0, :, m * n:, : m * n].reshape(-1, len(ids), m, n).sum(-1)
+                        .mean((0, 1)) for l in layers]).mean(0)
+    return int(mass.argmax())
+
+
+def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
+    base, tok = tiny(seed=3, num_layers=3)
+    model = recovery.attach(base, {"method": "idp", "pool_size": 3, "num_virtual_tokens": 4,
+                                   "score_layers": [0, 2], "scheme": "joint",
+                                   "balance_weight": 0.0})
+    with torch.no_grad():  # distinct prompts and sharp attention, so inputs pick different ones
+        model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(0))
+        for layer in base.model.layers:
+            layer.self_attn.q_proj.weight.mul_(30)
+    model.eval()
+    manager = evaluation.task_manager([task_dir], need_builtin=False)
+    results = evaluation.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
+                                            {"batch_size": 4, "bootstrap_iters": 0}, seed=0)
+    model.selection = "attention"
+    logged = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
+                                 batch_size=1, bootstrap_iters=0, seed=0, log_samples=True)
+    chosen, correct = set(), 0
+    for doc, harness in zip(make_probes("country_capital", N_DOCS, 4, seed=0),
+                            logged["kp_country_capital"]["loglikelihoods"]):
+        context = doc["question"] + "\nAnswer:"
+        scores = []
+        for choice in doc["choices"]:
+            ids = tok(context)["input_ids"] + tok(" " + choice)["input_ids"]
+            j = hand_idp_choice(base, model.prompts.detach(), torch.tensor(ids[:-1]), [0, 2])
+            chosen.add(j)
+            scores.append(hand_loglik(base, tok, context, " " + choice, model.prompts[j].detach()))
+        assert harness == pytest.approx(scores, abs=1e-3)
+        correct += int(max(range(4), key=scores.__getitem__) == doc["gold"])
+    assert len(chosen) > 1, "every input chose the same prompt: the test shows nothing"
+    assert results["kp_country_capital"]["acc"] == pytest.approx(correct / N_DOCS)
+
+
+def test_idp_oracle_is_best_prompt_per_document(tiny, task_dir):
+    base, tok = tiny(seed=3)
+    model = recovery.attach(base, {"method": "idp", "pool_size": 2, "num_virtual_tokens": 3,
+                                   "score_layers": [0], "scheme": "joint", "balance_weight": 0.0})
+    with torch.no_grad():
+        model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(1))
+    model.eval()
+    manager = evaluation.task_manager([task_dir], need_builtin=False)
+    task = [{"name": "kp_country_capital"}]
+    cfg = {"batch_size": 4, "bootstrap_iters": 0}
+    oracle = evaluation.evaluate_recovered(model, tok, task, manager, cfg, 0, "oracle")
+    per_prompt = []
+    for j in range(2):
+        model.selection = j
+        per_prompt.append(evaluation.evaluate(model, tok, task, manager, 4, 0, 0,
+                                              log_samples=True)["kp_country_capital"]["correct"])
+    best = [max(a, b) for a, b in zip(*per_prompt)]
+    assert oracle["kp_country_capital"]["acc"] == pytest.approx(sum(best) / N_DOCS)
+    assert oracle["kp_country_capital"]["acc"] >= max(sum(c) for c in per_prompt) / N_DOCS
 
 
 def test_perplexity_is_exp_of_mean_window_loss(tiny):

@@ -1,5 +1,5 @@
 """Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json."""
-from knowledge_recovery import artifacts, evaluation, models, tracking
+from knowledge_recovery import artifacts, evaluation, models, recovery, tracking
 from knowledge_recovery.config import task_names
 from knowledge_recovery.step import results_root, step
 
@@ -9,22 +9,20 @@ cfg = smk.params.evaluation
 with step(smk):
     model, tokenizer = models.load_checkpoint(smk.input.checkpoint, cfg["dtype"])
     if cell.seed is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, smk.input.adapter)
-        model.eval()
+        model = recovery.load(model, smk.input.adapter)
     tasks = [{"name": n, "limit": t.get("limit")} for t in smk.params.tasks
              for n in task_names(t)]
     manager = evaluation.task_manager(smk.input.tasks, any(t["type"] == "lm_eval" for t in smk.params.tasks))
     with artifacts.Timer() as timer:
-        results = evaluation.evaluate(model, tokenizer, tasks, manager, cfg["batch_size"],
-                                      cfg["bootstrap_iters"], smk.config["seed"])
+        results = evaluation.evaluate_recovered(model, tokenizer, tasks, manager, cfg,
+                                                smk.config["seed"], cell.settings.get("selection"))
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
                              **timer.as_dict(), results=results)
     artifacts.write_json(smk.output.results, out)
     print(results)
     tracking.log_step(results_root(smk), smk.config["experiment"], "evaluate", cell.id,
                       tags={"cell": cell.id, **cell.axes}, params={"evaluation": cfg, **cell.axes},
-                      metrics={**{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
+                      metrics={**{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()
+                                  if isinstance(v, (int, float))},
                                **timer.as_dict()},
                       artifacts=[smk.output.results])

@@ -1,4 +1,4 @@
-"""Train one recovery adapter (peft) on a compressed model; keep the best validation checkpoint."""
+"""Train one recovery adapter on a compressed model; keep the best validation checkpoint."""
 from pathlib import Path
 
 from knowledge_recovery import artifacts, models, recovery, tracking
@@ -10,24 +10,27 @@ w = smk.wildcards
 seed = int(w.seed)
 with step(smk):
     base, tokenizer = models.load_checkpoint(smk.input.checkpoint)
-    model = recovery.attach(base, spec)
+    # the same checks as preflight, for models whose shape was unknown before download
+    model = recovery.attach_checked(base, spec, f"recovery (id {w.recovery})", w.model, seed)
+    teacher = models.load_checkpoint(smk.input.teacher)[0].eval() if "teacher" in smk.input.keys() else None
     text = Path(smk.input.text).read_text(encoding="utf-8")
     with artifacts.Timer() as timer:
-        best, history = recovery.train(model, tokenizer, text, spec["training"], seed)
-    recovery.load_best(model, best)
+        best, history = recovery.train(model, tokenizer, text, spec["training"], seed,
+                                       teacher=teacher, resume_path=smk.params.resume)
+    recovery.load_trainable_state(model, best)
     with artifacts.atomic_dir(smk.output.adapter) as tmp:
-        model.save_pretrained(tmp)
+        recovery.save(model, tmp)
     step_s = sorted(history["step_s"])
     manifest = artifacts.manifest(
         "train", spec, **timer.as_dict(), seed=seed, history=history,
         trainable_params=recovery.trainable_parameters(model),
         adapter_bytes=artifacts.dir_bytes(smk.output.adapter),
-        median_step_s=step_s[len(step_s) // 2])
+        median_step_s=step_s[len(step_s) // 2] if step_s else None)
     artifacts.write_json(smk.output.manifest, manifest)
-    cell = f"{w.model}/{w.compression}/{w.recovery}/seed{seed}"
+    unit = f"{w.model}/{w.compression}/{w.recovery}/seed{seed}"
     tracking.log_step(
-        results_root(smk), smk.config["experiment"], "train", cell,
-        tags={"cell": cell, "model": w.model, "compression": w.compression,
+        results_root(smk), smk.config["experiment"], "train", unit,
+        tags={"cell": unit, "model": w.model, "compression": w.compression,
               "recovery": w.recovery, "seed": seed},
         params=spec,
         metrics={k: manifest[k] if k in manifest else history[k]

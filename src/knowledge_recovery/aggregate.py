@@ -20,7 +20,8 @@ def collect(cells: list, eval_files: list, train_manifests: dict) -> pd.DataFram
                  "adapter_bytes": trained.get("adapter_bytes", 0)}
         for task, metrics in result["results"].items():
             for metric, value in metrics.items():
-                if metric.endswith("_stderr") or metric == "documents" or value is None:
+                if (metric.endswith("_stderr") or metric == "documents"
+                        or not isinstance(value, (int, float))):
                     continue
                 rows.append({"cell": cell.id, **cell.axes, "task": task, "metric": metric,
                              "value": value, "stderr": metrics.get(f"{metric}_stderr"),

@@ -76,12 +76,37 @@ ID_FORMATS = {
     "gptq": _quant_id,
     "none": lambda e: "none",
     "prompt_tuning": lambda e: f"prompt-n{e['num_virtual_tokens']}",
+    "prefix_tuning": lambda e: f"prefix-n{e['num_virtual_tokens']}",
     "lora": lambda e: f"lora-r{e['r']}",
+    "idp": lambda e: (f"idp-m{e['pool_size']}-n{e['num_virtual_tokens']}-{e['scheme']}"
+                      + ("" if e.get("selection", "attention") == "attention" else f"-{e['selection']}")),
 }
+
+# Settings each recovery method takes (besides method, name, training).
+RECOVERY_KEYS = {
+    "none": set(),
+    "prompt_tuning": {"num_virtual_tokens", "max_params"},
+    "prefix_tuning": {"num_virtual_tokens", "prefix_init", "max_params"},
+    "lora": {"r", "alpha", "dropout", "target_modules", "max_params"},
+    "idp": {"num_virtual_tokens", "pool_size", "score_layers", "scheme", "balance_weight",
+            "selection", "max_params"},
+}
+# Chosen at evaluation, not training: entries that differ only in these share one adapter.
+EVAL_ONLY_KEYS = {"selection", "name", "id", "train_id"}
 
 
 def entry_id(entry: dict) -> str:
     return entry.get("name") or ID_FORMATS[entry["method"]](entry)
+
+
+def train_id(entry: dict) -> str:
+    """Id of the adapter a recovery entry evaluates (IDP selection variants share one)."""
+    return entry.get("name") or ID_FORMATS[entry["method"]]({**entry, "selection": "attention"})
+
+
+def training_spec(entry: dict) -> dict:
+    """What the train step depends on: the entry without its evaluation-only settings."""
+    return {k: v for k, v in entry.items() if k not in EVAL_ONLY_KEYS}
 
 
 # ---------------------------------------------------------------- grid
@@ -126,15 +151,27 @@ def preflight(config: dict, base_dir: str | os.PathLike = ".") -> dict:
         c["id"] = entry_id(c)
     _unique([c["id"] for c in config["compression"]], "compression", "id (set 'name' to tell them apart)")
 
+    trained: dict[str, tuple[int, dict]] = {}
     for i, r in enumerate(config["recovery"]):
+        key = f"recovery[{i}]"
+        stray = set(r) - RECOVERY_KEYS[r["method"]] - {"method", "name", "training"}
+        if stray:
+            raise ConfigError(f"{key}.{sorted(stray)[0]}", f"not a setting of method {r['method']!r}")
         r["id"] = entry_id(r)
-        if r["method"] != "none":
-            merged = dict(config["training"])
-            merged.update(r.get("training", {}))
-            r["training"] = merged
-        elif "training" in r:
-            raise ConfigError(f"recovery[{i}].training", "method 'none' trains nothing")
+        if r["method"] == "none":
+            if "training" in r:
+                raise ConfigError(f"{key}.training", "method 'none' trains nothing")
+            continue
+        merged = dict(config["training"])
+        merged.update(r.get("training", {}))
+        r["training"] = merged
+        r["train_id"] = train_id(r)
+        first = trained.setdefault(r["train_id"], (i, training_spec(r)))
+        if first[1] != training_spec(r):
+            raise ConfigError(key, f"trains adapter {r['train_id']!r} like recovery[{first[0]}] but "
+                              "with other settings: give one of them a 'name'")
     _unique([r["id"] for r in config["recovery"]], "recovery", "id (set 'name' to tell them apart)")
+    check_recovery_on_models(config)
 
     if config["text"]["source"] == "files":
         for j, p in enumerate(config["text"]["paths"]):
@@ -194,6 +231,51 @@ def check_compression(c: dict, key: str, models: list[dict]) -> None:
                 if size and width % size:
                     raise ConfigError(f"{key}.{what}", f"{size} does not divide the layer width "
                                       f"{width} of model {m['name']!r}")
+
+
+def known_model_config(model: dict):
+    """The transformers config of a model when it is known before download (tiny random models
+    and local folders), else None: other models are checked by the train step before it trains."""
+    if model["source"] == "tiny-random":
+        from .models import tiny_config
+
+        return tiny_config(model)
+    if model["source"] == "local" and (Path(model["path"]) / "config.json").is_file():
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model["path"])
+    return None
+
+
+def check_recovery_on_models(config: dict) -> None:
+    """Build every trained recovery entry on every model whose shape is known, on the meta device
+    (no memory, no weights): LoRA targets must match, IDP score layers exist, budgets hold."""
+    entries = [(i, r) for i, r in enumerate(config["recovery"]) if r["method"] != "none"]
+    if not entries:
+        return
+    for m in config["models"]:
+        model_cfg = known_model_config(m)
+        if model_cfg is None:
+            continue
+        for i, r in entries:
+            check_recovery_entry(r, f"recovery[{i}]", model_cfg, m["name"])
+
+
+def check_recovery_entry(entry: dict, key: str, model_cfg, model_name: str) -> int:
+    """Build one entry on an empty (meta) model of this config; returns its parameter count."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .recovery import attach_checked, trainable_parameters
+
+    layers = model_cfg.num_hidden_layers
+    bad = [l for l in entry.get("score_layers", []) if l >= layers]
+    if bad:
+        raise ConfigError(f"{key}.score_layers", f"layers {bad} do not exist: model "
+                          f"{model_name!r} has {layers} (0-{layers - 1})")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_cfg)
+    return trainable_parameters(attach_checked(model, entry, key, model_name, init=False))
 
 
 def model_widths(model: dict) -> tuple[int, ...]:

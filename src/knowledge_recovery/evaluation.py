@@ -44,10 +44,33 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
             }
             results[name]["documents"] = out["n-samples"][name]["effective"]
             if log_samples:
-                results[name]["loglikelihoods"] = [
-                    [resp[0] for resp in s["filtered_resps"]]
-                    for s in sorted(out["samples"][name], key=lambda s: s["doc_id"])]
+                samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
+                results[name]["loglikelihoods"] = [[resp[0] for resp in s["filtered_resps"]]
+                                                   for s in samples]
+                results[name]["correct"] = [s.get("acc") for s in samples]
     return results
+
+
+def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,
+                       selection: str | None = None) -> dict:
+    """`evaluate` for any recovered model. IDP chooses a prompt per input, and lm-eval pads a
+    batch without telling the model where the padding is: with attention or random selection,
+    requests go one at a time so padding cannot sway the choice. Oracle selection evaluates each
+    prompt of the pool on its own and keeps, per document, the best of them."""
+    from .idp import DynamicPromptModel, oracle_results
+
+    run = lambda batch, log: evaluate(model, tokenizer, tasks, manager, batch,  # noqa: E731
+                                      cfg["bootstrap_iters"], seed, log_samples=log)
+    if not isinstance(model, DynamicPromptModel):
+        return run(cfg["batch_size"], False)
+    if selection == "oracle":
+        per_prompt = []
+        for j in range(model.pool_size):
+            model.selection = j
+            per_prompt.append(run(cfg["batch_size"], True))
+        return oracle_results(per_prompt)
+    model.selection = selection or "attention"
+    return run(1, False)
 
 
 def perplexity(model, tokenizer, text: str, seq_len: int = 256, max_windows: int | None = None,

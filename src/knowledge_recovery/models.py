@@ -31,22 +31,27 @@ def byte_tokenizer():
                                    bos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def tiny_random(spec: dict, seed: int):
-    """A small randomly initialised model for tests and smoke runs."""
-    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+def tiny_config(spec: dict):
+    """The transformers config of a `tiny-random` model entry (byte tokenizer vocabulary)."""
+    from transformers import LlamaConfig, OPTConfig
 
     tokenizer = byte_tokenizer()
-    torch.manual_seed(seed)
     common = dict(vocab_size=len(tokenizer), num_hidden_layers=spec["num_layers"],
                   num_attention_heads=spec["num_heads"], hidden_size=spec["hidden_size"],
                   max_position_embeddings=2048, eos_token_id=tokenizer.eos_token_id,
                   bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
     if spec["architecture"] == "llama":
-        model = LlamaForCausalLM(LlamaConfig(intermediate_size=spec["intermediate_size"], **common))
-    else:
-        model = OPTForCausalLM(OPTConfig(ffn_dim=spec["intermediate_size"],
-                                         word_embed_proj_dim=spec["hidden_size"], **common))
-    return model, tokenizer
+        return LlamaConfig(intermediate_size=spec["intermediate_size"], **common)
+    return OPTConfig(ffn_dim=spec["intermediate_size"], word_embed_proj_dim=spec["hidden_size"],
+                     **common)
+
+
+def tiny_random(spec: dict, seed: int):
+    """A small randomly initialised model for tests and smoke runs."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(spec)), byte_tokenizer()
 
 
 def from_pypi_gguf(spec: dict):

@@ -1,17 +1,29 @@
-"""Recovery methods (peft): build the adapter for a `recovery:` entry and train it with a
-language-modelling loss on the recovery text. The base model stays frozen, so a pruned or
-quantized model keeps exactly the compression its cell claims.
+"""Recovery methods: build the adapter for a `recovery:` entry, train it, save and load it.
+
+Prompt tuning, prefix tuning and LoRA come from peft; IDP from `idp.py`. The base model stays
+frozen and LoRA stays unmerged, so a pruned or quantized model keeps exactly the compression its
+cell claims. Training: AdamW with warm-up and cosine decay, gradient clipping, optional bf16
+autocast, language-modelling or distillation (KL to the dense model) loss, best validation
+checkpoint kept, and periodic resumable checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+from .idp import CONFIG_FILE as IDP_CONFIG_FILE
+from .idp import DynamicPromptModel, sample_vocab_embeddings
 
 
 def peft_config(entry: dict):
-    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
+    from peft import (LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit,
+                      TaskType)
 
     method = entry["method"]
     if method == "prompt_tuning":
@@ -19,17 +31,82 @@ def peft_config(entry: dict):
         return PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
                                   num_virtual_tokens=entry["num_virtual_tokens"],
                                   prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+    if method == "prefix_tuning":
+        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM,
+                                  num_virtual_tokens=entry["num_virtual_tokens"])
     if method == "lora":
         return LoraConfig(task_type=TaskType.CAUSAL_LM, r=entry["r"], lora_alpha=entry["alpha"],
                           lora_dropout=entry["dropout"], target_modules=entry["target_modules"])
-    raise ValueError(f"unknown recovery method {method!r}")
+    raise ValueError(f"unknown peft recovery method {method!r}")
 
 
-def attach(model, entry: dict):
-    """Wrap a frozen base model with the entry's untrained adapter."""
+def attach(model, entry: dict, seed: int = 0, init: bool = True):
+    """Wrap a frozen base model with the entry's untrained adapter (`init=False`: leave peft's
+    initialisation, for counting parameters on a meta-device model)."""
+    if entry["method"] == "idp":
+        return DynamicPromptModel(model, entry["pool_size"], entry["num_virtual_tokens"],
+                                  entry["score_layers"], entry["scheme"], entry["balance_weight"],
+                                  seed=seed)
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(entry))
+    torch.manual_seed(seed)
+    wrapped = get_peft_model(model, peft_config(entry))
+    if init and entry["method"] == "prefix_tuning" and entry.get("prefix_init", "vocab") == "vocab":
+        init_prefix_from_vocab(wrapped, entry["num_virtual_tokens"], seed)
+    return wrapped
+
+
+def init_prefix_from_vocab(model, num_tokens: int, seed: int) -> None:
+    """Set the prefix to the keys and values that n random vocabulary tokens produce in every
+    layer, i.e. a real (meaningless) text prefix. peft's default random init makes keys and
+    values the model has never seen and wrecks it before training (stack notes: loss 2.9 -> 8+)."""
+    from transformers import DynamicCache
+
+    base = model.get_base_model()
+    ids, _ = sample_vocab_embeddings(base, num_tokens, seed)
+    cache = DynamicCache(config=base.config)
+    with torch.no_grad(), model.disable_adapter():
+        base(input_ids=ids.unsqueeze(0).to(base.device), past_key_values=cache, use_cache=True)
+    # peft's layout of one prefix row: (layer, key|value, kv head, head dim), flattened
+    kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
+    rows = kv.permute(3, 0, 1, 2, 4).reshape(num_tokens, -1)  # (L, 2, H, n, d) -> (n, L*2*H*d)
+    emb = model.prompt_encoder[model.active_adapter].embedding.weight
+    if emb.shape != rows.shape:
+        raise ValueError(f"prefix layout {tuple(emb.shape)} does not match the model's cache "
+                         f"{tuple(rows.shape)}")
+    emb.data.copy_(rows)
+
+
+def save(model, path) -> None:
+    model.save_pretrained(path)
+
+
+def load(base, path):
+    """Attach a saved adapter (peft or IDP) to a base model, for inference."""
+    if (Path(path) / IDP_CONFIG_FILE).is_file():
+        return DynamicPromptModel.from_pretrained(base, path).eval()
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, path).eval()
+
+
+def attach_checked(model, entry: dict, key: str, model_name: str, seed: int = 0,
+                   init: bool = True):
+    """`attach`, with failures and a missed parameter budget raised as ConfigError naming `key`.
+    Used by preflight on meta-device models (init=False) and by the train step on the real one."""
+    from .config import ConfigError
+
+    try:
+        wrapped = attach(model, entry, seed, init)
+    except ValueError as err:
+        field = "target_modules" if entry["method"] == "lora" else "method"
+        raise ConfigError(f"{key}.{field}", f"cannot be built on model {model_name!r}: {err}") from None
+    count = trainable_parameters(wrapped)
+    if entry.get("max_params") and count > entry["max_params"]:
+        raise ConfigError(f"{key}.max_params", f"{entry['method']} has {count:,} trainable "
+                          f"parameters on model {model_name!r}, over the budget of "
+                          f"{entry['max_params']:,}")
+    return wrapped
 
 
 def token_blocks(tokenizer, text: str, seq_len: int) -> torch.Tensor:
@@ -49,12 +126,26 @@ def split_blocks(blocks: torch.Tensor, val_fraction: float, seed: int):
 
 
 def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
-    batch = batch.to(next(model.parameters()).device)
+    batch = batch.to(_device(model))
     return model(input_ids=batch, labels=batch).loss
+
+
+def distill_loss(model, teacher, batch: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) per token on the recovery text; the dense model is the teacher."""
+    batch = batch.to(_device(model))
+    with torch.no_grad():
+        target = teacher(input_ids=batch).logits.float()
+    # prompt tuning returns logits for its virtual tokens too: keep the input's positions
+    logits = model(input_ids=batch).logits[:, -batch.shape[1]:].float()
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, -1).flatten(0, 1),
+                    F.log_softmax(target / t, -1).flatten(0, 1),
+                    log_target=True, reduction="batchmean") * t * t
 
 
 @torch.no_grad()
 def mean_loss(model, blocks: torch.Tensor, batch_size: int, max_batches: int) -> float:
+    """Validation: always the language-modelling loss, so runs with either objective compare."""
     model.eval()
     losses = [lm_loss(model, blocks[i: i + batch_size]).item()
               for i in range(0, min(len(blocks), batch_size * max_batches), batch_size)]
@@ -65,8 +156,35 @@ def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print) -> tuple[dict, dict]:
-    """Train the adapter of a peft model in place. Returns (best adapter state, history)."""
+def trainable_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def load_trainable_state(model, state: dict) -> None:
+    missing = set(state) - {k for k, _ in model.named_parameters()}
+    if missing:
+        raise KeyError(f"state has parameters the model lacks: {sorted(missing)[:3]}")
+    model.load_state_dict(state, strict=False)
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _autocast(model, precision: str):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(_device(model).type, dtype=torch.bfloat16)
+
+
+def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=None,
+          resume_path: str | os.PathLike | None = None, progress: bool = True) -> tuple[dict, dict]:
+    """Train the adapter in place. Returns (best trainable state, history).
+
+    With `resume_path`, a training checkpoint is written there every `checkpoint_every` steps
+    and picked up by the next call with the same arguments; it is removed on success."""
+    from tqdm import tqdm
+
     torch.manual_seed(seed)
     train_blocks, val_blocks = split_blocks(token_blocks(tokenizer, text, cfg["seq_len"]),
                                             cfg["val_fraction"], seed)
@@ -82,14 +200,36 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print) -> tuple
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(seed)
-    val0 = mean_loss(model, val_blocks, cfg["batch_size"], cfg["val_batches"])
-    history = {"train_loss": [], "val_loss": [(0, val0)], "step_s": []}
-    best = (val0, 0, _adapter_state(model))
-    for step in range(1, steps + 1):
+    objective = cfg.get("objective", "lm")
+    if objective == "distill" and teacher is None:
+        raise ValueError("objective 'distill' needs the dense model as teacher")
+    start = 1
+    resume = Path(resume_path) / "training_state.pt" if resume_path else None
+    if resume and resume.is_file():
+        saved = torch.load(resume, weights_only=False)
+        if saved["cfg"] == cfg and saved["seed"] == seed:
+            load_trainable_state(model, saved["trainable"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            gen.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            history, best, start = saved["history"], saved["best"], saved["step"] + 1
+            log(f"resumed from {resume} at step {saved['step']}")
+        else:
+            log(f"ignoring {resume}: it was written for other settings")
+    if start == 1:
+        val0 = mean_loss(model, val_blocks, cfg["batch_size"], cfg["val_batches"])
+        history = {"train_loss": [], "val_loss": [(0, val0)], "step_s": [], "routing": []}
+        best = (val0, 0, trainable_state(model))
+    bar = tqdm(range(start, steps + 1), initial=start - 1, total=steps, desc="train",
+               disable=not progress, mininterval=5, file=None)
+    for step in bar:
         model.train()
         t0 = time.perf_counter()
-        idx = torch.randint(len(train_blocks), (cfg["batch_size"],), generator=gen)
-        loss = lm_loss(model, train_blocks[idx])
+        batch = train_blocks[torch.randint(len(train_blocks), (cfg["batch_size"],), generator=gen)]
+        with _autocast(model, cfg.get("precision", "float32")):
+            loss = (distill_loss(model, teacher, batch, cfg.get("temperature", 1.0))
+                    if objective == "distill" else lm_loss(model, batch))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
         opt.step()
@@ -97,24 +237,27 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print) -> tuple
         opt.zero_grad(set_to_none=True)
         history["train_loss"].append((step, loss.item()))
         history["step_s"].append(time.perf_counter() - t0)
+        routing = getattr(model, "last_routing", None)
+        if routing is not None:
+            history["routing"].append(routing.tolist())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % cfg["eval_every"] == 0 or step == steps:
             val = mean_loss(model, val_blocks, cfg["batch_size"], cfg["val_batches"])
             history["val_loss"].append((step, val))
             log(f"step {step}/{steps} train_loss {loss.item():.4f} val_loss {val:.4f}")
             if val < best[0]:
-                best = (val, step, _adapter_state(model))
-    history.update(best_val_loss=best[0], best_step=best[1], initial_val_loss=val0,
+                best = (val, step, trainable_state(model))
+        if resume and step < steps and step % cfg.get("checkpoint_every", 50) == 0:
+            resume.parent.mkdir(parents=True, exist_ok=True)
+            tmp = resume.with_suffix(".tmp")
+            torch.save({"cfg": cfg, "seed": seed, "step": step, "history": history, "best": best,
+                        "trainable": trainable_state(model), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                        "torch_rng": torch.get_rng_state()}, tmp)
+            os.replace(tmp, resume)
+    bar.close()
+    if resume and resume.is_file():
+        resume.unlink()
+    history.update(best_val_loss=best[0], best_step=best[1], initial_val_loss=history["val_loss"][0][1],
                    train_blocks=len(train_blocks), val_blocks=len(val_blocks))
     return best[2], history
-
-
-def _adapter_state(model) -> dict:
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-
-
-def load_best(model, state: dict) -> None:
-    from peft import set_peft_model_state_dict
-
-    set_peft_model_state_dict(model, state)
