@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 SNAKEMAKE_BASE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 SNAKEMAKE = [*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "default")]
 EXPECTED_JOBS = {"download_model": 1, "download_text": 1, "prepare_task": 1, "compress": 1,
-                 "train": 2, "evaluate": 4, "aggregate": 1}
+                 "train": 2, "evaluate": 5, "aggregate": 1}  # IDP and its oracle share an adapter
 
 
 def smoke_config(workdir: Path, **changes) -> Path:
@@ -71,11 +71,11 @@ def test_every_output_exists_with_real_values(finished):
 
     df = pd.read_csv(res / "summary" / "results.csv")
     acc = df[df.metric == "acc"]
-    assert len(acc) == 4 * 2  # cells x tasks
+    assert len(acc) == 5 * 2  # cells x tasks
     assert acc.value.between(0, 1).all() and acc.stderr.gt(0).all()
     assert set(acc.task) == {"kp_country_capital", "kp_element_symbol"}
     table = (res / "summary" / "results.md").read_text()
-    assert "tiny-llama/dense/none" in table and "tiny-llama/gptq-w4-g32/prompt-n4/seed0" in table
+    assert "tiny-llama/dense/none" in table and "tiny-llama/gptq-w4-g32/idp-m2-n4-routed-oracle/seed0" in table
     assert (res / "summary" / "mean_acc.png").read_bytes()[:4] == b"\x89PNG"
     # A temporary name never survives a finished step.
     assert not list(res.rglob(".*.tmp-*"))
@@ -98,7 +98,7 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
     assert run.data.tags["recovery"] == "lora-r2" and run.data.tags["compression"] == "gptq-w4-g32"
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert 0 <= run.data.metrics["kp_country_capital.acc"] <= 1
-    train_run = next(r for r in steps["train"] if r.data.tags["cell"].endswith("prompt-n4/seed0"))
+    train_run = next(r for r in steps["train"] if r.data.tags["cell"].endswith("idp-m2-n4-routed/seed0"))
     history = client.get_metric_history(train_run.info.run_id, "train_loss")
     assert len(history) == 6
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -117,7 +117,7 @@ def test_rerun_executes_nothing_and_logs_nothing(finished):
 def test_changing_one_setting_reruns_only_what_it_affects(finished):
     workdir, _, _ = finished
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-    config["recovery"][2]["dropout"] = 0.2  # lora-r2 only
+    config["recovery"][3]["dropout"] = 0.2  # lora-r2 only
     changed = workdir / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     out = snakemake(workdir, changed, "--dry-run")
@@ -131,6 +131,10 @@ def test_changing_one_setting_reruns_only_what_it_affects(finished):
     (lambda c: c["tasks"].append({"name": "arc", "type": "local", "path": "missing.jsonl",
                                   "text": "{{q}}", "choices": "{{c}}", "target": "{{g}}"}),
      "tasks[1].path"),
+    (lambda c: c["recovery"][1].update(pool_size=0), "recovery[1].pool_size"),
+    (lambda c: c["recovery"][3].update(target_modules=["query_key_value"]),
+     "recovery[3].target_modules"),
+    (lambda c: c["recovery"][3].update(max_params=100), "recovery[3].max_params"),
 ])
 def test_malformed_config_fails_before_any_job(tmp_path, break_it, key):
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())

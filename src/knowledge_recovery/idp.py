@@ -240,6 +240,8 @@ def oracle_results(per_prompt: list[dict]) -> dict:
         correct = [r[task]["correct"] for r in per_prompt]
         docs = len(correct[0])
         best = [max(c[i] for c in correct) for i in range(docs)]
-        out[task] = {"acc": sum(best) / docs, "documents": docs,
+        acc = sum(best) / docs
+        var = sum((b - acc) ** 2 for b in best) / max(1, docs - 1)
+        out[task] = {"acc": acc, "acc_stderr": (var / docs) ** 0.5, "documents": docs,
                      "acc_per_prompt": [sum(c) / docs for c in correct]}
     return out
