@@ -42,8 +42,12 @@ def one(args) -> None:
 
     torch.set_num_threads(args.threads)
     model, tok = models.load_checkpoint(args.checkpoint)
-    calib_text = python_reference()
-    eval_text = WIKITEXT.read_text() if WIKITEXT.is_file() else calib_text[-200000:]
+    if args.calibration == "wikitext":  # in-domain: first half calibrates, second half evaluates
+        wiki = WIKITEXT.read_text()
+        calib_text, eval_text = wiki[: len(wiki) // 2], wiki[len(wiki) // 2:]
+    else:
+        calib_text = python_reference()
+        eval_text = WIKITEXT.read_text() if WIKITEXT.is_file() else calib_text[-200000:]
     batch = calibration.calibration_batch(tok, calib_text, args.samples, args.seq_len, seed=0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0, c0 = time.perf_counter(), time.process_time()
@@ -66,20 +70,26 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--ppl-windows", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calibration", choices=["builtin", "wikitext"], default="builtin",
+                        help="builtin: the pipeline's default text; wikitext: first half of the "
+                             "WikiText-2 test file (perplexity then on its second half)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return one(args)
-    print(f"checkpoint {args.checkpoint}; calibration {args.samples} x {args.seq_len} tokens; "
-          f"perplexity on {'WikiText-2 test' if WIKITEXT.is_file() else 'built-in text'}, "
+    print(f"checkpoint {args.checkpoint}; calibration {args.samples} x {args.seq_len} tokens of "
+          f"{args.calibration} text; perplexity on "
+          f"{'WikiText-2 test' if WIKITEXT.is_file() else 'built-in text'}"
+          f"{' (second half)' if args.calibration == 'wikitext' else ''}, "
           f"{args.ppl_windows} x 256 tokens")
     print(f"{'method':<16}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}{'x fp32':>8}{'sparsity':>9}"
           f"{'bits':>6}{'ppl':>9}")
     for name in args.methods:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--checkpoint", args.checkpoint,
                               "--samples", str(args.samples), "--seq-len", str(args.seq_len),
-                              "--ppl-windows", str(args.ppl_windows), "--threads", str(args.threads)],
+                              "--ppl-windows", str(args.ppl_windows), "--threads", str(args.threads),
+                              "--calibration", args.calibration],
                              capture_output=True, text=True)
         if out.returncode:
             print(f"{name:<16} failed: {out.stderr.strip().splitlines()[-1]}")

@@ -222,6 +222,18 @@ class DynamicPromptModel(nn.Module):
         chosen = self.select(input_ids, attention_mask)
         return self._run(self.prompts[chosen], input_ids, attention_mask, labels)
 
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """Select once from the input, then decode with that prompt in front (its keys and
+        values are cached by `generate` like the input's). Returns input + new tokens."""
+        mask = _mask_or_ones(input_ids, attention_mask)
+        prompt = self.prompts[self.select(input_ids, mask)]
+        embeds = torch.cat([prompt.to(self._embed(input_ids[:, :1]).dtype),
+                            self._embed(input_ids)], dim=1)
+        full_mask = torch.cat([mask.new_ones(len(input_ids), self.num_tokens), mask], dim=1)
+        new = self.base.generate(inputs_embeds=embeds, attention_mask=full_mask, **kwargs)
+        return torch.cat([input_ids, new], dim=1)
+
 
 def _mask_or_ones(input_ids, attention_mask):
     return torch.ones_like(input_ids) if attention_mask is None else attention_mask

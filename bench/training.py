@@ -1,0 +1,86 @@
+"""Training step time of each recovery method on a real compressed model (target: <= 3.5 s a step
+at batch 8 x 128 on the 2-core CPU, SmolLM2-135M).
+
+    .venv/bin/python bench/training.py [--checkpoint DIR] [--precisions float32 bfloat16]
+
+One step = forward, backward, clipping and AdamW update on a batch of real text. The methods are
+timed in turn, once per round; medians over rounds (wall and CPU time; CPU counts every thread).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRIES = {
+    "prompt-n20": {"method": "prompt_tuning", "num_virtual_tokens": 20},
+    "prefix-n20": {"method": "prefix_tuning", "num_virtual_tokens": 20},
+    "lora-r8": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05,
+                "target_modules": ["q_proj", "v_proj"]},
+    "idp-m4-n20-joint": {"method": "idp", "pool_size": 4, "num_virtual_tokens": 20,
+                         "score_layers": [0, 1], "scheme": "joint", "balance_weight": 0.01},
+    "idp-m4-n20-routed": {"method": "idp", "pool_size": 4, "num_virtual_tokens": 20,
+                          "score_layers": [0, 1], "scheme": "routed", "balance_weight": 0.01},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint",
+                        default=str(REPO / "results/default/models/smollm2-135m/rtn-w4-g64/checkpoint"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="*", default=list(ENTRIES))
+    parser.add_argument("--precisions", nargs="*", default=["float32"],
+                        choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+
+    from knowledge_recovery import models, recovery
+    from knowledge_recovery.text import python_reference
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tok = models.load_checkpoint(args.checkpoint)[1]
+    blocks = recovery.token_blocks(tok, python_reference()[:400000], args.seq_len)
+    runs = {}
+    for name in args.methods:
+        for precision in args.precisions:
+            model = recovery.attach(models.load_checkpoint(args.checkpoint)[0], ENTRIES[name])
+            params = [p for p in model.parameters() if p.requires_grad]
+            runs[(name, precision)] = (model, params, torch.optim.AdamW(params, lr=1e-3))
+
+    def step(model, params, opt, precision, batch):
+        model.train()
+        with recovery._autocast(model, precision):
+            loss = recovery.lm_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    times = {key: [] for key in runs}
+    for r in range(args.rounds + 1):  # round 0 warms up
+        batch = blocks[torch.randint(len(blocks), (args.batch_size,))]
+        for (name, precision), (model, params, opt) in runs.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(model, params, opt, precision, batch)
+            if r:
+                times[(name, precision)].append((time.perf_counter() - t0, time.process_time() - c0))
+    print(f"checkpoint {args.checkpoint}; batch {args.batch_size} x {args.seq_len}; "
+          f"{args.threads} threads; median of {args.rounds} rounds")
+    print(f"{'method':<20}{'precision':<11}{'params':>10}{'step s':>9}{'CPU s':>8}")
+    for (name, precision), (model, *_) in runs.items():
+        wall = statistics.median(t[0] for t in times[(name, precision)])
+        cpu = statistics.median(t[1] for t in times[(name, precision)])
+        print(f"{name:<20}{precision:<11}{recovery.trainable_parameters(model):>10,}"
+              f"{wall:>9.2f}{cpu:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
