@@ -5,7 +5,7 @@
 Each method runs in its own process (clean peak-RSS figure) on the same dense checkpoint and the
 same calibration windows. Default checkpoint: the default grid's SmolLM2-135M (run `make run`
 first). Perplexity text: ../shared WikiText-2 test when present, else the built-in text.
-Expected: dense < GPTQ-4bit < RTN-4bit; Wanda and SparseGPT 50% well below magnitude 50%.
+Expected: dense < GPTQ-4bit, AWQ-4bit < RTN-4bit; Wanda and SparseGPT 50% well below magnitude 50%.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ METHODS = {
     "gptq-w3-g64": {"method": "gptq", "bits": 3, "group_size": 64, "symmetric": False,
                     "damping": 0.01, "act_order": True},
     "rtn-w3-g64": {"method": "rtn", "bits": 3, "group_size": 64, "symmetric": False},
+    "awq-w4-g64": {"method": "awq", "bits": 4, "group_size": 64, "symmetric": False},
+    "awq-w3-g64": {"method": "awq", "bits": 3, "group_size": 64, "symmetric": False},
 }
 
 

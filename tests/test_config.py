@@ -25,12 +25,13 @@ def test_cell_ids_are_readable_and_stable():
     assert ids == [
         "tiny-llama/dense/none",
         "tiny-llama/gptq-w4-g32/none",
-        "tiny-llama/gptq-w4-g32/prompt-n4/seed0",
+        "tiny-llama/gptq-w4-g32/idp-m2-n4-routed/seed0",
+        "tiny-llama/gptq-w4-g32/idp-m2-n4-routed-oracle/seed0",
         "tiny-llama/gptq-w4-g32/lora-r2/seed0",
     ]
     config2 = load_config({**SMOKE, "seeds": [0, 1], "recover_dense": True}, base_dir=REPO)
     ids2 = [c.id for c in cells(config2)]
-    assert "tiny-llama/dense/lora-r2/seed1" in ids2 and len(ids2) == 2 + 2 * 2 * 2
+    assert "tiny-llama/dense/lora-r2/seed1" in ids2 and len(ids2) == 2 + 2 * 3 * 2
 
 
 def test_dense_row_is_always_present():
@@ -77,7 +78,7 @@ def test_missing_task_file_names_the_key(tmp_path):
 def test_duplicate_ids_are_rejected():
     config = copy.deepcopy(SMOKE)
     config["recovery"].append({"method": "lora", "r": 2, "alpha": 4})
-    with pytest.raises(ConfigError, match=r"recovery\[3\].*duplicate.*lora-r2"):
+    with pytest.raises(ConfigError, match=r"recovery\[4\].*duplicate.*lora-r2"):
         load_config(config)
     config["recovery"][-1]["name"] = "lora-r2-a4"
     assert "lora-r2-a4" in [r["id"] for r in load_config(config)["recovery"]]
@@ -95,7 +96,9 @@ def test_duplicate_ids_are_rejected():
     ({"method": "rtn", "bits": 4, "act_order": True}, "compression[1].act_order", "gptq"),
     ({"method": "sparsegpt", "pattern": "2:4", "quantize": {"method": "gptq", "bits": 4, "group_size": 2}},
      "compression[1].quantize.group_size", "whole 2:4 groups"),
-    ({"method": "wanda", "sparsity": 0.5, "quantize": {"method": "awq", "bits": 4}},
+    ({"method": "wanda", "sparsity": 0.5, "quantize": {"method": "awq", "bits": 4, "act_order": True}},
+     "compression[1].quantize.act_order", "gptq"),
+    ({"method": "wanda", "sparsity": 0.5, "quantize": {"method": "hqq", "bits": 4}},
      "compression[1].quantize.method", "is not one of"),
 ])
 def test_compression_settings_are_checked(entry, key, words):
@@ -116,4 +119,41 @@ def test_compression_ids_name_the_settings():
     assert ids == ["dense", "wanda-2to4", "gptq-w3-row-act", "sparsegpt-s0.5+gptq-w4-g128"]
     config["compression"][2]["quantize"]["group_size"] = 96
     with pytest.raises(ConfigError, match=r"compression\[3\]\.quantize\.group_size.*256"):
+        load_config(config)
+
+
+IDP = {"method": "idp", "pool_size": 2, "num_virtual_tokens": 4}
+
+
+@pytest.mark.parametrize("entry,key,words", [
+    ({**IDP, "pool_size": 0}, "recovery[1].pool_size", "minimum"),
+    ({"method": "prompt_tuning", "num_virtual_tokens": 0}, "recovery[1].num_virtual_tokens", "minimum"),
+    ({"method": "prefix_tuning"}, "recovery[1]", "num_virtual_tokens"),
+    ({**IDP, "score_layers": [0, 7]}, "recovery[1].score_layers", "do not exist"),
+    ({"method": "lora", "r": 2, "target_modules": ["query_key_value"]},
+     "recovery[1].target_modules", "not found"),
+    ({"method": "lora", "r": 2, "max_params": 1000}, "recovery[1].max_params", "over the budget"),
+    ({**IDP, "max_params": 511}, "recovery[1].max_params", "512"),
+    ({"method": "lora", "r": 2, "pool_size": 4}, "recovery[1].pool_size", "not a setting"),
+    ({"method": "prompt_tuning", "num_virtual_tokens": 4, "selection": "oracle"},
+     "recovery[1].selection", "not a setting"),
+    ({**IDP, "training": {"objective": "kl"}}, "recovery[1].training.objective", "is not one of"),
+])
+def test_recovery_settings_are_checked(entry, key, words):
+    config = {**copy.deepcopy(SMOKE), "recovery": [{"method": "none"}, entry]}
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert err.value.key == key and words in str(err.value), str(err.value)
+
+
+def test_idp_selection_variants_share_one_adapter():
+    config = {**copy.deepcopy(SMOKE), "recovery": [
+        IDP, {**IDP, "selection": "random"}, {**IDP, "selection": "oracle"},
+        {**IDP, "scheme": "routed"}]}
+    recs = load_config(config)["recovery"]
+    assert [r["id"] for r in recs] == ["idp-m2-n4-joint", "idp-m2-n4-joint-random",
+                                       "idp-m2-n4-joint-oracle", "idp-m2-n4-routed"]
+    assert [r["train_id"] for r in recs] == ["idp-m2-n4-joint"] * 3 + ["idp-m2-n4-routed"]
+    config["recovery"][1]["training"] = {"lr": 0.5}  # a variant that would train differently
+    with pytest.raises(ConfigError, match=r"recovery\[1\].*give one of them a 'name'"):
         load_config(config)

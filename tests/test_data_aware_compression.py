@@ -72,6 +72,17 @@ def test_gptq_groups_hold_2_pow_bits_values_and_beat_rtn(layer_data, bits, group
     assert recon_error(x, w, q) < recon_error(x, w, rtn)
 
 
+@pytest.mark.parametrize("bits,group", [(4, 16), (3, None)])
+def test_awq_beats_rtn_and_stays_on_a_grid(layer_data, bits, group):
+    w, x, stats = layer_data
+    act = (stats.col_sq / stats.tokens).sqrt()
+    q, scale = quantization.awq(w, stats.hessian, act, bits, group, return_scale=True)
+    g = group or w.shape[1]
+    for row_group in (q * scale).reshape(-1, g):  # the packed (scaled) weights: a 2^bits grid
+        assert len(torch.unique(row_group.round(decimals=4))) <= 2 ** bits
+    assert recon_error(x, w, q) < recon_error(x, w, quantization.quantize_rtn(w, bits, group))
+
+
 def test_joint_pruning_then_quantization_keeps_the_mask(layer_data):
     w, _, stats = layer_data
     entry = {"method": "sparsegpt", "sparsity": 0.5, "damping": 0.01,
@@ -89,6 +100,9 @@ def test_joint_pruning_then_quantization_keeps_the_mask(layer_data):
     {"method": "sparsegpt", "pattern": "2:4", "damping": 0.01},
     {"method": "gptq", "bits": 4, "group_size": 32, "symmetric": False, "damping": 0.01,
      "act_order": True},
+    {"method": "awq", "bits": 4, "group_size": 32, "symmetric": False},
+    {"method": "wanda", "sparsity": 0.5, "damping": 0.01,
+     "quantize": {"method": "awq", "bits": 4, "group_size": 32, "symmetric": False}},
 ])
 def test_sequential_compression_of_a_model(tiny, entry):
     model, tok = tiny()

@@ -14,9 +14,9 @@ from . import pruning, quantization
 from .calibration import sequential_compress
 
 PRUNING = {"magnitude", "wanda", "sparsegpt"}
-QUANTIZATION = {"rtn", "gptq"}
-NEEDS_DATA = {"wanda", "sparsegpt", "gptq"}
-NEEDS_HESSIAN = {"sparsegpt", "gptq"}
+QUANTIZATION = {"rtn", "gptq", "awq"}
+NEEDS_DATA = {"wanda", "sparsegpt", "gptq", "awq"}
+NEEDS_HESSIAN = {"sparsegpt", "gptq", "awq"}
 
 
 def target_linears(model) -> dict[str, nn.Linear]:
@@ -63,6 +63,9 @@ def compress_weight(weight: torch.Tensor, entry: dict, stats=None) -> tuple[torc
             w = quantization.gptq(w, stats.hessian, stage["bits"], stage["group_size"],
                                   stage["symmetric"], stage["damping"], stage["act_order"],
                                   keep=keep)
+        elif method == "awq":
+            w = quantization.awq(w, stats.hessian, (stats.col_sq / stats.tokens).sqrt(),
+                                 stage["bits"], stage["group_size"], stage["symmetric"])
         elif method != "dense":
             raise ValueError(f"unknown compression method {method!r}")
         if keep is not None:

@@ -74,6 +74,7 @@ ID_FORMATS = {
     "sparsegpt": _prune_id,
     "rtn": _quant_id,
     "gptq": _quant_id,
+    "awq": _quant_id,
     "none": lambda e: "none",
     "prompt_tuning": lambda e: f"prompt-n{e['num_virtual_tokens']}",
     "prefix_tuning": lambda e: f"prefix-n{e['num_virtual_tokens']}",
@@ -158,6 +159,8 @@ def preflight(config: dict, base_dir: str | os.PathLike = ".") -> dict:
         if stray:
             raise ConfigError(f"{key}.{sorted(stray)[0]}", f"not a setting of method {r['method']!r}")
         r["id"] = entry_id(r)
+        _unique([e["id"] for e in config["recovery"][: i + 1]], "recovery",
+                "id (set 'name' to tell them apart)")
         if r["method"] == "none":
             if "training" in r:
                 raise ConfigError(f"{key}.training", "method 'none' trains nothing")
@@ -170,7 +173,6 @@ def preflight(config: dict, base_dir: str | os.PathLike = ".") -> dict:
         if first[1] != training_spec(r):
             raise ConfigError(key, f"trains adapter {r['train_id']!r} like recovery[{first[0]}] but "
                               "with other settings: give one of them a 'name'")
-    _unique([r["id"] for r in config["recovery"]], "recovery", "id (set 'name' to tell them apart)")
     check_recovery_on_models(config)
 
     if config["text"]["source"] == "files":
@@ -216,12 +218,13 @@ def check_compression(c: dict, key: str, models: list[dict]) -> None:
             if group and group % m:
                 raise ConfigError(f"{key}.quantize.group_size",
                                   f"{group} does not hold whole {c['pattern']} groups (M={m})")
-    if method in ("rtn", "gptq"):
+    if method in ("rtn", "gptq", "awq"):
         stray = given & PRUNING_KEYS
         if stray:
             raise ConfigError(f"{key}.{sorted(stray)[0]}", f"not a setting of method {method!r}")
-    if method == "rtn" and c.get("act_order"):
-        raise ConfigError(f"{key}.act_order", "act_order applies to 'gptq' only")
+    for stage, where in ((c, key), (c.get("quantize") or {}, f"{key}.quantize")):
+        if stage.get("method") in ("rtn", "awq") and stage.get("act_order"):
+            raise ConfigError(f"{where}.act_order", "act_order applies to 'gptq' only")
     sizes = [(c.get("group_size"), "group_size"),
              ((c.get("quantize") or {}).get("group_size"), "quantize.group_size"),
              (int(c["pattern"].split(":")[1]) if c.get("pattern") else None, "pattern")]
