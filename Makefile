@@ -25,3 +25,15 @@ run: venv
 
 test: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# llmcompressor in its own environment (its torch/transformers pins conflict with ours), for
+# bench/llmcompressor_check.py only.
+.venv-llmcompressor/.installed:
+	$(PYTHON) -m venv .venv-llmcompressor
+	.venv-llmcompressor/bin/pip install --quiet "$$(grep '^torch==' requirements.txt)"
+	.venv-llmcompressor/bin/pip install --quiet llmcompressor==0.14.0.1
+	.venv-llmcompressor/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+.venv-llmcompressor: .venv-llmcompressor/.installed
+.PHONY: .venv-llmcompressor

@@ -36,20 +36,25 @@ METHODS = {
 }
 
 
+def texts(calibration: str) -> tuple[str, str]:
+    """(calibration text, perplexity text)."""
+    from knowledge_recovery.text import python_reference
+
+    if calibration == "wikitext":  # in-domain: first half calibrates, second half evaluates
+        wiki = WIKITEXT.read_text()
+        return wiki[: len(wiki) // 2], wiki[len(wiki) // 2:]
+    calib = python_reference()
+    return calib, (WIKITEXT.read_text() if WIKITEXT.is_file() else calib[-200000:])
+
+
 def one(args) -> None:
     import torch
 
     from knowledge_recovery import calibration, compression, evaluation, models
-    from knowledge_recovery.text import python_reference
 
     torch.set_num_threads(args.threads)
     model, tok = models.load_checkpoint(args.checkpoint)
-    if args.calibration == "wikitext":  # in-domain: first half calibrates, second half evaluates
-        wiki = WIKITEXT.read_text()
-        calib_text, eval_text = wiki[: len(wiki) // 2], wiki[len(wiki) // 2:]
-    else:
-        calib_text = python_reference()
-        eval_text = WIKITEXT.read_text() if WIKITEXT.is_file() else calib_text[-200000:]
+    calib_text, eval_text = texts(args.calibration)
     batch = calibration.calibration_batch(tok, calib_text, args.samples, args.seq_len, seed=0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0, c0 = time.perf_counter(), time.process_time()

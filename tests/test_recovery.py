@@ -34,6 +34,7 @@ def test_training_lowers_validation_loss_and_keeps_compression(tiny, text, entry
     base, tok = tiny()
     compress(base, {"method": "magnitude", "sparsity": 0.5})
     frozen = {n: l.weight.detach().clone() for n, l in target_linears(base).items()}
+    zeros = recovery.frozen_zeros(base)
     model = recovery.attach(base, entry)
     assert recovery.trainable_parameters(model) == params
     best, history = recovery.train(model, tok, text, CFG, seed=0, log=lambda *_: None)
@@ -41,6 +42,7 @@ def test_training_lowers_validation_loss_and_keeps_compression(tiny, text, entry
     gain = 0.05 if entry.get("scheme") == "joint" else 0.1
     assert history["best_val_loss"] < history["initial_val_loss"] - gain
     assert set(best) and all(isinstance(v, torch.Tensor) for v in best.values())
+    assert recovery.frozen_zeros(base) == zeros
     for name, layer in target_linears(base).items():
         if "lora" not in name:
             w = layer.base_layer.weight if hasattr(layer, "base_layer") else layer.weight

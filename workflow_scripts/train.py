@@ -10,6 +10,7 @@ w = smk.wildcards
 seed = int(w.seed)
 with step(smk):
     base, tokenizer = models.load_checkpoint(smk.input.checkpoint)
+    zeros_before = recovery.frozen_zeros(base)
     # the same checks as preflight, for models whose shape was unknown before download
     model = recovery.attach_checked(base, spec, f"recovery (id {w.recovery})", w.model, seed)
     teacher = models.load_checkpoint(smk.input.teacher)[0].eval() if "teacher" in smk.input.keys() else None
@@ -18,6 +19,8 @@ with step(smk):
         best, history = recovery.train(model, tokenizer, text, spec["training"], seed,
                                        teacher=teacher, resume_path=smk.params.resume)
     recovery.load_trainable_state(model, best)
+    if recovery.frozen_zeros(base) != zeros_before:
+        raise RuntimeError("training changed the compressed model's weights")
     with artifacts.atomic_dir(smk.output.adapter) as tmp:
         recovery.save(model, tmp)
     step_s = sorted(history["step_s"])
@@ -25,7 +28,8 @@ with step(smk):
         "train", spec, **timer.as_dict(), seed=seed, history=history,
         trainable_params=recovery.trainable_parameters(model),
         adapter_bytes=artifacts.dir_bytes(smk.output.adapter),
-        median_step_s=step_s[len(step_s) // 2] if step_s else None)
+        median_step_s=step_s[len(step_s) // 2] if step_s else None,
+        base_zero_weights=zeros_before)
     artifacts.write_json(smk.output.manifest, manifest)
     unit = f"{w.model}/{w.compression}/{w.recovery}/seed{seed}"
     tracking.log_step(

@@ -109,6 +109,13 @@ def attach_checked(model, entry: dict, key: str, model_name: str, seed: int = 0,
     return wrapped
 
 
+def frozen_zeros(base) -> int:
+    """Zero weights of the base model's own parameters (adapter weights excluded): the same
+    before and after training, or the cell's sparsity claim would be void."""
+    return sum(int((p == 0).sum()) for name, p in base.named_parameters()
+               if "lora_" not in name)
+
+
 def token_blocks(tokenizer, text: str, seq_len: int) -> torch.Tensor:
     """Tokenize once and cut into non-overlapping blocks of seq_len tokens."""
     ids = tokenizer(text, return_attention_mask=False)["input_ids"]

@@ -1,0 +1,133 @@
+"""Cross-check: each of our compression methods against llmcompressor's implementation of the same
+method on the same model, calibration windows and perplexity windows, timed side by side.
+
+    make .venv-llmcompressor        # its own environment: its pins conflict with ours
+    .venv/bin/python bench/llmcompressor_check.py [--methods ...] [--calibration wikitext]
+
+Ours run through `bench/compression.py --one` in .venv; theirs through this file's `--theirs` in
+.venv-llmcompressor (llmcompressor 0.14.0.1, torch 2.13, transformers <= 5.17). Target: our
+perplexity within 2% of theirs or better; our wall time at most theirs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+THEIR_PYTHON = REPO / ".venv-llmcompressor" / "bin" / "python"
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "src"))
+
+
+def _quant_group(bits, group, symmetric):
+    return {"group_0": {"targets": ["Linear"], "weights": {
+        "num_bits": bits, "type": "int", "symmetric": symmetric,
+        "strategy": "group" if group else "channel", "group_size": group}}}
+
+
+def their_recipe(name: str):
+    """The llmcompressor modifier equivalent to one entry of bench/compression.py's METHODS."""
+    from compression import METHODS
+    from llmcompressor.modifiers.obcq import SparseGPTModifier
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+
+    e = METHODS[name]
+    structure = e.get("pattern", "0:0")
+    sparsity = e.get("sparsity", 0.5)
+    if e["method"] == "wanda":
+        return WandaPruningModifier(sparsity=sparsity, mask_structure=structure, targets="Linear",
+                                    ignore=["lm_head"])
+    if e["method"] == "sparsegpt":
+        return SparseGPTModifier(sparsity=sparsity, mask_structure=structure, targets="Linear",
+                                 ignore=["lm_head"], dampening_frac=e["damping"])
+    groups = _quant_group(e["bits"], e["group_size"], e["symmetric"])
+    if e["method"] == "rtn":
+        return QuantizationModifier(config_groups=groups, ignore=["lm_head"])
+    if e["method"] == "gptq":
+        return GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=e["damping"],
+                            actorder="static" if e["act_order"] else None)
+    if e["method"] == "awq":
+        from llmcompressor.modifiers.awq import AWQModifier
+
+        return AWQModifier(config_groups=groups, ignore=["lm_head"])
+    raise ValueError(f"no llmcompressor equivalent for {name}")
+
+
+def theirs(args) -> None:
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compression import texts
+    from knowledge_recovery import calibration, evaluation
+
+    torch.set_num_threads(args.threads)
+    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(args.checkpoint)
+    calib_text, eval_text = texts(args.calibration)
+    batch = calibration.calibration_batch(tok, calib_text, args.samples, args.seq_len, seed=0)
+    data = Dataset.from_dict({"input_ids": batch.tolist(),
+                              "attention_mask": torch.ones_like(batch).tolist()})
+    t0, c0 = time.perf_counter(), time.process_time()
+    oneshot(model=model, dataset=data, recipe=their_recipe(args.theirs),
+            num_calibration_samples=args.samples, max_seq_length=args.seq_len)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ppl = evaluation.perplexity(model, tok, eval_text, 256, args.ppl_windows)
+    print(json.dumps({"method": args.theirs, "wall_s": wall, "cpu_s": cpu,
+                      "peak_rss_mb": peak / 1024, "ppl": ppl}))
+
+
+def run(cmd) -> dict | str:
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        return (out.stderr.strip().splitlines() or ["failed"])[-1][:120]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint",
+                        default=str(REPO / "results/default/models/smollm2-135m/dense/checkpoint"))
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--ppl-windows", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calibration", choices=["builtin", "wikitext"], default="wikitext")
+    parser.add_argument("--methods", nargs="*",
+                        default=["rtn-w4-g64", "gptq-w4-g64", "awq-w4-g64", "wanda-s0.5",
+                                 "sparsegpt-s0.5", "wanda-2to4"])
+    parser.add_argument("--theirs", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.theirs:
+        return theirs(args)
+    if not THEIR_PYTHON.is_file():
+        sys.exit(f"{THEIR_PYTHON} is missing: run `make .venv-llmcompressor` first")
+    common = ["--checkpoint", args.checkpoint, "--samples", str(args.samples), "--seq-len",
+              str(args.seq_len), "--ppl-windows", str(args.ppl_windows), "--threads",
+              str(args.threads), "--calibration", args.calibration]
+    print(f"calibration {args.samples} x {args.seq_len} tokens of {args.calibration} text; "
+          f"perplexity {args.ppl_windows} x 256 tokens of WikiText-2")
+    print(f"{'method':<16}{'ours ppl':>10}{'theirs ppl':>12}{'ppl ratio':>11}{'ours s':>9}"
+          f"{'theirs s':>10}{'time ratio':>12}")
+    for name in args.methods:
+        ours = run([sys.executable, str(REPO / "bench/compression.py"), "--one", name, *common])
+        their = run([str(THEIR_PYTHON), __file__, "--theirs", name, *common])
+        if isinstance(ours, str) or isinstance(their, str):
+            print(f"{name:<16} ours: {ours if isinstance(ours, str) else 'ok'}; theirs: "
+                  f"{their if isinstance(their, str) else 'ok'}")
+            continue
+        print(f"{name:<16}{ours['ppl']:>10.2f}{their['ppl']:>12.2f}{ours['ppl'] / their['ppl']:>11.3f}"
+              f"{ours['wall_s']:>9.1f}{their['wall_s']:>10.1f}"
+              f"{ours['wall_s'] / their['wall_s']:>12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
