@@ -157,3 +157,10 @@ def test_idp_selection_variants_share_one_adapter():
     config["recovery"][1]["training"] = {"lr": 0.5}  # a variant that would train differently
     with pytest.raises(ConfigError, match=r"recovery\[1\].*give one of them a 'name'"):
         load_config(config)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.yaml")) + [REPO / "config.yaml"],
+                         ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    config = load_config(path, base_dir=REPO)
+    assert cells(config)
