@@ -22,9 +22,10 @@ WIKITEXT = REPO.parent / "shared" / "data" / "benchmarks" / "wikitext" / "wiki.t
 METHODS = {
     "dense": {"method": "dense"},
     "magnitude-s0.5": {"method": "magnitude", "sparsity": 0.5},
-    "wanda-s0.5": {"method": "wanda", "sparsity": 0.5, "damping": 0.01},
-    "sparsegpt-s0.5": {"method": "sparsegpt", "sparsity": 0.5, "damping": 0.01},
-    "wanda-2to4": {"method": "wanda", "pattern": "2:4", "damping": 0.01},
+    "wanda-s0.5": {"method": "wanda", "sparsity": 0.5, "true_sequential": False},
+    "sparsegpt-s0.5": {"method": "sparsegpt", "sparsity": 0.5, "damping": 0.01,
+                       "true_sequential": False},
+    "wanda-2to4": {"method": "wanda", "pattern": "2:4", "true_sequential": False},
     "rtn-w4-g64": {"method": "rtn", "bits": 4, "group_size": 64, "symmetric": False},
     "gptq-w4-g64": {"method": "gptq", "bits": 4, "group_size": 64, "symmetric": False,
                     "damping": 0.01, "act_order": False},

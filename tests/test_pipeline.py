@@ -67,6 +67,9 @@ def test_every_output_exists_with_real_values(finished):
     assert gptq["effective_bits_per_weight"] == pytest.approx(4 + 32 / 32)
     train = json.loads((res / "adapters/tiny-llama/gptq-w4-g32/lora-r2/seed0/manifest.json").read_text())
     assert train["trainable_params"] > 0 and train["adapter_bytes"] > 0
+    assert train["settings"]["training"]["objective"] == "distill"  # trained against the dense model
+    idp = json.loads((res / "adapters/tiny-llama/gptq-w4-g32/idp-m2-n4-routed/seed0/manifest.json").read_text())
+    assert len(idp["history"]["routing"]) == 6 and all(sum(r) == 2 for r in idp["history"]["routing"])
     assert (res / "adapters/tiny-llama/gptq-w4-g32/lora-r2/seed0/adapter/adapter_model.safetensors").is_file()
 
     df = pd.read_csv(res / "summary" / "results.csv")
