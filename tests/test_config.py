@@ -149,11 +149,11 @@ def test_recovery_settings_are_checked(entry, key, words):
 def test_idp_selection_variants_share_one_adapter():
     config = {**copy.deepcopy(SMOKE), "recovery": [
         IDP, {**IDP, "selection": "random"}, {**IDP, "selection": "oracle"},
-        {**IDP, "scheme": "routed"}]}
+        {**IDP, "scheme": "joint"}]}
     recs = load_config(config)["recovery"]
-    assert [r["id"] for r in recs] == ["idp-m2-n4-joint", "idp-m2-n4-joint-random",
-                                       "idp-m2-n4-joint-oracle", "idp-m2-n4-routed"]
-    assert [r["train_id"] for r in recs] == ["idp-m2-n4-joint"] * 3 + ["idp-m2-n4-routed"]
+    assert [r["id"] for r in recs] == ["idp-m2-n4-routed", "idp-m2-n4-routed-random",
+                                       "idp-m2-n4-routed-oracle", "idp-m2-n4-joint"]
+    assert [r["train_id"] for r in recs] == ["idp-m2-n4-routed"] * 3 + ["idp-m2-n4-joint"]
     config["recovery"][1]["training"] = {"lr": 0.5}  # a variant that would train differently
     with pytest.raises(ConfigError, match=r"recovery\[1\].*give one of them a 'name'"):
         load_config(config)
