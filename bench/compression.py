@@ -70,7 +70,8 @@ def one(args) -> None:
                       "bits": stats["effective_bits_per_weight"]}))
 
 
-def main() -> None:
+def common_arguments(calibration: str = "builtin") -> argparse.ArgumentParser:
+    """The model, data and threads of a compression run (shared with llmcompressor_check.py)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint",
                         default=str(REPO / "results/default/models/smollm2-135m/dense/checkpoint"))
@@ -78,9 +79,14 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--ppl-windows", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calibration", choices=["builtin", "wikitext"], default="builtin",
+    parser.add_argument("--calibration", choices=["builtin", "wikitext"], default=calibration,
                         help="builtin: the pipeline's default text; wikitext: first half of the "
                              "WikiText-2 test file (perplexity then on its second half)")
+    return parser
+
+
+def main() -> None:
+    parser = common_arguments()
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -93,14 +93,9 @@ def run(cmd) -> dict | str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint",
-                        default=str(REPO / "results/default/models/smollm2-135m/dense/checkpoint"))
-    parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--ppl-windows", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calibration", choices=["builtin", "wikitext"], default="wikitext")
+    from compression import common_arguments
+
+    parser = common_arguments(calibration="wikitext")
     parser.add_argument("--methods", nargs="*",
                         default=["rtn-w4-g64", "gptq-w4-g64", "awq-w4-g64", "wanda-s0.5",
                                  "sparsegpt-s0.5", "wanda-2to4"])
