@@ -6,7 +6,8 @@ method on the same model, calibration windows and perplexity windows, timed side
 
 Ours run through `bench/compression.py --one` in .venv; theirs through this file's `--theirs` in
 .venv-llmcompressor (llmcompressor 0.14.0.1, torch 2.13, transformers <= 5.17). Target: our
-perplexity within 2% of theirs or better; our wall time at most theirs.
+perplexity within 2% of theirs or better; our wall time at most theirs. Sparsity of both models
+is printed: a pruning run that left the weights dense is no comparison.
 """
 from __future__ import annotations
 
@@ -81,8 +82,11 @@ def theirs(args) -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ppl = evaluation.perplexity(model, tok, eval_text, 256, args.ppl_windows)
+    linears = [m.weight for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+    sparsity = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
     print(json.dumps({"method": args.theirs, "wall_s": wall, "cpu_s": cpu,
-                      "peak_rss_mb": peak / 1024, "ppl": ppl}))
+                      "peak_rss_mb": peak / 1024, "ppl": ppl, "sparsity": sparsity}))
 
 
 def run(cmd) -> dict | str:
@@ -111,17 +115,18 @@ def main() -> None:
     print(f"calibration {args.samples} x {args.seq_len} tokens of {args.calibration} text; "
           f"perplexity {args.ppl_windows} x 256 tokens of WikiText-2")
     print(f"{'method':<16}{'ours ppl':>10}{'theirs ppl':>12}{'ppl ratio':>11}{'ours s':>9}"
-          f"{'theirs s':>10}{'time ratio':>12}")
+          f"{'theirs s':>10}{'time ratio':>12}{'ours sp.':>10}{'theirs sp.':>12}")
     for name in args.methods:
         ours = run([sys.executable, str(REPO / "bench/compression.py"), "--one", name, *common])
         their = run([str(THEIR_PYTHON), __file__, "--theirs", name, *common])
         if isinstance(ours, str) or isinstance(their, str):
-            print(f"{name:<16} ours: {ours if isinstance(ours, str) else 'ok'}; theirs: "
-                  f"{their if isinstance(their, str) else 'ok'}")
+            show = lambda r: r if isinstance(r, str) else f"ppl {r['ppl']:.2f}, {r['wall_s']:.1f} s"  # noqa: E731
+            print(f"{name:<16} ours: {show(ours)}; theirs: {show(their)}")
             continue
         print(f"{name:<16}{ours['ppl']:>10.2f}{their['ppl']:>12.2f}{ours['ppl'] / their['ppl']:>11.3f}"
               f"{ours['wall_s']:>9.1f}{their['wall_s']:>10.1f}"
-              f"{ours['wall_s'] / their['wall_s']:>12.2f}", flush=True)
+              f"{ours['wall_s'] / their['wall_s']:>12.2f}{ours['sparsity']:>10.3f}"
+              f"{their['sparsity']:>12.3f}", flush=True)
 
 
 if __name__ == "__main__":
