@@ -36,17 +36,17 @@ def variants(args):
                                    "score_layers": args.score_layers, "scheme": "joint",
                                    "balance_weight": 0.0},
     }
-    out = {"dense": (models.load_checkpoint(args.dense)[0].eval(), None),
-           "compressed": (models.load_checkpoint(args.compressed)[0].eval(), None)}
+    out = {"dense": models.load_checkpoint(args.dense)[0].eval(),
+           "compressed": models.load_checkpoint(args.compressed)[0].eval()}
     for name, entry in entries.items():
-        model = recovery.attach(models.load_checkpoint(args.compressed)[0], entry).eval()
-        out[f"+{name}"] = (model, None)
+        out[f"+{name}"] = recovery.attach(models.load_checkpoint(args.compressed)[0], entry).eval()
         if entry["method"] == "idp":  # the same pool, one fixed prompt: no selection
             fixed = recovery.attach(models.load_checkpoint(args.compressed)[0], entry).eval()
             fixed.selection = 0
-            out[f"+{name} fixed"] = (fixed, None)
+            out[f"+{name} fixed"] = fixed
+    # adapters' parameters only (the base models are unchanged and not counted)
     return {k: (m, recovery.trainable_parameters(m) if k.startswith("+") else 0)
-            for k, (m, _) in out.items()}
+            for k, m in out.items()}
 
 
 def timed(fn):
@@ -106,7 +106,8 @@ def main() -> None:
             pre = [statistics.median(t[i] for t in times[name]["prefill"]) for i in (0, 1)]
             full = [statistics.median(t[i] for t in times[name]["full"]) for i in (0, 1)]
             dec = [(full[i] - pre[i]) / k for i in (0, 1)]
-            base = base or {"pre": pre[0], "dec": dec[0]} if name == "compressed" else base
+            if name == "compressed":
+                base = {"pre": pre[0], "dec": dec[0]}
             summary[(batch, name)] = (pre[0], dec[0], params)
             ratio = (f"{pre[0] / base['pre']:>11.2f}{dec[0] / base['dec']:>10.2f}" if base else "")
             print(f"{name:<22}{params:>9,}{pre[0] * 1e3:>12.1f}{pre[1] * 1e3:>9.1f}"

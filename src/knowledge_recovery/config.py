@@ -271,11 +271,6 @@ def check_recovery_entry(entry: dict, key: str, model_cfg, model_name: str) -> i
 
     from .recovery import attach_checked, trainable_parameters
 
-    layers = model_cfg.num_hidden_layers
-    bad = [l for l in entry.get("score_layers", []) if l >= layers]
-    if bad:
-        raise ConfigError(f"{key}.score_layers", f"layers {bad} do not exist: model "
-                          f"{model_name!r} has {layers} (0-{layers - 1})")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_cfg)
     return trainable_parameters(attach_checked(model, entry, key, model_name, init=False))

@@ -53,7 +53,8 @@ class DynamicPromptModel(nn.Module):
         n_layers = len(decoder_layers(base))
         bad = [l for l in score_layers if not 0 <= l < n_layers]
         if bad:
-            raise ValueError(f"score_layers {bad} outside the model's {n_layers} layers")
+            raise ValueError(f"layers {bad} do not exist: the model has {n_layers} "
+                             f"(0-{n_layers - 1})")
         if scheme not in ("joint", "routed"):
             raise ValueError(f"unknown IDP training scheme {scheme!r}")
         for p in base.parameters():
@@ -104,8 +105,13 @@ class DynamicPromptModel(nn.Module):
         return self.base.get_input_embeddings()(input_ids)
 
     def _pool_embeds(self, batch: int):
+        return self.prompts.reshape(1, -1, self.prompts.shape[-1]).expand(batch, -1, -1)
+
+    def _prepend(self, prompt_embeds, input_ids, mask):
+        """Embeddings and attention mask of (prompt, input) for the base model."""
         dtype = self.base.get_input_embeddings().weight.dtype
-        return self.prompts.reshape(1, -1, self.prompts.shape[-1]).to(dtype).expand(batch, -1, -1)
+        embeds = torch.cat([prompt_embeds.to(dtype), self._embed(input_ids)], dim=1)
+        return embeds, torch.cat([mask.new_ones(len(input_ids), prompt_embeds.shape[1]), mask], 1)
 
     @contextlib.contextmanager
     def _early_layers(self):
@@ -141,8 +147,10 @@ class DynamicPromptModel(nn.Module):
         key = (self.prompts.data_ptr(), self.prompts._version, self.prompts.device)
         if self._pool_kv is None or self._pool_kv[0] != key:
             cache = DynamicCache(config=self.base.config)
+            dtype = self.base.get_input_embeddings().weight.dtype
             with torch.no_grad(), self._early_layers():
-                self.base(inputs_embeds=self._pool_embeds(1), past_key_values=cache, use_cache=True)
+                self.base(inputs_embeds=self._pool_embeds(1).to(dtype), past_key_values=cache,
+                          use_cache=True)
             kv = [(cache.layers[l].keys, cache.layers[l].values)
                   for l in range(self.score_layers[-1] + 1)]
             self._pool_kv = (key, kv)
@@ -151,9 +159,8 @@ class DynamicPromptModel(nn.Module):
     def scores(self, input_ids, attention_mask=None) -> torch.Tensor:
         """(batch, m): mean attention mass from the input's tokens to each prompt."""
         batch, seq = input_ids.shape
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = _mask_or_ones(input_ids, attention_mask)
         pool_len = self.pool_size * self.num_tokens
-        full_mask = torch.cat([mask.new_ones(batch, pool_len), mask], dim=1)
         use_cache = not (torch.is_grad_enabled() and self.prompts.requires_grad)
         with self._early_layers() as weights:
             if use_cache:  # inference: only the input's tokens go through the early layers
@@ -162,10 +169,11 @@ class DynamicPromptModel(nn.Module):
                 cache = DynamicCache(config=self.base.config)
                 for l, (k, v) in enumerate(self._pool_cache()):
                     cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), l)
+                full_mask = torch.cat([mask.new_ones(batch, pool_len), mask], dim=1)
                 self.base(input_ids=input_ids, attention_mask=full_mask, past_key_values=cache,
                           use_cache=True)
             else:  # training: the pool's keys change with every step, and need gradients
-                embeds = torch.cat([self._pool_embeds(batch), self._embed(input_ids)], dim=1)
+                embeds, full_mask = self._prepend(self._pool_embeds(batch), input_ids, mask)
                 self.base(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False)
         per_layer = []
         for l in self.score_layers:
@@ -192,12 +200,10 @@ class DynamicPromptModel(nn.Module):
     def _run(self, prompt_embeds, input_ids, attention_mask, labels):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        batch, plen = len(input_ids), prompt_embeds.shape[1]
         mask = _mask_or_ones(input_ids, attention_mask)
-        embeds = torch.cat([prompt_embeds.to(self._embed(input_ids[:, :1]).dtype),
-                            self._embed(input_ids)], dim=1)
-        full_mask = torch.cat([mask.new_ones(batch, plen), mask], dim=1)
-        logits = self.base(inputs_embeds=embeds, attention_mask=full_mask).logits[:, plen:]
+        embeds, full_mask = self._prepend(prompt_embeds, input_ids, mask)
+        logits = self.base(inputs_embeds=embeds, attention_mask=full_mask).logits
+        logits = logits[:, prompt_embeds.shape[1]:]  # the input's positions only
         loss = None
         if labels is not None:  # next-token loss on the input only, padding excluded
             target = labels.masked_fill(mask == 0, -100)[:, 1:]
@@ -227,10 +233,7 @@ class DynamicPromptModel(nn.Module):
         """Select once from the input, then decode with that prompt in front (its keys and
         values are cached by `generate` like the input's). Returns input + new tokens."""
         mask = _mask_or_ones(input_ids, attention_mask)
-        prompt = self.prompts[self.select(input_ids, mask)]
-        embeds = torch.cat([prompt.to(self._embed(input_ids[:, :1]).dtype),
-                            self._embed(input_ids)], dim=1)
-        full_mask = torch.cat([mask.new_ones(len(input_ids), self.num_tokens), mask], dim=1)
+        embeds, full_mask = self._prepend(self.prompts[self.select(input_ids, mask)], input_ids, mask)
         new = self.base.generate(inputs_embeds=embeds, attention_mask=full_mask, **kwargs)
         return torch.cat([input_ids, new], dim=1)
 

@@ -99,7 +99,8 @@ def attach_checked(model, entry: dict, key: str, model_name: str, seed: int = 0,
     try:
         wrapped = attach(model, entry, seed, init)
     except ValueError as err:
-        field = "target_modules" if entry["method"] == "lora" else "method"
+        # what can fail to fit a model: LoRA's targets, IDP's score layers
+        field = {"lora": "target_modules", "idp": "score_layers"}.get(entry["method"], "method")
         raise ConfigError(f"{key}.{field}", f"cannot be built on model {model_name!r}: {err}") from None
     count = trainable_parameters(wrapped)
     if entry.get("max_params") and count > entry["max_params"]:
