@@ -42,10 +42,10 @@ def their_recipe(name: str):
     structure = e.get("pattern", "0:0")
     sparsity = e.get("sparsity", 0.5)
     if e["method"] == "wanda":
-        return WandaPruningModifier(sparsity=sparsity, mask_structure=structure, targets="Linear",
+        return WandaPruningModifier(sparsity=sparsity, mask_structure=structure, targets=["Linear"],
                                     ignore=["lm_head"])
     if e["method"] == "sparsegpt":
-        return SparseGPTModifier(sparsity=sparsity, mask_structure=structure, targets="Linear",
+        return SparseGPTModifier(sparsity=sparsity, mask_structure=structure, targets=["Linear"],
                                  ignore=["lm_head"], dampening_frac=e["damping"])
     groups = _quant_group(e["bits"], e["group_size"], e["symmetric"])
     if e["method"] == "rtn":

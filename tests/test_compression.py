@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from knowledge_recovery.compression import compress, target_linears
+from knowledge_recovery.compression import compress, pack_mask, target_linears, unpack_mask
 from knowledge_recovery.pruning import magnitude
 from knowledge_recovery.quantization import quantize_rtn
 
@@ -21,9 +21,17 @@ def test_magnitude_gives_exact_sparsity_per_layer(tiny, sparsity):
     for name, layer in target_linears(model).items():
         w = layer.weight
         assert int((w == 0).sum()) == round(sparsity * w.numel())
-        assert torch.equal(masks[f"{name}.weight"], w != 0)
+        assert torch.equal(unpack_mask(masks[f"{name}.weight"], w.shape[1]), w != 0)
     assert stats["sparsity"] == pytest.approx(sparsity, abs=1e-3)
     assert torch.equal(model.get_input_embeddings().weight, emb)
+
+
+@pytest.mark.parametrize("cols", [8, 13, 64])
+def test_packed_masks_round_trip_in_an_eighth_of_the_bytes(cols):
+    keep = torch.rand(5, cols, generator=torch.Generator().manual_seed(cols)) > 0.5
+    packed = pack_mask(keep)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, -(-cols // 8))
+    assert torch.equal(unpack_mask(packed, cols), keep)
 
 
 def test_magnitude_removes_the_smallest_weights():

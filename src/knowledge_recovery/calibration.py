@@ -132,24 +132,29 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
             return [layer(*args, **kwargs) for args, kwargs in inputs[:limit]]
 
         groups = _linear_groups(layer, run)
-        if not true_sequential:  # every linear sees the uncompressed block's activations
-            groups = [[n for g in groups for n in g]]
+        # One calibration pass per group (true-sequential: a group sees the outputs of the groups
+        # compressed before it) or one pass for the whole block (as llmcompressor does).
+        passes = [[group] for group in groups] if true_sequential else [groups]
         modules = dict(layer.named_modules())
-        for group in groups:
-            stats = {n: InputStats(modules[n].in_features, need_hessian, device) for n in group}
-            hooks = [modules[n].register_forward_hook(
-                lambda _m, inp, _out, n=n: stats[n].add(inp[0])) for n in group]
+        for groups_in_pass in passes:
+            # Linears that read the same input (q/k/v, gate/up) share one set of statistics.
+            stats = [InputStats(modules[g[0]].in_features, need_hessian, device)
+                     for g in groups_in_pass]
+            hooks = [modules[g[0]].register_forward_hook(
+                lambda _m, inp, _out, s=s: s.add(inp[0])) for g, s in zip(groups_in_pass, stats)]
             try:
                 run()
             finally:
                 for h in hooks:
                     h.remove()
-            for n in group:
-                reports[f"{index}.{n}"] = compress_linear(f"{index}.{n}", modules[n], stats[n])
-        outputs = run()
-        # Next block's inputs: this (compressed) block's outputs, other arguments unchanged.
-        inputs = [((out[0] if isinstance(out, tuple) else out,) + tuple(args[1:]), kwargs)
-                  for out, (args, kwargs) in zip(outputs, inputs)]
+            for group, group_stats in zip(groups_in_pass, stats):
+                for n in group:
+                    reports[f"{index}.{n}"] = compress_linear(f"{index}.{n}", modules[n], group_stats)
+        # Next block's inputs: this (compressed) block's outputs, other arguments unchanged. Each
+        # sample's input is dropped as soon as its output exists: one set of activations is held.
+        for i, (args, kwargs) in enumerate(inputs):
+            out = layer(*args, **kwargs)
+            inputs[i] = ((out[0] if isinstance(out, tuple) else out,) + tuple(args[1:]), kwargs)
         layer.to(home)
         log(f"block {index + 1}/{len(layers)} compressed")
     return reports

@@ -84,7 +84,8 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
             if act_order:
                 params = static[int(perm[col]) // group]
             elif col % group == 0:
-                params = qparams(torch.cat([w1[:, i:], w[:, b1:]], 1)[:, :group], bits, symmetric)
+                params = qparams(torch.cat([w1[:, i: i + group], w[:, b1: col + group]], 1), bits,
+                                 symmetric)
             q = fake_quant(w1[:, i: i + 1], *params).flatten()
             if keep is not None:
                 q = q * keep[:, col]
