@@ -5,6 +5,9 @@ at batch 8 x 128 on the 2-core CPU, SmolLM2-135M).
 
 One step = forward, backward, clipping and AdamW update on a batch of real text. The methods are
 timed in turn, once per round; medians over rounds (wall and CPU time; CPU counts every thread).
+Each step's floating-point work is counted (torch's FlopCounterMode) and set against the best
+float32 matmul rate of this machine, measured in the same run: a step cannot take less than
+its GFLOP divided by that rate, whatever the training code does.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRIES = {
@@ -26,6 +30,12 @@ ENTRIES = {
     "idp-m4-n20-routed": {"method": "idp", "pool_size": 4, "num_virtual_tokens": 20,
                           "score_layers": [0, 1], "scheme": "routed", "balance_weight": 0.01},
 }
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -64,6 +74,21 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def matmul_rate() -> float:
+        """Best float32 GFLOP/s of a large square matmul on these threads."""
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(5))
+        return 2 * 2048 ** 3 / best / 1e9
+
+    flops = {}
+    batch = blocks[:args.batch_size]
+    for key, (model, params, opt) in runs.items():
+        with FlopCounterMode(display=False) as counter:
+            step(model, params, opt, key[1], batch)
+        flops[key] = counter.get_total_flops() / 1e9
+    rate = matmul_rate()
+
     times = {key: [] for key in runs}
     for r in range(args.rounds + 1):  # round 0 warms up
         batch = blocks[torch.randint(len(blocks), (args.batch_size,))]
@@ -73,13 +98,16 @@ def main() -> None:
             if r:
                 times[(name, precision)].append((time.perf_counter() - t0, time.process_time() - c0))
     print(f"checkpoint {args.checkpoint}; batch {args.batch_size} x {args.seq_len}; "
-          f"{args.threads} threads; median of {args.rounds} rounds")
-    print(f"{'method':<20}{'precision':<11}{'params':>10}{'step s':>9}{'CPU s':>8}")
+          f"{args.threads} threads; median of {args.rounds} rounds; best float32 matmul rate "
+          f"here {rate:.0f} GFLOP/s")
+    print(f"{'method':<20}{'precision':<11}{'params':>10}{'step s':>9}{'CPU s':>8}{'GFLOP':>8}"
+          f"{'GFLOP/s':>9}{'floor s':>9}")
     for (name, precision), (model, *_) in runs.items():
         wall = statistics.median(t[0] for t in times[(name, precision)])
         cpu = statistics.median(t[1] for t in times[(name, precision)])
+        work = flops[(name, precision)]
         print(f"{name:<20}{precision:<11}{recovery.trainable_parameters(model):>10,}"
-              f"{wall:>9.2f}{cpu:>8.2f}")
+              f"{wall:>9.2f}{cpu:>8.2f}{work:>8.0f}{work / wall:>9.0f}{work / rate:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 from knowledge_recovery.compression import needs_calibration
-from knowledge_recovery.config import by_id, cells, training_spec
+from knowledge_recovery.config import by_id, cells, checkpoint_path, training_spec
 
 RES = f"{config['results_dir']}/{config['experiment']}"
 MODELS = by_id(config["models"], key="name")
@@ -22,8 +22,7 @@ wildcard_constraints:
 
 
 def checkpoint_dir(model, compression):
-    """Dense checkpoints come from download; every other one from compress."""
-    return f"{RES}/models/{model}/{compression}/checkpoint"
+    return checkpoint_path(config, model, compression)
 
 
 def compress_inputs(wildcards):

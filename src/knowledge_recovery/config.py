@@ -5,7 +5,6 @@ Every error raised here names the config key at fault, and is raised before any 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +147,7 @@ def preflight(config: dict, base_dir: str | os.PathLike = ".") -> dict:
     if not any(c["method"] == "dense" for c in config["compression"]):
         config["compression"].insert(0, {"method": "dense"})
     for i, c in enumerate(config["compression"]):
-        check_compression(c, f"compression[{i}]", config["models"])
+        check_compression(c, f"compression[{i}]")
         c["id"] = entry_id(c)
     _unique([c["id"] for c in config["compression"]], "compression", "id (set 'name' to tell them apart)")
 
@@ -173,7 +172,7 @@ def preflight(config: dict, base_dir: str | os.PathLike = ".") -> dict:
         if first[1] != training_spec(r):
             raise ConfigError(key, f"trains adapter {r['train_id']!r} like recovery[{first[0]}] but "
                               "with other settings: give one of them a 'name'")
-    check_recovery_on_models(config)
+    check_on_known_models(config, base)
 
     if config["text"]["source"] == "files":
         for j, p in enumerate(config["text"]["paths"]):
@@ -197,7 +196,7 @@ PRUNING_KEYS = {"sparsity", "pattern", "quantize"}
 QUANT_KEYS = {"bits", "group_size", "symmetric", "act_order"}
 
 
-def check_compression(c: dict, key: str, models: list[dict]) -> None:
+def check_compression(c: dict, key: str) -> None:
     """Settings that contradict each other or the method."""
     method = c["method"]
     given = set(c) - {"method", "name"}
@@ -225,68 +224,84 @@ def check_compression(c: dict, key: str, models: list[dict]) -> None:
     for stage, where in ((c, key), (c.get("quantize") or {}, f"{key}.quantize")):
         if stage.get("method") in ("rtn", "awq") and stage.get("act_order"):
             raise ConfigError(f"{where}.act_order", "act_order applies to 'gptq' only")
+
+
+def check_widths(c: dict, key: str, widths, model_name: str) -> None:
+    """Group sizes and N:M groups must divide the input width of every compressed linear."""
     sizes = [(c.get("group_size"), "group_size"),
              ((c.get("quantize") or {}).get("group_size"), "quantize.group_size"),
              (int(c["pattern"].split(":")[1]) if c.get("pattern") else None, "pattern")]
-    for m in models:
-        for width in model_widths(m):
-            for size, what in sizes:
-                if size and width % size:
-                    raise ConfigError(f"{key}.{what}", f"{size} does not divide the layer width "
-                                      f"{width} of model {m['name']!r}")
+    for width in sorted(widths):
+        for size, what in sizes:
+            if size and width % size:
+                raise ConfigError(f"{key}.{what}", f"{size} does not divide the layer width "
+                                  f"{width} of model {model_name!r}")
 
 
-def known_model_config(model: dict):
-    """The transformers config of a model when it is known before download (tiny random models
-    and local folders), else None: other models are checked by the train step before it trains."""
+def checkpoint_path(config: dict, model_name: str, compression: str = "dense") -> str:
+    """A model's checkpoint folder: dense ones come from download, every other one from compress."""
+    return f"{config['results_dir']}/{config['experiment']}/models/{model_name}/{compression}/checkpoint"
+
+
+def known_model_config(model: dict, base: Path, downloaded: Path | None = None):
+    """The transformers config of a model whose shape is known before any job runs: tiny random
+    models, local folders, hub models with config.json in the HF cache, and any model the
+    download step has fetched already (a resumed run). Else None: the compress and train steps
+    run the same checks on those before they start work."""
     if model["source"] == "tiny-random":
         from .models import tiny_config
 
         return tiny_config(model)
-    if model["source"] == "local" and (Path(model["path"]) / "config.json").is_file():
-        from transformers import AutoConfig
+    folders = [base / downloaded] if downloaded is not None else []
+    if model["source"] == "local":
+        folders.append(base / model["path"])
+    if model["source"] == "hub":
+        from huggingface_hub import try_to_load_from_cache
 
-        return AutoConfig.from_pretrained(model["path"])
+        cached = try_to_load_from_cache(model["repo"], "config.json",
+                                        revision=model.get("revision", "main"))
+        if isinstance(cached, str):
+            folders.append(Path(cached).parent)
+    for folder in folders:
+        if (folder / "config.json").is_file():
+            from transformers import AutoConfig
+
+            return AutoConfig.from_pretrained(folder)
     return None
 
 
-def check_recovery_on_models(config: dict) -> None:
-    """Build every trained recovery entry on every model whose shape is known, on the meta device
-    (no memory, no weights): LoRA targets must match, IDP score layers exist, budgets hold."""
-    entries = [(i, r) for i, r in enumerate(config["recovery"]) if r["method"] != "none"]
-    if not entries:
-        return
+def empty_model(model_cfg):
+    """The model of a config on the meta device: its modules and shapes, no memory, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(model_cfg)
+
+
+def check_on_known_models(config: dict, base: Path) -> None:
+    """On every model whose shape is known: each compression entry fits its layer widths; each
+    trained recovery entry attaches (LoRA targets match, IDP score layers exist, budgets hold)."""
+    from .compression import linear_widths
+
     for m in config["models"]:
-        model_cfg = known_model_config(m)
+        model_cfg = known_model_config(m, base, Path(checkpoint_path(config, m["name"])))
         if model_cfg is None:
             continue
-        for i, r in entries:
-            check_recovery_entry(r, f"recovery[{i}]", model_cfg, m["name"])
+        widths = linear_widths(empty_model(model_cfg))
+        for i, c in enumerate(config["compression"]):
+            check_widths(c, f"compression[{i}]", widths, m["name"])
+        for i, r in enumerate(config["recovery"]):
+            if r["method"] != "none":
+                check_recovery_entry(r, f"recovery[{i}]", model_cfg, m["name"])
 
 
 def check_recovery_entry(entry: dict, key: str, model_cfg, model_name: str) -> int:
     """Build one entry on an empty (meta) model of this config; returns its parameter count."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from .recovery import attach_checked, trainable_parameters
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_cfg)
-    return trainable_parameters(attach_checked(model, entry, key, model_name, init=False))
-
-
-def model_widths(model: dict) -> tuple[int, ...]:
-    """Input widths of the linear layers, where known before download (tiny random models and
-    local folders); other models are checked by the compress step before it starts."""
-    if model["source"] == "tiny-random":
-        return model["hidden_size"], model["intermediate_size"]
-    if model["source"] == "local":
-        cfg_file = Path(model["path"]) / "config.json"
-        if cfg_file.is_file():
-            cfg = json.loads(cfg_file.read_text())
-            return tuple(cfg[k] for k in ("hidden_size", "intermediate_size", "ffn_dim") if k in cfg)
-    return ()
+    return trainable_parameters(attach_checked(empty_model(model_cfg), entry, key, model_name,
+                                               init=False))
 
 
 def _unique(values, key, what):

@@ -18,14 +18,56 @@ def task_manager(task_dirs: list[str], need_builtin: bool):
                        include_defaults=need_builtin)
 
 
+def padding_aware_lm(**kwargs):
+    """lm-eval's HFLM, except that each log-likelihood batch reaches the model with an attention
+    mask. lm-eval right-pads a batch with zeros and passes no mask, which causal attention makes
+    harmless for the real tokens, but IDP scores its prompts by the attention of every input
+    token: it must know where each row ends. The lengths are taken from lm-eval's own padding
+    call (`pad_and_concat`), wrapped only while this model computes log-likelihoods."""
+    import torch
+    import lm_eval.models.huggingface as hf
+
+    class PaddingAwareLM(hf.HFLM):
+        _lengths = None
+
+        def _loglikelihood_tokens(self, *args, **kw):
+            pad_and_concat = hf.pad_and_concat
+
+            def recording(max_length, tensors, padding_side="right"):
+                self._lengths = [t.shape[-1] for t in tensors]
+                return pad_and_concat(max_length, tensors, padding_side)
+
+            hf.pad_and_concat = recording
+            try:
+                return super()._loglikelihood_tokens(*args, **kw)
+            finally:
+                hf.pad_and_concat = pad_and_concat
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            lengths, self._lengths = self._lengths, None
+            if attn_mask is not None or lengths is None:
+                return super()._model_call(inps, attn_mask, labels)
+            if len(lengths) != len(inps) or max(lengths) != inps.shape[1]:
+                raise RuntimeError(f"lm-eval padded {lengths} but called the model on "
+                                   f"{tuple(inps.shape)}: this lm-eval version batches otherwise")
+            positions = torch.arange(inps.shape[1], device=inps.device)
+            mask = (positions[None] < torch.tensor(lengths, device=inps.device)[:, None]).long()
+            with torch.no_grad():
+                return self.model(input_ids=inps, attention_mask=mask).logits
+
+    return PaddingAwareLM(**kwargs)
+
+
 def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
-             bootstrap_iters: int, seed: int, log_samples: bool = False) -> dict:
+             bootstrap_iters: int, seed: int, log_samples: bool = False,
+             padding_aware: bool = False) -> dict:
     """Run lm-eval; `tasks` are {"name", "limit"} dicts. Returns {task: {metric: value}}, plus
     with log_samples each document's choice log-likelihoods under "loglikelihoods"."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = (padding_aware_lm if padding_aware else HFLM)(pretrained=model, tokenizer=tokenizer,
+                                                       batch_size=batch_size)
     by_limit: dict = {}
     for task in tasks:  # one harness call per distinct limit: each call has a fixed setup cost
         by_limit.setdefault(task.get("limit"), []).append(task["name"])
@@ -53,24 +95,25 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
 
 def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,
                        selection: str | None = None) -> dict:
-    """`evaluate` for any recovered model. IDP chooses a prompt per input, and lm-eval pads a
-    batch without telling the model where the padding is: with attention or random selection,
-    requests go one at a time so padding cannot sway the choice. Oracle selection evaluates each
-    prompt of the pool on its own and keeps, per document, the best of them."""
+    """`evaluate` for any recovered model. IDP chooses a prompt per input from all of the input's
+    tokens, so its batches carry an attention mask (`padding_aware_lm`): padding cannot sway the
+    choice. Oracle selection evaluates each prompt of the pool on its own and keeps, per
+    document, the best of them."""
     from .idp import DynamicPromptModel, oracle_results
 
-    run = lambda batch, log: evaluate(model, tokenizer, tasks, manager, batch,  # noqa: E731
-                                      cfg["bootstrap_iters"], seed, log_samples=log)
+    run = lambda log: evaluate(model, tokenizer, tasks, manager, cfg["batch_size"],  # noqa: E731
+                               cfg["bootstrap_iters"], seed, log_samples=log,
+                               padding_aware=isinstance(model, DynamicPromptModel))
     if not isinstance(model, DynamicPromptModel):
-        return run(cfg["batch_size"], False)
+        return run(False)
     if selection == "oracle":
         per_prompt = []
         for j in range(model.pool_size):
             model.selection = j
-            per_prompt.append(run(cfg["batch_size"], True))
+            per_prompt.append(run(True))
         return oracle_results(per_prompt)
     model.selection = selection or "attention"
-    return run(1, False)
+    return run(False)
 
 
 def perplexity(model, tokenizer, text: str, seq_len: int = 256, max_windows: int | None = None,

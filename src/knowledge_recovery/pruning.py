@@ -12,8 +12,17 @@ from .quantization import inverse_hessian_chol
 
 
 def _lowest(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat indices of the k lowest scores (stable: ties resolved by position)."""
-    return torch.sort(score.flatten().float(), stable=True).indices[:k]
+    """Flat indices of the k lowest scores, ties resolved by position: what a stable sort's
+    first k would be, found in linear time (a sort was a fifth of SparseGPT's time)."""
+    flat = score.flatten().float()
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=flat.device)
+    if k >= len(flat):
+        return torch.arange(len(flat), device=flat.device)
+    kth = flat.kthvalue(k).values
+    below = (flat < kth).nonzero().flatten()
+    ties = (flat == kth).nonzero().flatten()[: k - len(below)]
+    return torch.cat([below, ties])
 
 
 def unstructured_mask(score: torch.Tensor, sparsity: float, per_row: bool = False) -> torch.Tensor:
@@ -78,16 +87,16 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: dict, dampin
             block_mask = torch.ones_like(w1, dtype=torch.bool)
             block_mask.view(-1)[_lowest(saliency(w1, torch.diag(hinv1)), k)] = False
             mask[:, b0:b1] = block_mask
+        diag = torch.diag(hinv1).tolist()
         for i in range(b1 - b0):
             col = b0 + i
             if nm and i % pattern["m"] == 0:
                 sal = saliency(w1[:, i: i + pattern["m"]], torch.diag(hinv1)[i: i + pattern["m"]])
                 mask[:, col: col + pattern["m"]] = nm_mask(sal, pattern["n"], pattern["m"])
-            q = w1[:, i] * mask[:, col]
-            e = (w1[:, i] - q) / hinv1[i, i]
-            w1[:, i:] -= e[:, None] @ hinv1[i: i + 1, i:]
-            w1[:, i] = q
+            e = w1[:, i].masked_fill(mask[:, col], 0) / diag[i]  # the pruned weights' error
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
             err1[:, i] = e
+        w1.mul_(mask[:, b0:b1])  # pruned columns are ~0 after their update; make them exactly 0
         w[:, b0:b1] = w1
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
     return (w * mask).to(weight.dtype), mask

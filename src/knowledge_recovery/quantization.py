@@ -79,6 +79,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
         b1 = min(b0 + block_size, cols)
         w1, hinv1 = w[:, b0:b1].clone(), hinv[b0:b1, b0:b1]
         err1 = torch.zeros_like(w1)
+        diag = torch.diag(hinv1).tolist()
         for i in range(b1 - b0):
             col = b0 + i
             if act_order:
@@ -90,8 +91,8 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
             if keep is not None:
                 q = q * keep[:, col]
             q_all[:, col] = q
-            e = (w1[:, i] - q) / hinv1[i, i]
-            w1[:, i:] -= e[:, None] @ hinv1[i: i + 1, i:]
+            e = (w1[:, i] - q) / diag[i]
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
             err1[:, i] = e
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
     if act_order:
