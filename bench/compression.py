@@ -50,6 +50,11 @@ def texts(calibration: str) -> tuple[str, str]:
     return calib, (WIKITEXT.read_text() if WIKITEXT.is_file() else calib[-200000:])
 
 
+def head_sparsity(model) -> float:
+    """Share of zeros in the output head (tied to the embeddings in SmolLM2): must stay 0."""
+    return float((model.get_output_embeddings().weight == 0).float().mean())
+
+
 def one(args) -> None:
     import torch
 
@@ -69,6 +74,7 @@ def one(args) -> None:
     print(json.dumps({"method": args.one, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 1024,
                       "rss_before_mb": rss0 / 1024, "fp32_mb": fp32_mb, "ppl": ppl,
                       "sparsity": stats["sparsity"],
+                      "head_sparsity": head_sparsity(model),
                       "bits": stats["effective_bits_per_weight"]}))
 
 

@@ -41,12 +41,15 @@ def their_recipe(name: str):
     e = METHODS[name]
     structure = e.get("pattern", "0:0")
     sparsity = e.get("sparsity", 0.5)
+    # Their pruning `targets` are the blocks whose linears get pruned (as in their examples):
+    # with targets="Linear" nothing was pruned, and with ["Linear"] the output head was pruned
+    # too (its name inside the match is "lm_head.", which ignore=["lm_head"] misses).
+    blocks = [r"re:model\.layers\.\d+$"]
     if e["method"] == "wanda":
-        return WandaPruningModifier(sparsity=sparsity, mask_structure=structure, targets=["Linear"],
-                                    ignore=["lm_head"])
+        return WandaPruningModifier(sparsity=sparsity, mask_structure=structure, targets=blocks)
     if e["method"] == "sparsegpt":
-        return SparseGPTModifier(sparsity=sparsity, mask_structure=structure, targets=["Linear"],
-                                 ignore=["lm_head"], dampening_frac=e["damping"])
+        return SparseGPTModifier(sparsity=sparsity, mask_structure=structure, targets=blocks,
+                                 dampening_frac=e["damping"])
     groups = _quant_group(e["bits"], e["group_size"], e["symmetric"])
     if e["method"] == "rtn":
         return QuantizationModifier(config_groups=groups, ignore=["lm_head"])
@@ -54,7 +57,14 @@ def their_recipe(name: str):
         return GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=e["damping"],
                             actorder="static" if e["act_order"] else None)
     if e["method"] == "awq":
+        import torch
         from llmcompressor.modifiers.awq import AWQModifier
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        if not torch.accelerator.is_available():
+            # Their AWQ pins its cached activations in host memory for faster copies to a GPU,
+            # which raises on a machine without one; there is nothing to copy to on a CPU.
+            IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 
         return AWQModifier(config_groups=groups, ignore=["lm_head"])
     raise ValueError(f"no llmcompressor equivalent for {name}")
@@ -66,7 +76,7 @@ def theirs(args) -> None:
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from compression import texts
+    from compression import head_sparsity, texts
     from knowledge_recovery import calibration, evaluation
 
     torch.set_num_threads(args.threads)
@@ -86,7 +96,8 @@ def theirs(args) -> None:
                if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
     sparsity = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
     print(json.dumps({"method": args.theirs, "wall_s": wall, "cpu_s": cpu,
-                      "peak_rss_mb": peak / 1024, "ppl": ppl, "sparsity": sparsity}))
+                      "peak_rss_mb": peak / 1024, "ppl": ppl, "sparsity": sparsity,
+                      "head_sparsity": head_sparsity(model)}))
 
 
 def run(cmd) -> dict | str:
@@ -115,7 +126,7 @@ def main() -> None:
     print(f"calibration {args.samples} x {args.seq_len} tokens of {args.calibration} text; "
           f"perplexity {args.ppl_windows} x 256 tokens of WikiText-2")
     print(f"{'method':<16}{'ours ppl':>10}{'theirs ppl':>12}{'ppl ratio':>11}{'ours s':>9}"
-          f"{'theirs s':>10}{'time ratio':>12}{'ours sp.':>10}{'theirs sp.':>12}")
+          f"{'theirs s':>10}{'time ratio':>12}{'ours sp.':>10}{'theirs sp.':>12}{'head sp.':>10}")
     for name in args.methods:
         ours = run([sys.executable, str(REPO / "bench/compression.py"), "--one", name, *common])
         their = run([str(THEIR_PYTHON), __file__, "--theirs", name, *common])
@@ -126,7 +137,8 @@ def main() -> None:
         print(f"{name:<16}{ours['ppl']:>10.2f}{their['ppl']:>12.2f}{ours['ppl'] / their['ppl']:>11.3f}"
               f"{ours['wall_s']:>9.1f}{their['wall_s']:>10.1f}"
               f"{ours['wall_s'] / their['wall_s']:>12.2f}{ours['sparsity']:>10.3f}"
-              f"{their['sparsity']:>12.3f}", flush=True)
+              f"{their['sparsity']:>12.3f}"
+              f"{max(ours['head_sparsity'], their['head_sparsity']):>10.3f}", flush=True)
 
 
 if __name__ == "__main__":

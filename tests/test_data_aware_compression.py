@@ -100,6 +100,8 @@ def test_joint_pruning_then_quantization_keeps_the_mask(layer_data):
     {"method": "sparsegpt", "pattern": "2:4", "damping": 0.01},
     {"method": "gptq", "bits": 4, "group_size": 32, "symmetric": False, "damping": 0.01,
      "act_order": True},
+    {"method": "gptq", "bits": 4, "group_size": 32, "symmetric": True, "damping": 0.01,
+     "act_order": False, "true_sequential": True},
     {"method": "awq", "bits": 4, "group_size": 32, "symmetric": False},
     {"method": "wanda", "sparsity": 0.5, "damping": 0.01,
      "quantize": {"method": "awq", "bits": 4, "group_size": 32, "symmetric": False}},

@@ -115,7 +115,7 @@ def _linear_groups(layer, run) -> list[list[str]]:
 
 @torch.no_grad()
 def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
-                        need_hessian: bool, true_sequential: bool = True, device=None,
+                        need_hessian: bool, true_sequential: bool = False, device=None,
                         log=print) -> dict:
     """Compress every linear layer of every block in order. Returns per-layer reports.
 

@@ -127,7 +127,7 @@ def compress(model, entry: dict, calibration: torch.Tensor | None = None, log=pr
         need_h = any(s["method"] in NEEDS_HESSIAN for s in stages(entry))
         sequential_compress(model, calibration, lambda _n, mod, stats: apply(names[id(mod)], mod, stats),
                             need_hessian=need_h,
-                            true_sequential=entry.get("true_sequential", True), log=log)
+                            true_sequential=entry.get("true_sequential", False), log=log)
         # Linear layers outside the decoder blocks (rare) get the data-free treatment.
         missing = [n for n in layers if n not in per_layer]
         if missing:
