@@ -33,6 +33,8 @@ METHODS = {
                        "damping": 0.01, "act_order": False, "true_sequential": True},
     "gptq-w3-g64": {"method": "gptq", "bits": 3, "group_size": 64, "symmetric": False,
                     "damping": 0.01, "act_order": True},
+    "gptq-w3-g64-ts": {"method": "gptq", "bits": 3, "group_size": 64, "symmetric": False,
+                       "damping": 0.01, "act_order": True, "true_sequential": True},
     "rtn-w3-g64": {"method": "rtn", "bits": 3, "group_size": 64, "symmetric": False},
     "awq-w4-g64": {"method": "awq", "bits": 4, "group_size": 64, "symmetric": False},
     "awq-w3-g64": {"method": "awq", "bits": 3, "group_size": 64, "symmetric": False},
