@@ -91,26 +91,32 @@ def _first_layer_inputs(model, layers, batch):
     return captured
 
 
-def _linear_groups(layer, run) -> list[list[str]]:
-    """Linear layers of a block grouped by shared input, in forward order ([q,k,v], [o], ...)."""
-    order, seen, alive = [], {}, []
-    hooks = []
-    for name, mod in layer.named_modules():
-        if isinstance(mod, nn.Linear):
-            def rec(_m, inp, _out, name=name):
-                alive.append(inp[0])  # held, so no later tensor can reuse its id
-                key = id(inp[0])
-                if key not in seen:
-                    seen[key] = len(order)
-                    order.append([])
-                order[seen[key]].append(name)
-            hooks.append(mod.register_forward_hook(rec))
+def _calibrate(run, modules: dict, names: list[str], need_hessian: bool, device):
+    """One pass over the calibration inputs with the linears `names` hooked. Linears that read
+    the same tensor (q/k/v, gate/up) form a group and share one InputStats, accumulated once.
+    Returns (groups in forward order, their statistics)."""
+    groups, stats, group_of, group_of_input, alive = [], [], {}, {}, []
+
+    def rec(name, x):
+        if name not in group_of:  # first sample: group the linears by the tensor they read
+            alive.append(x)  # held, so no later tensor can reuse its id
+            g = group_of_input.setdefault(id(x), len(groups))
+            if g == len(groups):
+                groups.append([])
+                stats.append(InputStats(x.shape[-1], need_hessian, device))
+            groups[g].append(name)
+            group_of[name] = g
+        if groups[group_of[name]][0] == name:
+            stats[group_of[name]].add(x)
+
+    hooks = [modules[n].register_forward_hook(lambda _m, inp, _out, n=n: rec(n, inp[0]))
+             for n in names]
     try:
-        run(limit=1)
+        run()
     finally:
         for h in hooks:
             h.remove()
-    return order
+    return groups, stats
 
 
 @torch.no_grad()
@@ -128,28 +134,21 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
     reports = OrderedDict()
     for index, layer in enumerate(layers):
         layer.to(device)
-        def run(limit=None, layer=layer):
-            return [layer(*args, **kwargs) for args, kwargs in inputs[:limit]]
+        def run(layer=layer):
+            for args, kwargs in inputs:
+                layer(*args, **kwargs)
 
-        groups = _linear_groups(layer, run)
-        # One calibration pass per group (true-sequential: a group sees the outputs of the groups
-        # compressed before it) or one pass for the whole block (as llmcompressor does).
-        passes = [[group] for group in groups] if true_sequential else [groups]
         modules = dict(layer.named_modules())
-        for groups_in_pass in passes:
-            # Linears that read the same input (q/k/v, gate/up) share one set of statistics.
-            stats = [InputStats(modules[g[0]].in_features, need_hessian, device)
-                     for g in groups_in_pass]
-            hooks = [modules[g[0]].register_forward_hook(
-                lambda _m, inp, _out, s=s: s.add(inp[0])) for g, s in zip(groups_in_pass, stats)]
-            try:
-                run()
-            finally:
-                for h in hooks:
-                    h.remove()
-            for group, group_stats in zip(groups_in_pass, stats):
-                for n in group:
-                    reports[f"{index}.{n}"] = compress_linear(f"{index}.{n}", modules[n], group_stats)
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        # One pass gives every group's statistics on the uncompressed block's activations (as
+        # llmcompressor does). True-sequential re-calibrates each later group on the outputs of
+        # the groups compressed before it: a pass per group.
+        groups, stats = _calibrate(run, modules, linears, need_hessian, device)
+        for g, group in enumerate(groups):
+            if true_sequential and g:
+                stats[g] = _calibrate(run, modules, group[:1], need_hessian, device)[1][0]
+            for n in group:
+                reports[f"{index}.{n}"] = compress_linear(f"{index}.{n}", modules[n], stats[g])
         # Next block's inputs: this (compressed) block's outputs, other arguments unchanged. Each
         # sample's input is dropped as soon as its output exists: one set of activations is held.
         for i, (args, kwargs) in enumerate(inputs):
