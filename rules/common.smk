@@ -1,7 +1,7 @@
 from knowledge_recovery.compression import needs_calibration
-from knowledge_recovery.config import by_id, cells, checkpoint_path, training_spec
+from knowledge_recovery.config import by_id, cells, checkpoint_path, experiment_dir, training_spec
 
-RES = f"{config['results_dir']}/{config['experiment']}"
+RES = experiment_dir(config)
 MODELS = by_id(config["models"], key="name")
 COMPRESSION = by_id(config["compression"])
 RECOVERY = by_id(config["recovery"])

@@ -238,9 +238,14 @@ def check_widths(c: dict, key: str, widths, model_name: str) -> None:
                                   f"{width} of model {model_name!r}")
 
 
+def experiment_dir(config: dict) -> str:
+    """Everything one config produces lives here: `<results_dir>/<experiment>`."""
+    return f"{config['results_dir']}/{config['experiment']}"
+
+
 def checkpoint_path(config: dict, model_name: str, compression: str = "dense") -> str:
     """A model's checkpoint folder: dense ones come from download, every other one from compress."""
-    return f"{config['results_dir']}/{config['experiment']}/models/{model_name}/{compression}/checkpoint"
+    return f"{experiment_dir(config)}/models/{model_name}/{compression}/checkpoint"
 
 
 def known_model_config(model: dict, base: Path, downloaded: Path | None = None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import load_config
+from .config import experiment_dir, load_config
 from .tracking import tracking_uri
 
 
@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     parser.add_argument("--configfile", default="config.yaml")
     args = parser.parse_args(argv)
     config = load_config(args.configfile)
-    root = Path(config["results_dir"]) / config["experiment"]
+    root = Path(experiment_dir(config))
     table = root / "summary" / "results.md"
     if not table.exists():
         print(f"No results yet: {table} is missing. Run the workflow first.")

@@ -7,6 +7,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from .config import experiment_dir
+
 
 @contextlib.contextmanager
 def step(smk, offline: bool = True):
@@ -37,4 +39,4 @@ def step(smk, offline: bool = True):
 
 def results_root(smk) -> Path:
     """The experiment's results folder, where the default MLflow store lives."""
-    return Path(smk.config["results_dir"]) / smk.config["experiment"]
+    return Path(experiment_dir(smk.config))
