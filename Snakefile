@@ -6,7 +6,9 @@ if not config:  # no --configfile given: the embedded default grid
     configfile: "config.yaml"
 
 validate_schema(config)  # snakemake.utils.validate against the package's JSON schema
-preflight(config)  # every error names its config key, before any job runs
+# Every error names its config key, before any job runs. Cluster jobs re-read this file: the
+# main process has checked the models already, so they skip that (it imports torch and peft).
+preflight(config, check_models=workflow.is_main_process)
 
 
 include: "rules/common.smk"

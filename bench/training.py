@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import timeit
 from pathlib import Path
 
 import torch
@@ -30,12 +31,6 @@ ENTRIES = {
     "idp-m4-n20-routed": {"method": "idp", "pool_size": 4, "num_virtual_tokens": 20,
                           "score_layers": [0, 1], "scheme": "routed", "balance_weight": 0.01},
 }
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -78,7 +73,7 @@ def main() -> None:
         """Best float32 GFLOP/s of a large square matmul on these threads."""
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
         a @ b
-        best = min(_timed(lambda: a @ b) for _ in range(5))
+        best = min(timeit.repeat(lambda: a @ b, number=1, repeat=5))
         return 2 * 2048 ** 3 / best / 1e9
 
     flops = {}

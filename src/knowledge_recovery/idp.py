@@ -46,7 +46,8 @@ def sample_vocab_embeddings(model, count: int, seed: int) -> tuple[torch.Tensor,
 
 class DynamicPromptModel(nn.Module):
     def __init__(self, base, pool_size: int, num_tokens: int, score_layers: list[int],
-                 scheme: str = "joint", balance_weight: float = 1.0, seed: int = 0):
+                 scheme: str, balance_weight: float, seed: int = 0):
+        """Every setting comes from a config entry (defaults live in the schema only)."""
         super().__init__()
         from .calibration import decoder_layers
 
