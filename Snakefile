@@ -22,4 +22,5 @@ include: "rules/aggregate.smk"
 rule all:
     input:
         **aggregate_outputs(),
+        packed=packed_outputs(),
     default_target: True

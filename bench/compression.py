@@ -6,6 +6,8 @@ Each method runs in its own process (clean peak-RSS figure) on the same dense ch
 same calibration windows. Default checkpoint: the default grid's SmolLM2-135M (run `make run`
 first). Perplexity text: ../shared WikiText-2 test when present, else the built-in text.
 Expected: dense < GPTQ-4bit, AWQ-4bit < RTN-4bit; Wanda and SparseGPT 50% well below magnitude 50%.
+Packable settings (symmetric RTN/GPTQ) are also exported packed: "packed MB" is that checkpoint's
+size on disk (verified to decode to the compressed weights; the float32 model is about 515 MB).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +32,8 @@ METHODS = {
     "rtn-w4-g64": {"method": "rtn", "bits": 4, "group_size": 64, "symmetric": False},
     "gptq-w4-g64": {"method": "gptq", "bits": 4, "group_size": 64, "symmetric": False,
                     "damping": 0.01, "act_order": False, "true_sequential": False},
+    "gptq-w4-g64-sym": {"method": "gptq", "bits": 4, "group_size": 64, "symmetric": True,
+                        "damping": 0.01, "act_order": False},
     "gptq-w4-g64-ts": {"method": "gptq", "bits": 4, "group_size": 64, "symmetric": False,
                        "damping": 0.01, "act_order": False, "true_sequential": True},
     "gptq-w3-g64": {"method": "gptq", "bits": 3, "group_size": 64, "symmetric": False,
@@ -60,7 +65,7 @@ def head_sparsity(model) -> float:
 def one(args) -> None:
     import torch
 
-    from knowledge_recovery import calibration, compression, evaluation, models
+    from knowledge_recovery import artifacts, calibration, compression, evaluation, models, packing
 
     torch.set_num_threads(args.threads)
     model, tok = models.load_checkpoint(args.checkpoint)
@@ -68,14 +73,21 @@ def one(args) -> None:
     batch = calibration.calibration_batch(tok, calib_text, args.samples, args.seq_len, seed=0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0, c0 = time.perf_counter(), time.process_time()
-    _, stats = compression.compress(model, METHODS[args.one], batch, log=lambda *_: None)
+    _, grids, stats = compression.compress(model, METHODS[args.one], batch, log=lambda *_: None)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     ppl = evaluation.perplexity(model, tok, eval_text, 256, args.ppl_windows)
+    packed_mb = None
+    if args.one != "dense" and packing.unpackable_reason(METHODS[args.one]) is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            models.save_checkpoint(model, tok, f"{tmp}/checkpoint")
+            packing.export_packed(model, tok, grids, METHODS[args.one], f"{tmp}/packed")
+            packing.verify(f"{tmp}/packed", f"{tmp}/checkpoint")
+            packed_mb = artifacts.dir_bytes(f"{tmp}/packed") / 2**20
     print(json.dumps({"method": args.one, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 1024,
                       "rss_before_mb": rss0 / 1024, "fp32_mb": fp32_mb, "ppl": ppl,
-                      "sparsity": stats["sparsity"],
+                      "packed_mb": packed_mb, "sparsity": stats["sparsity"],
                       "head_sparsity": head_sparsity(model),
                       "bits": stats["effective_bits_per_weight"]}))
 
@@ -108,7 +120,7 @@ def main() -> None:
           f"{' (second half)' if args.calibration == 'wikitext' else ''}, "
           f"{args.ppl_windows} x 256 tokens")
     print(f"{'method':<16}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}{'x fp32':>8}{'sparsity':>9}"
-          f"{'bits':>6}{'ppl':>9}")
+          f"{'bits':>6}{'ppl':>9}{'packed MB':>11}")
     for name in args.methods:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--checkpoint", args.checkpoint,
                               "--samples", str(args.samples), "--seq-len", str(args.seq_len),
@@ -121,7 +133,8 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{name:<16}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['peak_rss_mb']:>9.0f}"
               f"{r['peak_rss_mb'] / r['fp32_mb']:>8.2f}{r['sparsity']:>9.3f}{r['bits']:>6.2f}"
-              f"{r['ppl']:>9.2f}", flush=True)
+              f"{r['ppl']:>9.2f}"
+              f"{'-' if r['packed_mb'] is None else format(r['packed_mb'], '.1f'):>11}", flush=True)
 
 
 if __name__ == "__main__":

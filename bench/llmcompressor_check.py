@@ -2,7 +2,7 @@
 method on the same model, calibration windows and perplexity windows, timed side by side.
 
     make .venv-llmcompressor        # its own environment: its pins conflict with ours
-    .venv/bin/python bench/llmcompressor_check.py [--methods ...] [--calibration wikitext]
+    .venv/bin/python bench/llmcompressor_check.py [--methods ...] [--calibration wikitext] [--repeats 3]
 
 Ours run through `bench/compression.py --one` in .venv; theirs through this file's `--theirs` in
 .venv-llmcompressor (llmcompressor 0.14.0.1, torch 2.13, transformers <= 5.17). Target: our
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -114,6 +115,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*",
                         default=["rtn-w4-g64", "gptq-w4-g64", "awq-w4-g64", "wanda-s0.5",
                                  "sparsegpt-s0.5", "wanda-2to4"])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="paired runs per method; medians are compared (timings here vary "
+                             "10-30%% run to run)")
     parser.add_argument("--theirs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.theirs:
@@ -124,22 +128,34 @@ def main() -> None:
               str(args.seq_len), "--ppl-windows", str(args.ppl_windows), "--threads",
               str(args.threads), "--calibration", args.calibration]
     print(f"calibration {args.samples} x {args.seq_len} tokens of {args.calibration} text; "
-          f"perplexity {args.ppl_windows} x 256 tokens of WikiText-2")
+          f"perplexity {args.ppl_windows} x 256 tokens of WikiText-2; median of {args.repeats} "
+          "paired runs (ours and theirs alternate which goes first)")
     print(f"{'method':<16}{'ours ppl':>10}{'theirs ppl':>12}{'ppl ratio':>11}{'ours s':>9}"
-          f"{'theirs s':>10}{'time ratio':>12}{'ours sp.':>10}{'theirs sp.':>12}{'head sp.':>10}")
+          f"{'theirs s':>10}{'time ratio':>12}{'CPU ratio':>11}{'ours sp.':>10}{'theirs sp.':>12}"
+          f"{'head sp.':>10}")
     for name in args.methods:
-        ours = run([sys.executable, str(REPO / "bench/compression.py"), "--one", name, *common])
-        their = run([str(THEIR_PYTHON), __file__, "--theirs", name, *common])
-        if isinstance(ours, str) or isinstance(their, str):
+        ours_cmd = [sys.executable, str(REPO / "bench/compression.py"), "--one", name, *common]
+        their_cmd = [str(THEIR_PYTHON), __file__, "--theirs", name, *common]
+        pairs = []
+        for r in range(args.repeats):
+            first, second = (ours_cmd, their_cmd) if r % 2 == 0 else (their_cmd, ours_cmd)
+            a, b = run(first), run(second)
+            pairs.append((a, b) if r % 2 == 0 else (b, a))
+        failed = next(((o, t) for o, t in pairs if isinstance(o, str) or isinstance(t, str)), None)
+        if failed:
             show = lambda r: r if isinstance(r, str) else f"ppl {r['ppl']:.2f}, {r['wall_s']:.1f} s"  # noqa: E731
-            print(f"{name:<16} ours: {show(ours)}; theirs: {show(their)}")
+            print(f"{name:<16} ours: {show(failed[0])}; theirs: {show(failed[1])}")
             continue
-        print(f"{name:<16}{ours['ppl']:>10.2f}{their['ppl']:>12.2f}{ours['ppl'] / their['ppl']:>11.3f}"
-              f"{ours['wall_s']:>9.1f}{their['wall_s']:>10.1f}"
-              f"{ours['wall_s'] / their['wall_s']:>12.2f}{ours['sparsity']:>10.3f}"
-              f"{their['sparsity']:>12.3f}"
+        med = lambda side, key: statistics.median(p[side][key] for p in pairs)  # noqa: E731
+        ours, their = pairs[0]
+        print(f"{name:<16}{med(0, 'ppl'):>10.2f}{med(1, 'ppl'):>12.2f}"
+              f"{med(0, 'ppl') / med(1, 'ppl'):>11.3f}{med(0, 'wall_s'):>9.1f}{med(1, 'wall_s'):>10.1f}"
+              f"{med(0, 'wall_s') / med(1, 'wall_s'):>12.2f}{med(0, 'cpu_s') / med(1, 'cpu_s'):>11.2f}"
+              f"{ours['sparsity']:>10.3f}{their['sparsity']:>12.3f}"
               f"{max(ours['head_sparsity'], their['head_sparsity']):>10.3f}", flush=True)
-
+        if args.repeats > 1:
+            print(f"{'':<16}wall s, ours / theirs per pair: "
+                  + ", ".join(f"{o['wall_s']:.1f}/{t['wall_s']:.1f}" for o, t in pairs))
 
 if __name__ == "__main__":
     main()

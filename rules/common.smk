@@ -1,5 +1,6 @@
 from knowledge_recovery.compression import needs_calibration
-from knowledge_recovery.config import by_id, cells, checkpoint_path, experiment_dir, training_spec
+from knowledge_recovery.config import (by_id, cells, checkpoint_path, compression_spec,
+                                       experiment_dir, training_spec)
 
 RES = experiment_dir(config)
 MODELS = by_id(config["models"], key="name")
@@ -86,6 +87,12 @@ def train_manifests():
         for c in CELLS
         if c.seed is not None
     }
+
+
+def packed_outputs():
+    """Packed low-bit exports of the entries that ask for one, for every model."""
+    return [f"{RES}/models/{m}/{c}/packed" for m in MODELS
+            for c, entry in COMPRESSION.items() if entry.get("export_packed")]
 
 
 def aggregate_outputs():

@@ -24,10 +24,10 @@ def test_cell_ids_are_readable_and_stable():
     ids = [c.id for c in cells(config)]
     assert ids == [
         "tiny-llama/dense/none",
-        "tiny-llama/gptq-w4-g32/none",
-        "tiny-llama/gptq-w4-g32/idp-m2-n4-routed/seed0",
-        "tiny-llama/gptq-w4-g32/idp-m2-n4-routed-oracle/seed0",
-        "tiny-llama/gptq-w4-g32/lora-r2/seed0",
+        "tiny-llama/gptq-w4-g32-sym/none",
+        "tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed/seed0",
+        "tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed-oracle/seed0",
+        "tiny-llama/gptq-w4-g32-sym/lora-r2/seed0",
     ]
     config2 = load_config({**SMOKE, "seeds": [0, 1], "recover_dense": True}, base_dir=REPO)
     ids2 = [c.id for c in cells(config2)]
@@ -100,6 +100,12 @@ def test_duplicate_ids_are_rejected():
      "compression[1].quantize.act_order", "gptq"),
     ({"method": "wanda", "sparsity": 0.5, "quantize": {"method": "hqq", "bits": 4}},
      "compression[1].quantize.method", "is not one of"),
+    ({"method": "wanda", "sparsity": 0.5, "export_packed": True},
+     "compression[1].export_packed", "needs a quantization stage"),
+    ({"method": "awq", "bits": 4, "symmetric": True, "export_packed": True},
+     "compression[1].export_packed", "not 'awq'"),
+    ({"method": "gptq", "bits": 4, "export_packed": True},
+     "compression[1].export_packed", "symmetric: true"),
 ])
 def test_compression_settings_are_checked(entry, key, words):
     config = {**copy.deepcopy(SMOKE), "compression": [{"method": "dense"}, entry]}

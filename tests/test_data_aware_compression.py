@@ -88,7 +88,7 @@ def test_joint_pruning_then_quantization_keeps_the_mask(layer_data):
     entry = {"method": "sparsegpt", "sparsity": 0.5, "damping": 0.01,
              "quantize": {"method": "gptq", "bits": 4, "group_size": 16, "symmetric": False,
                           "damping": 0.01, "act_order": False}}
-    q, keep = compress_weight(w, entry, stats)
+    q, keep, _ = compress_weight(w, entry, stats)
     assert int((~keep).sum()) == w.numel() // 2
     assert (q[~keep] == 0).all()
     for row_group in q.reshape(-1, 16):
@@ -109,7 +109,7 @@ def test_joint_pruning_then_quantization_keeps_the_mask(layer_data):
 def test_sequential_compression_of_a_model(tiny, entry):
     model, tok = tiny()
     batch = calibration.calibration_batch(tok, python_reference()[:20000], 4, 32, seed=0)
-    _, stats = compress(model, entry, batch, log=lambda *_: None)
+    _, _, stats = compress(model, entry, batch, log=lambda *_: None)
     if "sparsity" in entry or "pattern" in entry:
         assert stats["sparsity"] == pytest.approx(0.5, abs=1e-6)
     assert set(stats["per_layer_sparsity"]) == set(target_linears(model))

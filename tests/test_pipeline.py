@@ -59,18 +59,18 @@ def test_first_run_executes_every_stage(finished):
 def test_every_output_exists_with_real_values(finished):
     workdir, _, _ = finished
     res = workdir / "results" / "smoke"
-    for model_dir in ("dense", "gptq-w4-g32"):
+    for model_dir in ("dense", "gptq-w4-g32-sym"):
         assert (res / "models" / "tiny-llama" / model_dir / "checkpoint" / "model.safetensors").is_file()
-    gptq = json.loads((res / "models/tiny-llama/gptq-w4-g32/manifest.json").read_text())
+    gptq = json.loads((res / "models/tiny-llama/gptq-w4-g32-sym/manifest.json").read_text())
     assert gptq["versions"]["torch"] and gptq["wall_s"] >= 0
     assert gptq["calibration"]["samples"] == 4 and gptq["calibration"]["seq_len"] == 64
-    assert gptq["effective_bits_per_weight"] == pytest.approx(4 + 32 / 32)
-    train = json.loads((res / "adapters/tiny-llama/gptq-w4-g32/lora-r2/seed0/manifest.json").read_text())
+    assert gptq["effective_bits_per_weight"] == pytest.approx(4 + 16 / 32)  # + float16 scale
+    train = json.loads((res / "adapters/tiny-llama/gptq-w4-g32-sym/lora-r2/seed0/manifest.json").read_text())
     assert train["trainable_params"] > 0 and train["adapter_bytes"] > 0
     assert train["settings"]["training"]["objective"] == "distill"  # trained against the dense model
-    idp = json.loads((res / "adapters/tiny-llama/gptq-w4-g32/idp-m2-n4-routed/seed0/manifest.json").read_text())
+    idp = json.loads((res / "adapters/tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed/seed0/manifest.json").read_text())
     assert len(idp["history"]["routing"]) == 6 and all(sum(r) == 2 for r in idp["history"]["routing"])
-    assert (res / "adapters/tiny-llama/gptq-w4-g32/lora-r2/seed0/adapter/adapter_model.safetensors").is_file()
+    assert (res / "adapters/tiny-llama/gptq-w4-g32-sym/lora-r2/seed0/adapter/adapter_model.safetensors").is_file()
 
     df = pd.read_csv(res / "summary" / "results.csv")
     acc = df[df.metric == "acc"]
@@ -78,7 +78,7 @@ def test_every_output_exists_with_real_values(finished):
     assert acc.value.between(0, 1).all() and acc.stderr.gt(0).all()
     assert set(acc.task) == {"kp_country_capital", "kp_element_symbol"}
     table = (res / "summary" / "results.md").read_text()
-    assert "tiny-llama/dense/none" in table and "tiny-llama/gptq-w4-g32/idp-m2-n4-routed-oracle/seed0" in table
+    assert "tiny-llama/dense/none" in table and "tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed-oracle/seed0" in table
     assert (res / "summary" / "mean_acc.png").read_bytes()[:4] == b"\x89PNG"
     # A temporary name never survives a finished step.
     assert not list(res.rglob(".*.tmp-*"))
@@ -97,8 +97,8 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
         {k: v for k, v in EXPECTED_JOBS.items() if k != "aggregate"}
     (parent,) = steps["grid"]
     evaluated = {r.data.tags["cell"]: r for r in steps["evaluate"]}
-    run = evaluated["tiny-llama/gptq-w4-g32/lora-r2/seed0"]
-    assert run.data.tags["recovery"] == "lora-r2" and run.data.tags["compression"] == "gptq-w4-g32"
+    run = evaluated["tiny-llama/gptq-w4-g32-sym/lora-r2/seed0"]
+    assert run.data.tags["recovery"] == "lora-r2" and run.data.tags["compression"] == "gptq-w4-g32-sym"
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert 0 <= run.data.metrics["kp_country_capital.acc"] <= 1
     train_run = next(r for r in steps["train"] if r.data.tags["cell"].endswith("idp-m2-n4-routed/seed0"))
@@ -125,6 +125,22 @@ def test_changing_one_setting_reruns_only_what_it_affects(finished):
     changed.write_text(yaml.safe_dump(config))
     out = snakemake(workdir, changed, "--dry-run")
     assert job_counts(out.stdout) == {"train": 1, "evaluate": 1, "aggregate": 1}
+
+
+def test_a_packed_export_adds_only_the_pack_job(finished):
+    workdir, _, _ = finished
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["compression"][1]["export_packed"] = True
+    changed = workdir / "packed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    assert job_counts(snakemake(workdir, changed, "--dry-run").stdout) == {"pack": 1}
+    snakemake(workdir, changed)
+    model = workdir / "results" / "smoke" / "models" / "tiny-llama" / "gptq-w4-g32-sym"
+    manifest = json.loads((model / "packed_manifest.json").read_text())
+    assert manifest["max_relative_weight_difference"] == 0.0
+    assert manifest["packed_dir_bytes"] < manifest["checkpoint_bytes"] / 2
+    config_json = json.loads((model / "packed" / "config.json").read_text())
+    assert config_json["quantization_config"]["format"] == "pack-quantized"
 
 
 @pytest.mark.parametrize("break_it,key", [

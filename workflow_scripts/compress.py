@@ -1,4 +1,5 @@
-"""Compress the dense checkpoint with one compression setting; save checkpoint, masks, manifest."""
+"""Compress the dense checkpoint with one compression setting; save checkpoint, masks,
+quantization grids, manifest."""
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -22,11 +23,12 @@ with step(smk):
         batch = calibration.calibration_batch(tokenizer, text, calib["samples"], calib["seq_len"],
                                               calib["seed"])
     with artifacts.Timer() as timer:
-        masks, stats = compression.compress(model, spec, batch)
+        masks, grids, stats = compression.compress(model, spec, batch)
     with artifacts.atomic_dir(smk.output.checkpoint) as tmp:
         models.save_checkpoint(model, tokenizer, tmp)
-    with artifacts.atomic_path(smk.output.masks) as tmp:
-        save_file({k: v.contiguous() for k, v in masks.items()}, str(tmp))
+    for path, tensors in ((smk.output.masks, masks), (smk.output.grids, grids)):
+        with artifacts.atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     manifest = artifacts.manifest("compress", spec, **timer.as_dict(), **stats, calibration=calib,
                                   checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint))
     artifacts.write_json(smk.output.manifest, manifest)

@@ -91,10 +91,13 @@ def _first_layer_inputs(model, layers, batch):
     return captured
 
 
-def _calibrate(run, modules: dict, names: list[str], need_hessian: bool, device):
-    """One pass over the calibration inputs with the linears `names` hooked. Linears that read
-    the same tensor (q/k/v, gate/up) form a group and share one InputStats, accumulated once.
-    Returns (groups in forward order, their statistics)."""
+def _calibrate(layer, inputs, modules: dict, names: list[str], need_hessian: bool, device):
+    """One pass of the block over the calibration inputs with the linears `names` hooked.
+    Linears that read the same tensor (q/k/v, gate/up) form a group and share one InputStats,
+    accumulated once. Returns (groups in forward order, their statistics).
+
+    Each sample's forward stops at the input of the last hooked linear: its output (the block's
+    last matmul, a quarter of a Llama block's work) is not needed for statistics."""
     groups, stats, group_of, group_of_input, alive = [], [], {}, {}, []
 
     def rec(name, x):
@@ -108,11 +111,17 @@ def _calibrate(run, modules: dict, names: list[str], need_hessian: bool, device)
             group_of[name] = g
         if groups[group_of[name]][0] == name:
             stats[group_of[name]].add(x)
+        if len(group_of) == len(names) and name == groups[-1][-1]:
+            raise _Stop  # every statistic of this sample is in
 
-    hooks = [modules[n].register_forward_hook(lambda _m, inp, _out, n=n: rec(n, inp[0]))
+    hooks = [modules[n].register_forward_pre_hook(lambda _m, inp, n=n: rec(n, inp[0]))
              for n in names]
     try:
-        run()
+        for args, kwargs in inputs:
+            try:
+                layer(*args, **kwargs)
+            except _Stop:
+                pass
     finally:
         for h in hooks:
             h.remove()
@@ -134,24 +143,22 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
     reports = OrderedDict()
     for index, layer in enumerate(layers):
         layer.to(device)
-        def run(layer=layer):
-            for args, kwargs in inputs:
-                layer(*args, **kwargs)
-
         modules = dict(layer.named_modules())
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         # One pass gives every group's statistics on the uncompressed block's activations (as
         # llmcompressor does). True-sequential re-calibrates each later group on the outputs of
         # the groups compressed before it: a pass per group.
-        groups, stats = _calibrate(run, modules, linears, need_hessian, device)
+        groups, stats = _calibrate(layer, inputs, modules, linears, need_hessian, device)
         for g, group in enumerate(groups):
             if true_sequential and g:
-                stats[g] = _calibrate(run, modules, group[:1], need_hessian, device)[1][0]
+                stats[g] = _calibrate(layer, inputs, modules, group[:1], need_hessian,
+                                      device)[1][0]
             for n in group:
                 reports[f"{index}.{n}"] = compress_linear(f"{index}.{n}", modules[n], stats[g])
         # Next block's inputs: this (compressed) block's outputs, other arguments unchanged. Each
         # sample's input is dropped as soon as its output exists: one set of activations is held.
-        for i, (args, kwargs) in enumerate(inputs):
+        # The last block's outputs feed nothing.
+        for i, (args, kwargs) in enumerate(inputs if index + 1 < len(layers) else []):
             out = layer(*args, **kwargs)
             inputs[i] = ((out[0] if isinstance(out, tuple) else out,) + tuple(args[1:]), kwargs)
         layer.to(home)

@@ -51,9 +51,10 @@ def pattern_of(entry: dict) -> dict:
 
 
 @torch.no_grad()
-def compress_weight(weight: torch.Tensor, entry: dict, stats=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Compress one weight matrix by every stage of the entry. Returns (new weight, keep-mask)."""
-    w, keep = weight, None
+def compress_weight(weight: torch.Tensor, entry: dict, stats=None):
+    """Compress one weight matrix by every stage of the entry. Returns (new weight, keep-mask or
+    None, quantization grid (scale, zero point per group) or None)."""
+    w, keep, grid = weight, None, None
     for stage in stages(entry):
         method = stage["method"]
         if method == "magnitude":
@@ -65,11 +66,12 @@ def compress_weight(weight: torch.Tensor, entry: dict, stats=None) -> tuple[torc
         elif method == "sparsegpt":
             w, keep = pruning.sparsegpt(w, stats.hessian, pattern_of(stage), stage["damping"])
         elif method == "rtn":
-            w = quantization.quantize_rtn(w, stage["bits"], stage["group_size"], stage["symmetric"])
+            w, grid = quantization.quantize_rtn(w, stage["bits"], stage["group_size"],
+                                                stage["symmetric"], return_grid=True)
         elif method == "gptq":
-            w = quantization.gptq(w, stats.hessian, stage["bits"], stage["group_size"],
-                                  stage["symmetric"], stage["damping"], stage["act_order"],
-                                  keep=keep)
+            w, grid = quantization.gptq(w, stats.hessian, stage["bits"], stage["group_size"],
+                                        stage["symmetric"], stage["damping"], stage["act_order"],
+                                        keep=keep, return_grid=True)
         elif method == "awq":
             w = quantization.awq(w, stats.hessian, (stats.col_sq / stats.tokens).sqrt(),
                                  stage["bits"], stage["group_size"], stage["symmetric"])
@@ -77,7 +79,7 @@ def compress_weight(weight: torch.Tensor, entry: dict, stats=None) -> tuple[torc
             raise ValueError(f"unknown compression method {method!r}")
         if keep is not None:
             w = w * keep  # the mask survives every later stage
-    return w.to(weight.dtype), keep
+    return w.to(weight.dtype), keep, grid
 
 
 def pack_mask(keep: torch.Tensor) -> torch.Tensor:
@@ -106,16 +108,19 @@ def _return_freed_memory_to_the_os() -> None:
 
 def compress(model, entry: dict, calibration: torch.Tensor | None = None, log=print):
     """Apply one `compression:` entry in place. Returns (masks packed by `pack_mask`,
-    statistics)."""
+    quantization grids `{layer}.weight_scale` / `{layer}.weight_zero_point` (RTN and GPTQ:
+    what a packed export needs), statistics)."""
     _return_freed_memory_to_the_os()
     layers = target_linears(model)
-    masks, per_layer = {}, {}
+    masks, grids, per_layer = {}, {}, {}
 
     def apply(name, layer, stats=None):
-        w, keep = compress_weight(layer.weight.data, entry, stats)
+        w, keep, grid = compress_weight(layer.weight.data, entry, stats)
         layer.weight.data.copy_(w)
         if keep is not None:
             masks[f"{name}.weight"] = pack_mask(keep)
+        if grid is not None:
+            grids[f"{name}.weight_scale"], grids[f"{name}.weight_zero_point"] = grid
         zeros = int((layer.weight == 0).sum())
         per_layer[name] = {"numel": w.numel(), "zeros": zeros,
                            "bits_per_weight": bits_per_weight(entry, w.shape[1], zeros / w.numel())}
@@ -135,7 +140,7 @@ def compress(model, entry: dict, calibration: torch.Tensor | None = None, log=pr
     else:
         for name, layer in layers.items():
             apply(name, layer)
-    return masks, statistics(per_layer, model)
+    return masks, grids, statistics(per_layer, model)
 
 
 def bits_per_weight(entry: dict, width: int, sparsity: float) -> float:

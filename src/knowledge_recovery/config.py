@@ -109,6 +109,11 @@ def training_spec(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k not in EVAL_ONLY_KEYS}
 
 
+def compression_spec(entry: dict) -> dict:
+    """What the compress step depends on: asking for a packed export does not change it."""
+    return {k: v for k, v in entry.items() if k != "export_packed"}
+
+
 # ---------------------------------------------------------------- grid
 @dataclass(frozen=True)
 class Cell:
@@ -203,6 +208,12 @@ def check_compression(c: dict, key: str) -> None:
     """Settings that contradict each other or the method."""
     method = c["method"]
     given = set(c) - {"method", "name"}
+    if c.get("export_packed"):
+        from .packing import unpackable_reason
+
+        reason = unpackable_reason(c)
+        if reason:
+            raise ConfigError(f"{key}.export_packed", reason)
     if method == "dense" and given:
         raise ConfigError(key, f"method 'dense' takes no settings, got {sorted(given)}")
     if method in ("magnitude", "wanda", "sparsegpt"):

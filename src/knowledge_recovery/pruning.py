@@ -11,30 +11,32 @@ import torch
 from .quantization import inverse_hessian_chol
 
 
-def _lowest(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat indices of the k lowest scores, ties resolved by position: what a stable sort's
-    first k would be, found in linear time (a sort was a fifth of SparseGPT's time)."""
-    flat = score.flatten().float()
-    if k <= 0:
-        return torch.zeros(0, dtype=torch.long, device=flat.device)
-    if k >= len(flat):
-        return torch.arange(len(flat), device=flat.device)
-    kth = flat.kthvalue(k).values
-    below = (flat < kth).nonzero().flatten()
-    ties = (flat == kth).nonzero().flatten()[: k - len(below)]
-    return torch.cat([below, ties])
+def lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the k lowest scores of each row of a 2-D tensor, ties resolved by position:
+    what a stable sort's first k would be, found in linear time (sorting was an eighth of Wanda's
+    time and a fifth of SparseGPT's)."""
+    score = score.float()
+    rows, cols = score.shape
+    if k <= 0 or k >= cols:
+        return torch.full_like(score, k > 0, dtype=torch.bool)
+    kth = score.kthvalue(k, dim=1, keepdim=True).values
+    lowest = score <= kth
+    tied = (lowest.sum(1) > k).nonzero().flatten()
+    if len(tied):  # rows where the k-th value repeats: keep only its first occurrences
+        s, t = score[tied], kth[tied]
+        ties = s == t
+        need = k - (s < t).sum(1, keepdim=True)
+        lowest[tied] = (s < t) | (ties & (ties.cumsum(1) <= need))
+    return lowest
 
 
 def unstructured_mask(score: torch.Tensor, sparsity: float, per_row: bool = False) -> torch.Tensor:
     """Prune the lowest-scoring weights: exactly round(sparsity * numel) of the layer, or of
     each row when per_row (Wanda compares weights within an output row)."""
-    mask = torch.ones_like(score, dtype=torch.bool)
     if per_row:
-        k = int(round(sparsity * score.shape[1]))
-        idx = torch.sort(score.float(), dim=1, stable=True).indices[:, :k]
-        return mask.scatter_(1, idx, False)
-    mask.view(-1)[_lowest(score, int(round(sparsity * score.numel())))] = False
-    return mask
+        return ~lowest_per_row(score, int(round(sparsity * score.shape[1])))
+    flat = score.reshape(1, -1)
+    return ~lowest_per_row(flat, int(round(sparsity * flat.shape[1]))).view_as(score)
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -84,9 +86,8 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: dict, dampin
         if not nm:
             # Exact layer sparsity: each block prunes its share of round(sparsity * numel).
             k = round(pattern["sparsity"] * rows * b1) - round(pattern["sparsity"] * rows * b0)
-            block_mask = torch.ones_like(w1, dtype=torch.bool)
-            block_mask.view(-1)[_lowest(saliency(w1, torch.diag(hinv1)), k)] = False
-            mask[:, b0:b1] = block_mask
+            sal = saliency(w1, torch.diag(hinv1)).reshape(1, -1)
+            mask[:, b0:b1] = ~lowest_per_row(sal, k).view_as(w1)
         diag = torch.diag(hinv1).tolist()
         for i in range(b1 - b0):
             col = b0 + i

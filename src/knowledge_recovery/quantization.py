@@ -35,12 +35,17 @@ def _check_group(cols: int, group_size: int | None) -> int:
 
 @torch.no_grad()
 def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None,
-                 symmetric: bool = False) -> torch.Tensor:
-    """Round-to-nearest, group-wise along the input dimension."""
+                 symmetric: bool = False, return_grid: bool = False):
+    """Round-to-nearest, group-wise along the input dimension. With return_grid, also the
+    grid: (scale, zero point), each [rows, groups], what a packed checkpoint stores."""
     rows, cols = weight.shape
     group = _check_group(cols, group_size)
     w = weight.float().reshape(rows * (cols // group), group)
-    return fake_quant(w, *qparams(w, bits, symmetric)).reshape(rows, cols).to(weight.dtype)
+    params = qparams(w, bits, symmetric)
+    q = fake_quant(w, *params).reshape(rows, cols).to(weight.dtype)
+    if not return_grid:
+        return q
+    return q, (params[0].reshape(rows, -1), params[1].reshape(rows, -1))
 
 
 def inverse_hessian_chol(hessian: torch.Tensor, weight: torch.Tensor, damping: float):
@@ -56,13 +61,14 @@ def inverse_hessian_chol(hessian: torch.Tensor, weight: torch.Tensor, damping: f
 @torch.no_grad()
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
          symmetric: bool = False, damping: float = 0.01, act_order: bool = False,
-         block_size: int = 128, keep: torch.Tensor | None = None) -> torch.Tensor:
+         block_size: int = 128, keep: torch.Tensor | None = None, return_grid: bool = False):
     """GPTQ (Frantar et al. 2022): quantize column by column, pushing each column's error onto
     the columns not yet quantized through the inverse Hessian of the layer's inputs.
 
     With act_order, columns go in order of decreasing Hessian diagonal; group parameters then
     come from the original contiguous groups ("static groups"), so each stored group still
     holds at most 2^bits values. `keep` is a mask from earlier pruning: pruned weights stay 0.
+    With return_grid, also (scale, zero point) of each group, [rows, groups], as quantize_rtn.
     """
     rows, cols = weight.shape
     group = _check_group(cols, group_size)
@@ -73,7 +79,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
         w, h = w[:, perm], h[perm][:, perm]
         keep = None if keep is None else keep[:, perm]
     hinv = inverse_hessian_chol(h, w, damping)
-    params = None
+    params, grid = None, static if act_order else []
     q_all = torch.zeros_like(w)
     for b0 in range(0, cols, block_size):
         b1 = min(b0 + block_size, cols)
@@ -87,6 +93,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
             elif col % group == 0:
                 params = qparams(torch.cat([w1[:, i: i + group], w[:, b1: col + group]], 1), bits,
                                  symmetric)
+                grid.append(params)
             q = fake_quant(w1[:, i: i + 1], *params).flatten()
             if keep is not None:
                 q = q * keep[:, col]
@@ -97,7 +104,9 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
     if act_order:
         q_all = q_all[:, torch.argsort(perm)]
-    return q_all.to(weight.dtype)
+    if not return_grid:
+        return q_all.to(weight.dtype)
+    return q_all.to(weight.dtype), (torch.cat([p[0] for p in grid], 1), torch.cat([p[1] for p in grid], 1))
 
 
 @torch.no_grad()
