@@ -127,3 +127,37 @@ def test_sequential_compression_is_deterministic(tiny):
         outs.append(model.state_dict())
     for k in outs[0]:
         assert torch.equal(outs[0][k], outs[1][k]), k
+
+
+@pytest.mark.parametrize("first_group_only", [False, True])
+def test_block_statistics_equal_those_of_each_linears_inputs(tiny, first_group_only):
+    """The statistics pass stops each forward early and shares statistics between linears that
+    read one tensor: what it returns must still be the statistics of every linear's inputs."""
+    model, tok = tiny()
+    batch = calibration.calibration_batch(tok, python_reference()[:20000], 3, 16, seed=0)
+    layer = calibration.decoder_layers(model)[0]
+    inputs = calibration._first_layer_inputs(model, calibration.decoder_layers(model), batch)
+    modules = dict(layer.named_modules())
+    linears = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
+    seen = {n: [] for n in linears}
+    hooks = [modules[n].register_forward_hook(lambda _m, inp, _o, n=n: seen[n].append(inp[0]))
+             for n in linears]
+    with torch.no_grad():
+        for args, kwargs in inputs:
+            layer(*args, **kwargs)
+    for h in hooks:
+        h.remove()
+
+    with torch.no_grad():
+        groups, stats = calibration._calibrate(layer, inputs, modules, linears, True, "cpu",
+                                               first_group_only=first_group_only)
+    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                      ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    for g, group in enumerate(groups):
+        if first_group_only and g:
+            assert stats[g] is None
+            continue
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[group[0]]])
+        assert stats[g].tokens == len(x) == 3 * 16
+        assert torch.allclose(stats[g].col_sq, x.pow(2).sum(0), rtol=1e-5)
+        assert torch.allclose(stats[g].hessian, 2 * x.T @ x / len(x), rtol=1e-4, atol=1e-6)

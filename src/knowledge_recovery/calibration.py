@@ -91,13 +91,16 @@ def _first_layer_inputs(model, layers, batch):
     return captured
 
 
-def _calibrate(layer, inputs, modules: dict, names: list[str], need_hessian: bool, device):
+def _calibrate(layer, inputs, modules: dict, names: list[str], need_hessian: bool, device,
+               first_group_only: bool = False):
     """One pass of the block over the calibration inputs with the linears `names` hooked.
     Linears that read the same tensor (q/k/v, gate/up) form a group and share one InputStats,
     accumulated once. Returns (groups in forward order, their statistics).
 
-    Each sample's forward stops at the input of the last hooked linear: its output (the block's
-    last matmul, a quarter of a Llama block's work) is not needed for statistics."""
+    Each sample's forward stops as soon as its statistics are in: at the input of the last
+    hooked linear (its matmul, a quarter of a Llama block's work, is not needed), or with
+    `first_group_only` (true-sequential: later groups are re-calibrated after the first is
+    compressed) at the first group's input once the first sample has shown the grouping."""
     groups, stats, group_of, group_of_input, alive = [], [], {}, {}, []
 
     def rec(name, x):
@@ -106,12 +109,14 @@ def _calibrate(layer, inputs, modules: dict, names: list[str], need_hessian: boo
             g = group_of_input.setdefault(id(x), len(groups))
             if g == len(groups):
                 groups.append([])
-                stats.append(InputStats(x.shape[-1], need_hessian, device))
+                wanted = g == 0 or not first_group_only
+                stats.append(InputStats(x.shape[-1], need_hessian, device) if wanted else None)
             groups[g].append(name)
             group_of[name] = g
-        if groups[group_of[name]][0] == name:
-            stats[group_of[name]].add(x)
-        if len(group_of) == len(names) and name == groups[-1][-1]:
+        g = group_of[name]
+        if groups[g][0] == name and stats[g] is not None:
+            stats[g].add(x)
+        if len(group_of) == len(names) and (name == groups[-1][-1] or first_group_only and g == 0):
             raise _Stop  # every statistic of this sample is in
 
     hooks = [modules[n].register_forward_pre_hook(lambda _m, inp, n=n: rec(n, inp[0]))
@@ -148,7 +153,8 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
         # One pass gives every group's statistics on the uncompressed block's activations (as
         # llmcompressor does). True-sequential re-calibrates each later group on the outputs of
         # the groups compressed before it: a pass per group.
-        groups, stats = _calibrate(layer, inputs, modules, linears, need_hessian, device)
+        groups, stats = _calibrate(layer, inputs, modules, linears, need_hessian, device,
+                                   first_group_only=true_sequential)
         for g, group in enumerate(groups):
             if true_sequential and g:
                 stats[g] = _calibrate(layer, inputs, modules, group[:1], need_hessian,
