@@ -99,9 +99,11 @@ def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
 def _return_freed_memory_to_the_os(activation_bytes: int) -> None:
     """glibc raises its mmap threshold after multi-MB buffers are freed, then keeps later ones
     in its heap: layer-by-layer compression frees such buffers (weights, Hessians) every layer,
-    and the process grew ~6 MB a block on SmolLM2. A fixed threshold just above one sample's
-    largest activation hands those back, while the activations, allocated and freed again for
-    every sample, are reused from the heap (mmapping each cost Wanda a quarter of its time)."""
+    and the process grew ~6 MB a block on SmolLM2. A fixed threshold hands them back.
+    `activation_bytes` (0 for none) sets it just above one sample's largest activation, so that
+    activations, allocated and freed again for every sample, are reused from the heap (mmapping
+    each cost Wanda a quarter of its time); methods that build a Hessian per layer pass 0: their
+    width^2 matrices fragmented the heap above it (act-order GPTQ-3 peaked 2.19x fp32, not 1.96x)."""
     threshold = min(max(2 * activation_bytes, 128 * 1024), 32 * 2**20)  # glibc's own bounds
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
@@ -114,8 +116,9 @@ def compress(model, entry: dict, calibration: torch.Tensor | None = None, log=pr
     quantization grids `{layer}.weight_scale` / `{layer}.weight_zero_point` (RTN and GPTQ:
     what a packed export needs), statistics)."""
     layers = target_linears(model)
+    need_h = any(s["method"] in NEEDS_HESSIAN for s in stages(entry))
     widest = max(max(m.in_features, m.out_features) for m in layers.values())
-    tokens = calibration.shape[1] if calibration is not None else 1
+    tokens = calibration.shape[1] if calibration is not None and not need_h else 0
     _return_freed_memory_to_the_os(tokens * widest * next(model.parameters()).element_size())
     masks, grids, per_layer = {}, {}, {}
 
@@ -134,7 +137,6 @@ def compress(model, entry: dict, calibration: torch.Tensor | None = None, log=pr
         if calibration is None:
             raise ValueError(f"method {entry['method']!r} needs calibration data")
         names = {id(mod): name for name, mod in layers.items()}
-        need_h = any(s["method"] in NEEDS_HESSIAN for s in stages(entry))
         sequential_compress(model, calibration, lambda _n, mod, stats: apply(names[id(mod)], mod, stats),
                             need_hessian=need_h,
                             true_sequential=entry.get("true_sequential", False), log=log)
