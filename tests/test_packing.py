@@ -6,7 +6,7 @@ from safetensors import safe_open
 
 from knowledge_recovery import models, packing
 from knowledge_recovery.calibration import calibration_batch
-from knowledge_recovery.compression import compress, target_linears
+from knowledge_recovery.compression import compress, quant_stage, target_linears
 from knowledge_recovery.text import python_reference
 
 
@@ -35,7 +35,7 @@ def test_packed_checkpoint_decodes_to_the_compressed_weights(tiny, tmp_path, ent
     packed = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
     assert torch.equal(packed(input_ids=ids).logits, expected)
 
-    quant = packing.quant_stage(entry)
+    quant = quant_stage(entry)
     with safe_open(tmp_path / "packed" / "model.safetensors", "pt") as f:
         for name, layer in target_linears(model).items():
             codes = f.get_tensor(f"{name}.weight_packed")

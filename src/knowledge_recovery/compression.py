@@ -39,6 +39,11 @@ def stages(entry: dict) -> list[dict]:
     return [first] + ([entry["quantize"]] if entry.get("quantize") else [])
 
 
+def quant_stage(entry: dict) -> dict | None:
+    """The quantization stage of a compression entry (a joint entry's `quantize`), if any."""
+    return next((s for s in stages(entry) if s["method"] in QUANTIZATION), None)
+
+
 def needs_calibration(entry: dict) -> bool:
     return any(s["method"] in NEEDS_DATA for s in stages(entry))
 
@@ -155,7 +160,7 @@ def bits_per_weight(entry: dict, width: int, sparsity: float) -> float:
     plus per-group float16 scale (and zero point when asymmetric); pruned layers add a 1-bit mask
     and store only the kept values."""
     bits = 16.0
-    quant = next((s for s in stages(entry) if s["method"] in QUANTIZATION), None)
+    quant = quant_stage(entry)
     if quant:
         group = quant["group_size"] or width
         bits = quant["bits"] + 16 * (1 if quant["symmetric"] else 2) / group

@@ -12,16 +12,13 @@ vllm-project/llm-compressor#1618), and AWQ's per-input-channel scales have no pl
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from .compression import stages, target_linears
+from .compression import quant_stage, target_linears
 
 PACKABLE = {"rtn", "gptq"}
-
-
-def quant_stage(entry: dict) -> dict | None:
-    """The quantization stage of a compression entry (a joint entry's `quantize`), if any."""
-    return next((s for s in stages(entry) if s["method"] in ("rtn", "gptq", "awq")), None)
 
 
 def unpackable_reason(entry: dict) -> str | None:
@@ -76,8 +73,6 @@ def verify(packed_dir, checkpoint_dir) -> float:
     decoded weight with the fake-quant checkpoint's, read one tensor at a time. Returns the
     largest difference relative to the layer's largest weight; raises if one exceeds the
     rounding of the weights' dtype."""
-    from pathlib import Path
-
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 

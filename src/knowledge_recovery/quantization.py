@@ -106,7 +106,8 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
         q_all = q_all[:, torch.argsort(perm)]
     if not return_grid:
         return q_all.to(weight.dtype)
-    return q_all.to(weight.dtype), (torch.cat([p[0] for p in grid], 1), torch.cat([p[1] for p in grid], 1))
+    scale, zero = (torch.cat([p[k] for p in grid], 1) for k in (0, 1))
+    return q_all.to(weight.dtype), (scale, zero)
 
 
 @torch.no_grad()
