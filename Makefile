@@ -6,7 +6,7 @@ CONFIG ?= config.yaml
 # Extra Snakemake arguments, e.g. SMK_ARGS="--forceall" or "--dry-run".
 SMK_ARGS ?=
 
-.PHONY: run test venv clean-smoke
+.PHONY: run test lint venv
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,15 @@ run: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --configfile $(CONFIG) $(SMK_ARGS)
 	@$(BIN)/python -m knowledge_recovery.show --configfile $(CONFIG)
 
-test: venv
+test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff's rule set is in pyproject.toml; snakemake --lint checks the Snakefile and rules/ on the
+# default config and on every config in config/ (each includes other rules and paths).
+lint: venv
+	$(BIN)/ruff check src tests workflow_scripts bench
+	for c in config.yaml config/*.yaml; do \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint --quiet all --configfile $$c || exit 1; done
 
 # llmcompressor in its own environment (its torch/transformers pins conflict with ours), for
 # bench/llmcompressor_check.py only.

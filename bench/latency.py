@@ -85,19 +85,19 @@ def main() -> None:
         x = torch.tensor(ids[: batch * args.seq_len]).view(batch, args.seq_len)
         mask = torch.ones_like(x)
 
-        def gen(model, new):
+        def gen(model, new, x=x, mask=mask):
             return model.generate(input_ids=x, attention_mask=mask, max_new_tokens=new,
                                   min_new_tokens=new, do_sample=False,
                                   pad_token_id=tok.eos_token_id)
 
         times = {name: {"prefill": [], "full": []} for name in models_}
         with torch.no_grad():
-            for name, (model, _) in models_.items():  # warm-up (and IDP's pool cache)
+            for model, _ in models_.values():  # warm-up (and IDP's pool cache)
                 gen(model, 2)
             for _ in range(args.rounds):
                 for name, (model, _) in models_.items():
-                    times[name]["prefill"].append(timed(lambda: gen(model, 1)))
-                    times[name]["full"].append(timed(lambda: gen(model, k + 1)))
+                    times[name]["prefill"].append(timed(lambda m=model: gen(m, 1)))
+                    times[name]["full"].append(timed(lambda m=model: gen(m, k + 1)))
         print(f"\nbatch {batch}")
         print(f"{'variant':<22}{'params':>9}{'prefill ms':>12}{'CPU ms':>9}{'decode ms/tok':>15}"
               f"{'CPU ms':>9}{'prefill x':>11}{'decode x':>10}")

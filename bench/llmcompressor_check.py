@@ -146,10 +146,11 @@ def main() -> None:
             show = lambda r: r if isinstance(r, str) else f"ppl {r['ppl']:.2f}, {r['wall_s']:.1f} s"  # noqa: E731
             print(f"{name:<16} ours: {show(failed[0])}; theirs: {show(failed[1])}")
             continue
-        med = lambda side, key: statistics.median(p[side][key] for p in pairs)  # noqa: E731
+        med = lambda side, key, pairs=pairs: statistics.median(p[side][key] for p in pairs)  # noqa: E731
         ours, their = pairs[0]
         print(f"{name:<16}{med(0, 'ppl'):>10.2f}{med(1, 'ppl'):>12.2f}"
-              f"{med(0, 'ppl') / med(1, 'ppl'):>11.3f}{med(0, 'wall_s'):>9.1f}{med(1, 'wall_s'):>10.1f}"
+              f"{med(0, 'ppl') / med(1, 'ppl'):>11.3f}{med(0, 'wall_s'):>9.1f}"
+              f"{med(1, 'wall_s'):>10.1f}"
               f"{med(0, 'wall_s') / med(1, 'wall_s'):>12.2f}{med(0, 'cpu_s') / med(1, 'cpu_s'):>11.2f}"
               f"{ours['sparsity']:>10.3f}{their['sparsity']:>12.3f}"
               f"{max(ours['head_sparsity'], their['head_sparsity']):>10.3f}", flush=True)

@@ -77,7 +77,8 @@ def main() -> None:
         for name, r in (("fresh grid", first), ("no-op re-run", again)):
             print(f"{name:<22}{r['wall_s']:>10.1f}{r['cpu_s']:>10.1f}{r['jobs']:>7}")
         print(f"\n{'rule':<16}{'jobs':>6}{'wall s':>10}{'CPU s':>10}{'max RSS MB':>12}")
-        for rule, (n, wall, cpu, rss) in sorted(per_rule(workdir / "results" / config.get("experiment", "default")).items()):
+        results = workdir / "results" / config.get("experiment", "default")
+        for rule, (n, wall, cpu, rss) in sorted(per_rule(results).items()):
             print(f"{rule:<16}{n:>6}{wall:>10.1f}{cpu:>10.1f}{rss:>12.0f}")
 
 

@@ -46,13 +46,13 @@ def main() -> None:
                         choices=["float32", "bfloat16"])
     args = parser.parse_args()
 
-    from knowledge_recovery import models, recovery
+    from knowledge_recovery import models, recovery, training
     from knowledge_recovery.text import python_reference
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tok = models.load_checkpoint(args.checkpoint)[1]
-    blocks = recovery.token_blocks(tok, python_reference()[:400000], args.seq_len)
+    blocks = training.token_blocks(tok, python_reference()[:400000], args.seq_len)
     runs = {}
     for name in args.methods:
         for precision in args.precisions:
@@ -62,8 +62,8 @@ def main() -> None:
 
     def step(model, params, opt, precision, batch):
         model.train()
-        with recovery._autocast(model, precision):
-            loss = recovery.lm_loss(model, batch)
+        with training._autocast(model, precision):
+            loss = training.lm_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -3,14 +3,14 @@ rule aggregate:
         results=[eval_results(c) for c in CELLS],
         train_manifests=list(train_manifests().values()),
     output:
-        **aggregate_outputs(),
+        **paths.summary,
     params:
         cells=CELLS,
         train_manifests=train_manifests(),
     log:
-        log_path("aggregate", "aggregate"),
+        paths.log("aggregate", "aggregate"),
     benchmark:
-        bench_path("aggregate", "aggregate")
+        paths.benchmark("aggregate", "aggregate")
     localrule: True
     conda:
         "../envs/pipeline.yaml"

@@ -1,36 +1,31 @@
 from knowledge_recovery.compression import needs_calibration
-from knowledge_recovery.config import (by_id, cells, checkpoint_path, compression_spec,
-                                       experiment_dir, training_spec)
+from knowledge_recovery.grid import by_id, cells, compression_spec, trained
+from knowledge_recovery.paths import Layout, unit
 
-RES = experiment_dir(config)
+paths = Layout(config)
 MODELS = by_id(config["models"], key="name")
 COMPRESSION = by_id(config["compression"])
-RECOVERY = by_id(config["recovery"])
-# Adapters to train, by train id (IDP selection variants of one entry share one adapter).
-TRAINED = {r["train_id"]: training_spec(r) for r in config["recovery"] if r["method"] != "none"}
+TRAINED = trained(config)  # by train id: IDP selection variants of one entry share an adapter
 TASKS = by_id(config["tasks"], key="name")
 CELLS = cells(config)
 CELL_BY_ID = {c.id: c for c in CELLS}
+TRAIN_UNIT = unit("{train_id}", "{seed}")  # the train rule's pattern of a unit
 
 
 wildcard_constraints:
     model=r"[^/]+",
     compression=r"[^/]+",
-    recovery=r"[^/]+",
+    train_id=r"[^/]+",
     seed=r"\d+",
     task=r"[^/]+",
-    unit=r"none|[^/]+/seed\d+",
-
-
-def checkpoint_dir(model, compression):
-    return checkpoint_path(config, model, compression)
+    unit=r"[^/]+|[^/]+/seed\d+",
 
 
 def compress_inputs(wildcards):
-    """Data-aware methods also read the calibration text; data-free ones do not depend on it."""
-    inputs = {"checkpoint": checkpoint_dir(wildcards.model, "dense")}
+    """Methods that need input statistics also read the calibration text; the others do not."""
+    inputs = {"checkpoint": paths.checkpoint(wildcards.model)}
     if needs_calibration(COMPRESSION[wildcards.compression]):
-        inputs["text"] = f"{RES}/data/recovery_text.txt"
+        inputs["text"] = paths.recovery_text
     return inputs
 
 
@@ -40,23 +35,18 @@ def calibration_settings(entry):
     return {**config["calibration"], "text": config["text"], "seed": config["seed"]}
 
 
-def adapter_prefix(model, compression, recovery, seed):
-    return f"{RES}/adapters/{model}/{compression}/{recovery}/seed{seed}"
+def train_unit(wildcards):
+    return unit(wildcards.train_id, wildcards.seed)
 
 
 def train_inputs(wildcards):
     inputs = {
-        "checkpoint": checkpoint_dir(wildcards.model, wildcards.compression),
-        "text": f"{RES}/data/recovery_text.txt",
+        "checkpoint": paths.checkpoint(wildcards.model, wildcards.compression),
+        "text": paths.recovery_text,
     }
-    if TRAINED[wildcards.recovery]["training"]["objective"] == "distill":
-        inputs["teacher"] = checkpoint_dir(wildcards.model, "dense")
+    if TRAINED[wildcards.train_id]["training"]["objective"] == "distill":
+        inputs["teacher"] = paths.checkpoint(wildcards.model)
     return inputs
-
-
-def resume_dir(wildcards):
-    """Resumable training state: outside the rule's outputs, so a killed job keeps it."""
-    return f"{RES}/train_state/{wildcards.model}/{wildcards.compression}/{wildcards.recovery}/seed{wildcards.seed}"
 
 
 def cell_of(wildcards):
@@ -66,46 +56,27 @@ def cell_of(wildcards):
 def eval_inputs(wildcards):
     cell = cell_of(wildcards)
     inputs = {
-        "checkpoint": checkpoint_dir(cell.model, cell.compression),
-        "tasks": [f"{RES}/tasks/{t}/lm_eval" for t in TASKS],
-        "task_manifests": [f"{RES}/tasks/{t}/manifest.json" for t in TASKS],
+        "checkpoint": paths.checkpoint(cell.model, cell.compression),
+        "tasks": [paths.task_dir(t) for t in TASKS],
+        "task_manifests": [paths.task_manifest(t) for t in TASKS],
     }
-    if cell.seed is not None:
-        prefix = adapter_prefix(cell.model, cell.compression, cell.settings["train_id"], cell.seed)
-        inputs["adapter"] = f"{prefix}/adapter"
-        inputs["train_manifest"] = f"{prefix}/manifest.json"
+    if cell.train_unit:
+        inputs["adapter"] = paths.adapter(cell.model, cell.compression, cell.train_unit)
+        inputs["train_manifest"] = paths.train_manifest(cell.model, cell.compression,
+                                                         cell.train_unit)
     return inputs
 
 
 def eval_results(cell):
-    return f"{RES}/eval/{cell.id}/results.json"
+    return paths.eval_results(cell.model, cell.compression, cell.recovery_unit)
 
 
 def train_manifests():
-    return {
-        c.id: f"{adapter_prefix(c.model, c.compression, c.settings['train_id'], c.seed)}/manifest.json"
-        for c in CELLS
-        if c.seed is not None
-    }
+    return {c.id: paths.train_manifest(c.model, c.compression, c.train_unit)
+            for c in CELLS if c.train_unit}
 
 
 def packed_outputs():
     """Packed low-bit exports of the entries that ask for one, for every model."""
-    return [f"{RES}/models/{m}/{c}/packed" for m in MODELS
+    return [paths.packed(m, c) for m in MODELS
             for c, entry in COMPRESSION.items() if entry.get("export_packed")]
-
-
-def aggregate_outputs():
-    return {
-        "csv": f"{RES}/summary/results.csv",
-        "markdown": f"{RES}/summary/results.md",
-        "plot": f"{RES}/summary/mean_acc.png",
-    }
-
-
-def log_path(rule_name, name):
-    return f"{RES}/logs/{rule_name}/{name}.log"
-
-
-def bench_path(rule_name, name):
-    return f"{RES}/benchmarks/{rule_name}/{name}.tsv"

@@ -2,10 +2,10 @@ rule compress:
     input:
         unpack(compress_inputs),
     output:
-        checkpoint=directory(f"{RES}/models/{{model}}/{{compression}}/checkpoint"),
-        masks=f"{RES}/models/{{model}}/{{compression}}/masks.safetensors",
-        grids=f"{RES}/models/{{model}}/{{compression}}/quant_grids.safetensors",
-        manifest=f"{RES}/models/{{model}}/{{compression}}/manifest.json",
+        checkpoint=directory(paths.checkpoint("{model}", "{compression}")),
+        masks=paths.masks("{model}", "{compression}"),
+        grids=paths.quant_grids("{model}", "{compression}"),
+        manifest=paths.model_manifest("{model}", "{compression}"),
     wildcard_constraints:
         compression=r"(?!dense$)[^/]+",
     params:
@@ -15,9 +15,9 @@ rule compress:
     resources:
         mem_mb=8000,
     log:
-        log_path("compress", "{model}/{compression}"),
+        paths.log("compress", "{model}/{compression}"),
     benchmark:
-        bench_path("compress", "{model}/{compression}")
+        paths.benchmark("compress", "{model}/{compression}")
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -26,20 +26,20 @@ rule compress:
 
 rule pack:
     input:
-        checkpoint=f"{RES}/models/{{model}}/{{compression}}/checkpoint",
-        grids=f"{RES}/models/{{model}}/{{compression}}/quant_grids.safetensors",
+        checkpoint=paths.checkpoint("{model}", "{compression}"),
+        grids=paths.quant_grids("{model}", "{compression}"),
     output:
-        packed=directory(f"{RES}/models/{{model}}/{{compression}}/packed"),
-        manifest=f"{RES}/models/{{model}}/{{compression}}/packed_manifest.json",
+        packed=directory(paths.packed("{model}", "{compression}")),
+        manifest=paths.packed_manifest("{model}", "{compression}"),
     params:
         spec=lambda w: compression_spec(COMPRESSION[w.compression]),
     threads: config["threads"]
     resources:
         mem_mb=8000,
     log:
-        log_path("pack", "{model}/{compression}"),
+        paths.log("pack", "{model}/{compression}"),
     benchmark:
-        bench_path("pack", "{model}/{compression}")
+        paths.benchmark("pack", "{model}/{compression}")
     conda:
         "../envs/pipeline.yaml"
     script:

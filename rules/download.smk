@@ -3,15 +3,15 @@
 
 rule download_model:
     output:
-        checkpoint=directory(f"{RES}/models/{{model}}/dense/checkpoint"),
-        manifest=f"{RES}/models/{{model}}/dense/manifest.json",
+        checkpoint=directory(paths.checkpoint("{model}")),
+        manifest=paths.model_manifest("{model}", "dense"),
     params:
         spec=lambda w: MODELS[w.model],
         seed=config["seed"],
     log:
-        log_path("download_model", "{model}"),
+        paths.log("download_model", "{model}"),
     benchmark:
-        bench_path("download_model", "{model}")
+        paths.benchmark("download_model", "{model}")
     localrule: True
     conda:
         "../envs/pipeline.yaml"
@@ -21,14 +21,14 @@ rule download_model:
 
 rule download_text:
     output:
-        text=f"{RES}/data/recovery_text.txt",
-        manifest=f"{RES}/data/recovery_text.manifest.json",
+        text=paths.recovery_text,
+        manifest=paths.recovery_text_manifest,
     params:
         spec=config["text"],
     log:
-        log_path("download_text", "recovery_text"),
+        paths.log("download_text", "recovery_text"),
     benchmark:
-        bench_path("download_text", "recovery_text")
+        paths.benchmark("download_text", "recovery_text")
     localrule: True
     conda:
         "../envs/pipeline.yaml"
@@ -38,15 +38,15 @@ rule download_text:
 
 rule prepare_task:
     output:
-        tasks=directory(f"{RES}/tasks/{{task}}/lm_eval"),
-        manifest=f"{RES}/tasks/{{task}}/manifest.json",
+        tasks=directory(paths.task_dir("{task}")),
+        manifest=paths.task_manifest("{task}"),
     params:
         spec=lambda w: TASKS[w.task],
         seed=config["seed"],
     log:
-        log_path("prepare_task", "{task}"),
+        paths.log("prepare_task", "{task}"),
     benchmark:
-        bench_path("prepare_task", "{task}")
+        paths.benchmark("prepare_task", "{task}")
     localrule: True
     conda:
         "../envs/pipeline.yaml"

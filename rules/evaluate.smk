@@ -2,18 +2,18 @@ rule evaluate:
     input:
         unpack(eval_inputs),
     output:
-        results=f"{RES}/eval/{{model}}/{{compression}}/{{unit}}/results.json",
+        results=paths.eval_results("{model}", "{compression}", "{unit}"),
     params:
-        cell=lambda w: cell_of(w),
+        cell=cell_of,
         tasks=lambda w: [TASKS[t] for t in TASKS],
         evaluation=config["evaluation"],
     threads: config["threads"]
     resources:
         mem_mb=8000,
     log:
-        log_path("evaluate", "{model}/{compression}/{unit}"),
+        paths.log("evaluate", "{model}/{compression}/{unit}"),
     benchmark:
-        bench_path("evaluate", "{model}/{compression}/{unit}")
+        paths.benchmark("evaluate", "{model}/{compression}/{unit}")
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -2,18 +2,18 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        adapter=directory(f"{RES}/adapters/{{model}}/{{compression}}/{{recovery}}/seed{{seed}}/adapter"),
-        manifest=f"{RES}/adapters/{{model}}/{{compression}}/{{recovery}}/seed{{seed}}/manifest.json",
+        adapter=directory(paths.adapter("{model}", "{compression}", TRAIN_UNIT)),
+        manifest=paths.train_manifest("{model}", "{compression}", TRAIN_UNIT),
     params:
-        spec=lambda w: TRAINED[w.recovery],
-        resume=resume_dir,
+        spec=lambda w: TRAINED[w.train_id],
+        resume=lambda w: paths.train_state(w.model, w.compression, train_unit(w)),
     threads: config["threads"]
     resources:
         mem_mb=8000,
     log:
-        log_path("train", "{model}/{compression}/{recovery}/seed{seed}"),
+        paths.log("train", f"{{model}}/{{compression}}/{TRAIN_UNIT}"),
     benchmark:
-        bench_path("train", "{model}/{compression}/{recovery}/seed{seed}")
+        paths.benchmark("train", f"{{model}}/{{compression}}/{TRAIN_UNIT}")
     conda:
         "../envs/pipeline.yaml"
     script:

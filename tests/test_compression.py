@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from knowledge_recovery.compression import compress, pack_mask, target_linears, unpack_mask
-from knowledge_recovery.pruning import magnitude
+from knowledge_recovery.methods.magnitude import magnitude
 from knowledge_recovery.quantization import quantize_rtn
 
 

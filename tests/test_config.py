@@ -4,7 +4,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from knowledge_recovery.config import ConfigError, cells, load_config
+from knowledge_recovery.config import load_config
+from knowledge_recovery.errors import ConfigError
+from knowledge_recovery.grid import cells
 
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
 
@@ -152,8 +154,7 @@ def test_a_downloaded_model_is_checked_before_any_job(tmp_path):
 
 
 def test_the_compress_step_checks_widths_of_the_loaded_model(tiny):
-    from knowledge_recovery.compression import linear_widths
-    from knowledge_recovery.config import check_widths
+    from knowledge_recovery.compression import check_widths, linear_widths
 
     model, _ = tiny()  # hidden 64, intermediate 128
     assert linear_widths(model) == {64, 128}

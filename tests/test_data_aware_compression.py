@@ -2,9 +2,14 @@
 import pytest
 import torch
 
-from knowledge_recovery import calibration, pruning, quantization
+from knowledge_recovery import calibration, quantization
 from knowledge_recovery.calibration import InputStats
 from knowledge_recovery.compression import compress, compress_weight, target_linears
+from knowledge_recovery.methods.awq import awq
+from knowledge_recovery.methods.gptq import gptq
+from knowledge_recovery.methods.magnitude import magnitude
+from knowledge_recovery.methods.sparsegpt import sparsegpt
+from knowledge_recovery.methods.wanda import wanda
 from knowledge_recovery.text import python_reference
 
 
@@ -34,8 +39,8 @@ def test_input_stats_match_direct_computation(layer_data):
 @pytest.mark.parametrize("pattern", [{"n": 2, "m": 4}, {"n": 4, "m": 8}, {"n": 1, "m": 2}])
 def test_nm_masks_are_valid(layer_data, pattern):
     w, _, stats = layer_data
-    for mask in (pruning.magnitude(w, pattern), pruning.wanda(w, stats.col_sq, pattern),
-                 pruning.sparsegpt(w, stats.hessian, pattern)[1]):
+    for mask in (magnitude(w, pattern), wanda(w, stats.col_sq, pattern),
+                 sparsegpt(w, stats.hessian, pattern)[1]):
         groups = mask.reshape(w.shape[0], -1, pattern["m"])
         assert (groups.sum(-1) == pattern["n"]).all()
 
@@ -44,9 +49,9 @@ def test_nm_masks_are_valid(layer_data, pattern):
 def test_unstructured_sparsity_is_exact(layer_data, sparsity):
     w, _, stats = layer_data
     k = round(sparsity * w.numel())
-    assert int((~pruning.wanda(w, stats.col_sq, {"sparsity": sparsity})).sum()) == \
+    assert int((~wanda(w, stats.col_sq, {"sparsity": sparsity})).sum()) == \
         w.shape[0] * round(sparsity * w.shape[1])  # Wanda: exact per row
-    w_sgpt, mask = pruning.sparsegpt(w, stats.hessian, {"sparsity": sparsity})
+    w_sgpt, mask = sparsegpt(w, stats.hessian, {"sparsity": sparsity})
     assert int((~mask).sum()) == k and int((w_sgpt == 0).sum()) >= k
     assert torch.equal(w_sgpt == 0, ~mask) or int((w_sgpt[mask] == 0).sum()) == 0
 
@@ -54,9 +59,9 @@ def test_unstructured_sparsity_is_exact(layer_data, sparsity):
 @pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"n": 2, "m": 4}])
 def test_data_aware_pruning_reconstructs_better_than_magnitude(layer_data, pattern):
     w, x, stats = layer_data
-    err_mag = recon_error(x, w, w * pruning.magnitude(w, pattern))
-    err_wanda = recon_error(x, w, w * pruning.wanda(w, stats.col_sq, pattern))
-    err_sgpt = recon_error(x, w, pruning.sparsegpt(w, stats.hessian, pattern)[0])
+    err_mag = recon_error(x, w, w * magnitude(w, pattern))
+    err_wanda = recon_error(x, w, w * wanda(w, stats.col_sq, pattern))
+    err_sgpt = recon_error(x, w, sparsegpt(w, stats.hessian, pattern)[0])
     assert err_sgpt < err_wanda < err_mag
 
 
@@ -64,7 +69,7 @@ def test_data_aware_pruning_reconstructs_better_than_magnitude(layer_data, patte
                                                   (8, 32, True)])
 def test_gptq_groups_hold_2_pow_bits_values_and_beat_rtn(layer_data, bits, group, act_order):
     w, x, stats = layer_data
-    q = quantization.gptq(w, stats.hessian, bits, group, act_order=act_order)
+    q = gptq(w, stats.hessian, bits, group, act_order=act_order)
     g = group or w.shape[1]
     for row_group in q.reshape(w.shape[0], -1, g).reshape(-1, g):
         assert len(torch.unique(row_group)) <= 2 ** bits
@@ -76,7 +81,7 @@ def test_gptq_groups_hold_2_pow_bits_values_and_beat_rtn(layer_data, bits, group
 def test_awq_beats_rtn_and_stays_on_a_grid(layer_data, bits, group):
     w, x, stats = layer_data
     act = (stats.col_sq / stats.tokens).sqrt()
-    q, scale = quantization.awq(w, stats.hessian, act, bits, group, return_scale=True)
+    q, scale = awq(w, stats.hessian, act, bits, group, return_scale=True)
     g = group or w.shape[1]
     for row_group in (q * scale).reshape(-1, g):  # the packed (scaled) weights: a 2^bits grid
         assert len(torch.unique(row_group.round(decimals=4))) <= 2 ** bits

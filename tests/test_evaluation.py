@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from knowledge_recovery import evaluation, recovery
-from knowledge_recovery.idp import sample_vocab_embeddings
+from knowledge_recovery.recovery import sample_vocab_embeddings
 from knowledge_recovery.tasks import make_probes, prepare_task
 
 N_DOCS = 6
@@ -116,7 +116,8 @@ def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
     model, base, tok = sharp_idp(tiny)
     manager = evaluation.task_manager([task_dir], need_builtin=False)
     results = evaluation.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
-                                            {"batch_size": 4, "bootstrap_iters": 0}, seed=0)
+                                            {"batch_size": 4, "bootstrap_iters": 0}, seed=0,
+                                            entry={"method": "idp", "selection": "attention"})
     model.selection = "attention"
     # batches of 4 inputs of different lengths: the padding must not sway the choice
     logged = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
@@ -148,7 +149,8 @@ def test_idp_oracle_is_best_prompt_per_document(tiny, task_dir):
     manager = evaluation.task_manager([task_dir], need_builtin=False)
     task = [{"name": "kp_country_capital"}]
     cfg = {"batch_size": 4, "bootstrap_iters": 0}
-    oracle = evaluation.evaluate_recovered(model, tok, task, manager, cfg, 0, "oracle")
+    oracle = evaluation.evaluate_recovered(model, tok, task, manager, cfg, 0,
+                                           {"method": "idp", "selection": "oracle"})
     per_prompt = []
     for j in range(2):
         model.selection = j

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from knowledge_recovery import recovery
+from knowledge_recovery import recovery, training
 from knowledge_recovery.compression import compress, target_linears
 from knowledge_recovery.text import python_reference
 
@@ -34,15 +34,16 @@ def test_training_lowers_validation_loss_and_keeps_compression(tiny, text, entry
     base, tok = tiny()
     compress(base, {"method": "magnitude", "sparsity": 0.5})
     frozen = {n: l.weight.detach().clone() for n, l in target_linears(base).items()}
-    zeros = recovery.frozen_zeros(base)
+    base_params = list(base.parameters())
+    zeros = recovery.zero_count(base_params)
     model = recovery.attach(base, entry)
     assert recovery.trainable_parameters(model) == params
-    best, history = recovery.train(model, tok, text, CFG, seed=0, log=lambda *_: None)
+    best, history = training.train(model, tok, text, CFG, seed=0, log=lambda *_: None)
     # joint IDP trains all prompts at once but infers with one, so it gains less on validation
     gain = 0.05 if entry.get("scheme") == "joint" else 0.1
     assert history["best_val_loss"] < history["initial_val_loss"] - gain
     assert set(best) and all(isinstance(v, torch.Tensor) for v in best.values())
-    assert recovery.frozen_zeros(base) == zeros
+    assert recovery.zero_count(base_params) == zeros
     for name, layer in target_linears(base).items():
         if "lora" not in name:
             w = layer.base_layer.weight if hasattr(layer, "base_layer") else layer.weight
@@ -55,7 +56,7 @@ def test_training_is_seeded(tiny, text):
     for _ in range(2):
         base, tok = tiny()
         model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
-        _, history = recovery.train(model, tok, text, {**CFG, "steps": 3}, seed=1,
+        _, history = training.train(model, tok, text, {**CFG, "steps": 3}, seed=1,
                                     log=lambda *_: None)
         losses.append(history["train_loss"])
     assert losses[0] == losses[1]
@@ -64,14 +65,14 @@ def test_training_is_seeded(tiny, text):
 def test_too_little_text_is_a_clear_error(tiny):
     _, tok = tiny()
     with pytest.raises(ValueError, match="too few"):
-        recovery.token_blocks(tok, "short", 64)
+        training.token_blocks(tok, "short", 64)
 
 
 def test_routed_idp_uses_every_prompt(tiny, text):
     """The balance term keeps every prompt of the pool in use during routed training."""
     base, tok = tiny()
     model = recovery.attach(base, {**IDP, "scheme": "routed", "balance_weight": 1.0})
-    _, history = recovery.train(model, tok, text, {**CFG, "steps": 20, "batch_size": 8}, seed=0,
+    _, history = training.train(model, tok, text, {**CFG, "steps": 20, "batch_size": 8}, seed=0,
                                 log=lambda *_: None)
     totals = torch.tensor(history["routing"]).sum(0)
     assert len(totals) == 3 and (totals > 0).all(), totals
@@ -89,8 +90,8 @@ def test_adapter_saves_and_loads_identically(tiny, tmp_path):
         with torch.no_grad():
             before = model(input_ids=ids).logits
         out = tmp_path / entry["method"] / entry.get("scheme", "")
-        recovery.save(model, out)
-        loaded = recovery.load(tiny(seed=1)[0], out)
+        recovery.save(model, entry, out)
+        loaded = recovery.load(tiny(seed=1)[0], entry, out)
         with torch.no_grad():
             assert torch.allclose(loaded(input_ids=ids).logits, before, atol=1e-5), entry
 
@@ -102,7 +103,7 @@ def test_killed_training_resumes_where_it_stopped(tiny, text, tmp_path):
     def run(steps):
         base, tok = tiny()
         model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
-        return recovery.train(model, tok, text, {**cfg, "steps": steps} if steps else cfg, seed=0,
+        return training.train(model, tok, text, {**cfg, "steps": steps} if steps else cfg, seed=0,
                               log=lambda *_: None, resume_path=tmp_path / "state")
 
     _, unbroken = run(None)
@@ -121,14 +122,14 @@ def test_killed_training_resumes_where_it_stopped(tiny, text, tmp_path):
         lambda mod, args, kwargs: (history_probe.append(1) if mod.training else None,
                                    die_at_step_5())[0], with_kwargs=True)
     with pytest.raises(Killed):
-        recovery.train(model, tok, text, cfg, seed=0, log=lambda *_: None,
+        training.train(model, tok, text, cfg, seed=0, log=lambda *_: None,
                        resume_path=tmp_path / "state")
     hook.remove()
     assert (tmp_path / "state" / "training_state.pt").exists()
     logs = []
     base, tok = tiny()
     model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
-    _, resumed = recovery.train(model, tok, text, cfg, seed=0, log=logs.append,
+    _, resumed = training.train(model, tok, text, cfg, seed=0, log=logs.append,
                                 resume_path=tmp_path / "state")
     assert any("resumed" in line and "step 3" in line for line in logs)
     assert [s for s, _ in resumed["train_loss"]] == list(range(1, 9))
@@ -141,11 +142,11 @@ def test_distillation_lowers_kl_to_the_dense_model(tiny, text):
     base, _ = tiny()
     compress(base, {"method": "magnitude", "sparsity": 0.5})
     model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 4})
-    blocks = recovery.token_blocks(tok, text, 64)[:4]
+    blocks = training.token_blocks(tok, text, 64)[:4]
     with torch.no_grad():
-        before = recovery.distill_loss(model, teacher, blocks, 1.0).item()
-    recovery.train(model, tok, text, {**CFG, "objective": "distill"}, seed=0, teacher=teacher,
+        before = training.distill_loss(model, teacher, blocks, 1.0).item()
+    training.train(model, tok, text, {**CFG, "objective": "distill"}, seed=0, teacher=teacher,
                    log=lambda *_: None)
     with torch.no_grad():
-        after = recovery.distill_loss(model, teacher, blocks, 1.0).item()
+        after = training.distill_loss(model, teacher, blocks, 1.0).item()
     assert after < before * 0.9

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from knowledge_recovery import artifacts, calibration, compression, config, models, tracking
+from knowledge_recovery import artifacts, calibration, compression, models, tracking
 from knowledge_recovery.step import results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -15,7 +15,7 @@ with step(smk):
     # The model stays on the CPU; calibration moves one block at a time to the GPU if any.
     model, tokenizer = models.load_checkpoint(smk.input.checkpoint, device="cpu")
     # the same check as preflight, for models whose shape was unknown before download
-    config.check_widths(spec, f"compression (id {comp})", compression.linear_widths(model),
+    compression.check_widths(spec, f"compression (id {comp})", compression.linear_widths(model),
                         model_name)
     batch = None
     if calib:

@@ -1,6 +1,6 @@
 """Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json."""
 from knowledge_recovery import artifacts, evaluation, models, recovery, tracking
-from knowledge_recovery.config import task_names
+from knowledge_recovery.grid import task_names
 from knowledge_recovery.step import results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -8,14 +8,14 @@ cell = smk.params.cell
 cfg = smk.params.evaluation
 with step(smk):
     model, tokenizer = models.load_checkpoint(smk.input.checkpoint, cfg["dtype"])
-    if cell.seed is not None:
-        model = recovery.load(model, smk.input.adapter)
+    if cell.train_unit:
+        model = recovery.load(model, cell.settings, smk.input.adapter)
     tasks = [{"name": n, "limit": t.get("limit")} for t in smk.params.tasks
              for n in task_names(t)]
     manager = evaluation.task_manager(smk.input.tasks, any(t["type"] == "lm_eval" for t in smk.params.tasks))
     with artifacts.Timer() as timer:
         results = evaluation.evaluate_recovered(model, tokenizer, tasks, manager, cfg,
-                                                smk.config["seed"], cell.settings.get("selection"))
+                                                smk.config["seed"], cell.settings)
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
                              **timer.as_dict(), results=results)
     artifacts.write_json(smk.output.results, out)

@@ -1,7 +1,8 @@
 """Train one recovery adapter on a compressed model; keep the best validation checkpoint."""
 from pathlib import Path
 
-from knowledge_recovery import artifacts, models, recovery, tracking
+from knowledge_recovery import artifacts, models, recovery, tracking, training
+from knowledge_recovery.paths import unit
 from knowledge_recovery.step import results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -10,19 +11,20 @@ w = smk.wildcards
 seed = int(w.seed)
 with step(smk):
     base, tokenizer = models.load_checkpoint(smk.input.checkpoint)
-    zeros_before = recovery.frozen_zeros(base)
+    frozen = list(base.parameters())
+    zeros_before = recovery.zero_count(frozen)
     # the same checks as preflight, for models whose shape was unknown before download
-    model = recovery.attach_checked(base, spec, f"recovery (id {w.recovery})", w.model, seed)
+    model = recovery.attach_checked(base, spec, f"recovery (id {w.train_id})", w.model, seed)
     teacher = models.load_checkpoint(smk.input.teacher)[0].eval() if "teacher" in smk.input.keys() else None
     text = Path(smk.input.text).read_text(encoding="utf-8")
     with artifacts.Timer() as timer:
-        best, history = recovery.train(model, tokenizer, text, spec["training"], seed,
+        best, history = training.train(model, tokenizer, text, spec["training"], seed,
                                        teacher=teacher, resume_path=smk.params.resume)
-    recovery.load_trainable_state(model, best)
-    if recovery.frozen_zeros(base) != zeros_before:
+    training.load_trainable_state(model, best)
+    if recovery.zero_count(frozen) != zeros_before:
         raise RuntimeError("training changed the compressed model's weights")
     with artifacts.atomic_dir(smk.output.adapter) as tmp:
-        recovery.save(model, tmp)
+        recovery.save(model, spec, tmp)
     step_s = sorted(history["step_s"])
     manifest = artifacts.manifest(
         "train", spec, **timer.as_dict(), seed=seed, history=history,
@@ -31,11 +33,11 @@ with step(smk):
         median_step_s=step_s[len(step_s) // 2] if step_s else None,
         base_zero_weights=zeros_before)
     artifacts.write_json(smk.output.manifest, manifest)
-    unit = f"{w.model}/{w.compression}/{w.recovery}/seed{seed}"
+    key = f"{w.model}/{w.compression}/{unit(w.train_id, seed)}"
     tracking.log_step(
-        results_root(smk), smk.config["experiment"], "train", unit,
-        tags={"cell": unit, "model": w.model, "compression": w.compression,
-              "recovery": w.recovery, "seed": seed},
+        results_root(smk), smk.config["experiment"], "train", key,
+        tags={"cell": key, "model": w.model, "compression": w.compression,
+              "recovery": w.train_id, "seed": seed},
         params=spec,
         metrics={k: manifest[k] if k in manifest else history[k]
                  for k in ("trainable_params", "adapter_bytes", "median_step_s", "wall_s", "cpu_s",

@@ -58,8 +58,9 @@ def plot(df: pd.DataFrame, path: Path, metric: str = METRIC) -> None:
     import matplotlib.pyplot as plt
 
     wide = table(df, metric)
+    recovery_of = df.drop_duplicates("cell").set_index("cell")["recovery"]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(wide) + 3), 4.5))
-    colors = [f"C{i}" for i in pd.factorize(pd.Index([c.split("/")[2] for c in wide.index]))[0]]
+    colors = [f"C{i}" for i in pd.factorize(recovery_of.reindex(wide.index))[0]]
     ax.bar(range(len(wide)), wide["mean"], color=colors)
     dense = wide["mean"].iloc[0]
     ax.axhline(dense, color="k", linestyle="--", linewidth=1, label=f"{wide.index[0]}")

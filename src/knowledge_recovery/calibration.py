@@ -1,4 +1,4 @@
-"""Layer-by-layer (sequential) calibration for data-aware compression (Wanda, SparseGPT, GPTQ).
+"""Layer-by-layer (sequential) calibration for compression methods that need input statistics.
 
 Only one decoder block's weights and activations are worked on at a time: the calibration inputs
 of block i are the outputs of the already-compressed blocks before it, as in the SparseGPT and
@@ -6,7 +6,6 @@ GPTQ papers. `compress_linear(name, layer, stats)` decides what happens to each 
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -136,8 +135,8 @@ def _calibrate(layer, inputs, modules: dict, names: list[str], need_hessian: boo
 @torch.no_grad()
 def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
                         need_hessian: bool, true_sequential: bool = False, device=None,
-                        log=print) -> dict:
-    """Compress every linear layer of every block in order. Returns per-layer reports.
+                        log=print) -> None:
+    """Compress every linear layer of every block in order.
 
     The model stays where it is (CPU for a 7B model); each block, its inputs and its statistics
     move to `device` (CUDA when available) only while that block is compressed."""
@@ -145,7 +144,6 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
     layers = decoder_layers(model)
     inputs = to_device(_first_layer_inputs(model, layers, batch), device)
     home = next(layers[0].parameters()).device
-    reports = OrderedDict()
     for index, layer in enumerate(layers):
         layer.to(device)
         modules = dict(layer.named_modules())
@@ -160,7 +158,7 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
                 stats[g] = _calibrate(layer, inputs, modules, group[:1], need_hessian,
                                       device)[1][0]
             for n in group:
-                reports[f"{index}.{n}"] = compress_linear(f"{index}.{n}", modules[n], stats[g])
+                compress_linear(f"{index}.{n}", modules[n], stats[g])
         # Next block's inputs: this (compressed) block's outputs, other arguments unchanged. Each
         # sample's input is dropped as soon as its output exists: one set of activations is held.
         # The last block's outputs feed nothing.
@@ -169,4 +167,3 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
             inputs[i] = ((out[0] if isinstance(out, tuple) else out,) + tuple(args[1:]), kwargs)
         layer.to(home)
         log(f"block {index + 1}/{len(layers)} compressed")
-    return reports

@@ -1,9 +1,10 @@
 """Compression of a float HF model in memory, in place, by one `compression:` config entry.
 
 Weights stay float ("fake quant"), so transformers, peft and lm-eval load the result unchanged;
-masks and per-layer statistics are returned for the manifest. Data-free methods (magnitude, RTN)
-work layer by layer on the weights; data-aware ones (Wanda, SparseGPT, GPTQ) go block by block
-through `calibration.sequential_compress`. A joint entry prunes, then quantizes with the mask kept.
+masks and per-layer statistics are returned for the manifest. Each stage's method comes from the
+registry (`methods/`). Data-free methods work layer by layer on the weights; methods that need
+input statistics go block by block through `calibration.sequential_compress`. A joint entry
+prunes, then quantizes with the mask kept.
 """
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ import ctypes
 import torch
 from torch import nn
 
-from . import pruning, quantization
 from .calibration import sequential_compress
+from .errors import ConfigError
+from .registry import compression_method, compression_methods
 
-PRUNING = {"magnitude", "wanda", "sparsegpt"}
-QUANTIZATION = {"rtn", "gptq", "awq"}
-NEEDS_DATA = {"wanda", "sparsegpt", "gptq", "awq"}
-NEEDS_HESSIAN = {"sparsegpt", "gptq", "awq"}
+# Keys any entry may set besides its method's settings.
+COMMON_SETTINGS = frozenset({"method", "name", "export_packed"})
 
 
 def target_linears(model) -> dict[str, nn.Linear]:
@@ -41,18 +41,60 @@ def stages(entry: dict) -> list[dict]:
 
 def quant_stage(entry: dict) -> dict | None:
     """The quantization stage of a compression entry (a joint entry's `quantize`), if any."""
-    return next((s for s in stages(entry) if s["method"] in QUANTIZATION), None)
+    return next((s for s in stages(entry)
+                 if compression_method(s["method"]).family == "quantization"), None)
+
+
+def statistic(entry: dict) -> str:
+    """The richest input statistic any stage needs: none, col_norms or hessian."""
+    from .registry import STATISTICS
+
+    return max((compression_method(s["method"]).statistic for s in stages(entry)),
+               key=STATISTICS.index)
 
 
 def needs_calibration(entry: dict) -> bool:
-    return any(s["method"] in NEEDS_DATA for s in stages(entry))
+    return statistic(entry) != "none"
 
 
-def pattern_of(entry: dict) -> dict:
-    if entry.get("pattern"):
-        n, m = (int(x) for x in entry["pattern"].split(":"))
-        return {"n": n, "m": m}
-    return {"sparsity": entry["sparsity"]}
+def entry_id(entry: dict) -> str:
+    return entry.get("name") or compression_method(entry["method"]).id_format(entry)
+
+
+def check_settings(entry: dict, key: str) -> None:
+    """Every key of an entry, as the user wrote it (before defaults), is a setting of its method;
+    a joint entry's `quantize` likewise."""
+    methods = compression_methods()
+    record = methods[entry["method"]]
+    for name in sorted(set(entry) - record.settings - COMMON_SETTINGS):
+        takers = sorted(m.name for m in methods.values() if name in m.settings)
+        if record.family == "pruning" and any(methods[t].family == "quantization" for t in takers):
+            raise ConfigError(f"{key}.{name}",
+                              "quantization settings of a pruning method belong under 'quantize'")
+        raise ConfigError(f"{key}.{name}", f"not a setting of method {entry['method']!r}"
+                          + (f" (it is one of {', '.join(takers)})" if takers else ""))
+    if entry.get("quantize"):
+        check_settings(entry["quantize"], f"{key}.quantize")
+
+
+def check_entry(entry: dict, key: str) -> None:
+    """Settings that contradict each other or the method, on the entry with its defaults."""
+    for stage, where in ((entry, key), (entry.get("quantize"), f"{key}.quantize")):
+        check = stage and compression_method(stage["method"]).check
+        if check:
+            check(stage, where)
+
+
+def check_widths(entry: dict, key: str, widths, model_name: str) -> None:
+    """Group sizes and N:M groups must divide the input width of every compressed linear."""
+    sizes = [(entry.get("group_size"), "group_size"),
+             ((entry.get("quantize") or {}).get("group_size"), "quantize.group_size"),
+             (int(entry["pattern"].split(":")[1]) if entry.get("pattern") else None, "pattern")]
+    for width in sorted(widths):
+        for size, what in sizes:
+            if size and width % size:
+                raise ConfigError(f"{key}.{what}", f"{size} does not divide the layer width "
+                                  f"{width} of model {model_name!r}")
 
 
 @torch.no_grad()
@@ -61,27 +103,8 @@ def compress_weight(weight: torch.Tensor, entry: dict, stats=None):
     None, quantization grid (scale, zero point per group) or None)."""
     w, keep, grid = weight, None, None
     for stage in stages(entry):
-        method = stage["method"]
-        if method == "magnitude":
-            keep = pruning.magnitude(w, pattern_of(stage))
-            w = w * keep
-        elif method == "wanda":
-            keep = pruning.wanda(w, stats.col_sq, pattern_of(stage))
-            w = w * keep
-        elif method == "sparsegpt":
-            w, keep = pruning.sparsegpt(w, stats.hessian, pattern_of(stage), stage["damping"])
-        elif method == "rtn":
-            w, grid = quantization.quantize_rtn(w, stage["bits"], stage["group_size"],
-                                                stage["symmetric"], return_grid=True)
-        elif method == "gptq":
-            w, grid = quantization.gptq(w, stats.hessian, stage["bits"], stage["group_size"],
-                                        stage["symmetric"], stage["damping"], stage["act_order"],
-                                        keep=keep, return_grid=True)
-        elif method == "awq":
-            w = quantization.awq(w, stats.hessian, (stats.col_sq / stats.tokens).sqrt(),
-                                 stage["bits"], stage["group_size"], stage["symmetric"])
-        elif method != "dense":
-            raise ValueError(f"unknown compression method {method!r}")
+        w, keep, stage_grid = compression_method(stage["method"]).apply(w, stage, stats, keep)
+        grid = grid if stage_grid is None else stage_grid
         if keep is not None:
             w = w * keep  # the mask survives every later stage
     return w.to(weight.dtype), keep, grid
@@ -121,7 +144,7 @@ def compress(model, entry: dict, calibration: torch.Tensor | None = None, log=pr
     quantization grids `{layer}.weight_scale` / `{layer}.weight_zero_point` (RTN and GPTQ:
     what a packed export needs), statistics)."""
     layers = target_linears(model)
-    need_h = any(s["method"] in NEEDS_HESSIAN for s in stages(entry))
+    need_h = statistic(entry) == "hessian"
     widest = max(max(m.in_features, m.out_features) for m in layers.values())
     tokens = calibration.shape[1] if calibration is not None and not need_h else 0
     _return_freed_memory_to_the_os(tokens * widest * next(model.parameters()).element_size())
@@ -145,7 +168,7 @@ def compress(model, entry: dict, calibration: torch.Tensor | None = None, log=pr
         sequential_compress(model, calibration, lambda _n, mod, stats: apply(names[id(mod)], mod, stats),
                             need_hessian=need_h,
                             true_sequential=entry.get("true_sequential", False), log=log)
-        # Linear layers outside the decoder blocks (rare) get the data-free treatment.
+        # Calibration sees the decoder blocks only: a linear outside them has no statistics.
         missing = [n for n in layers if n not in per_layer]
         if missing:
             raise ValueError(f"linear layers outside the decoder blocks: {missing[:3]}")
@@ -164,7 +187,7 @@ def bits_per_weight(entry: dict, width: int, sparsity: float) -> float:
     if quant:
         group = quant["group_size"] or width
         bits = quant["bits"] + 16 * (1 if quant["symmetric"] else 2) / group
-    if any(s["method"] in PRUNING for s in stages(entry)):
+    if any(compression_method(s["method"]).family == "pruning" for s in stages(entry)):
         return bits * (1 - sparsity) + 1
     return bits
 

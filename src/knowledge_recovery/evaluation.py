@@ -94,26 +94,19 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
 
 
 def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,
-                       selection: str | None = None) -> dict:
-    """`evaluate` for any recovered model. IDP chooses a prompt per input from all of the input's
-    tokens, so its batches carry an attention mask (`padding_aware_lm`): padding cannot sway the
-    choice. Oracle selection evaluates each prompt of the pool on its own and keeps, per
-    document, the best of them."""
-    from .idp import DynamicPromptModel, oracle_results
+                       entry: dict) -> dict:
+    """`evaluate` for a model recovered by a `recovery:` entry (method none: the plain model).
+    The method's record says whether its batches need an attention mask (`padding_aware_lm`)
+    and may run its own evaluation (IDP's selection variants)."""
+    from .registry import recovery_method
 
-    run = lambda log: evaluate(model, tokenizer, tasks, manager, cfg["batch_size"],  # noqa: E731
-                               cfg["bootstrap_iters"], seed, log_samples=log,
-                               padding_aware=isinstance(model, DynamicPromptModel))
-    if not isinstance(model, DynamicPromptModel):
-        return run(False)
-    if selection == "oracle":
-        per_prompt = []
-        for j in range(model.pool_size):
-            model.selection = j
-            per_prompt.append(run(True))
-        return oracle_results(per_prompt)
-    model.selection = selection or "attention"
-    return run(False)
+    record = recovery_method(entry["method"])
+
+    def run(log_samples: bool) -> dict:
+        return evaluate(model, tokenizer, tasks, manager, cfg["batch_size"], cfg["bootstrap_iters"],
+                        seed, log_samples=log_samples, padding_aware=record.padding_aware)
+
+    return record.evaluate(model, entry, run) if record.evaluate else run(False)
 
 
 def perplexity(model, tokenizer, text: str, seq_len: int = 256, max_windows: int | None = None,

@@ -6,9 +6,9 @@ The compress step keeps each layer's grid (scale, zero point per group); the cod
 recovered exactly as round(w / scale) + zero from the dequantized weights, so the packed model
 decodes to the very weights the evaluated checkpoint holds (checked on reload by `verify`).
 
-Only symmetric RTN and GPTQ grids can be exported: transformers cannot load asymmetric
-pack-quantized checkpoints (the packed zero points get the wrong shape on load; see
-vllm-project/llm-compressor#1618), and AWQ's per-input-channel scales have no place in the format.
+Only symmetric grids of methods registered as packable can be exported: transformers cannot load
+asymmetric pack-quantized checkpoints (the packed zero points get the wrong shape on load; see
+vllm-project/llm-compressor#1618).
 """
 from __future__ import annotations
 
@@ -17,18 +17,17 @@ from pathlib import Path
 import torch
 
 from .compression import quant_stage, target_linears
-
-PACKABLE = {"rtn", "gptq"}
+from .registry import compression_methods
 
 
 def unpackable_reason(entry: dict) -> str | None:
     """Why the entry's checkpoint cannot be exported packed, or None when it can."""
+    packable = " or ".join(sorted(m.name for m in compression_methods().values() if m.packable))
     quant = quant_stage(entry)
     if quant is None:
-        return "packed export needs a quantization stage (rtn or gptq)"
-    if quant["method"] not in PACKABLE:
-        return (f"packed export supports rtn and gptq, not {quant['method']!r} (its per-channel "
-                "input scales have no place in the pack-quantized format)")
+        return f"packed export needs a quantization stage ({packable})"
+    if not compression_methods()[quant["method"]].packable:
+        return f"packed export supports {packable}, not {quant['method']!r}"
     if not quant.get("symmetric"):
         return ("packed export needs symmetric: true (transformers cannot load asymmetric "
                 "pack-quantized checkpoints: vllm-project/llm-compressor#1618)")

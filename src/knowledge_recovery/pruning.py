@@ -1,14 +1,16 @@
-"""Pruning: magnitude, Wanda and SparseGPT, unstructured (exact sparsity) or N:M.
+"""What the pruning methods (methods/magnitude.py, wanda.py, sparsegpt.py) share: masks from
+scores, their config settings, ids and checks.
 
 Patterns: `sparsity` in (0,1) prunes exactly round(sparsity * numel) weights of each layer;
 `n:m` keeps n weights in every m consecutive inputs of a row (2:4 = 50% sparse).
-Every function returns a keep-mask (True = kept); SparseGPT also returns updated weights.
+Masks are keep-masks (True = kept).
 """
 from __future__ import annotations
 
 import torch
 
-from .quantization import inverse_hessian_chol
+from .errors import ConfigError
+from .registry import compression_method
 
 
 def lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -55,50 +57,38 @@ def make_mask(score: torch.Tensor, pattern: dict, per_row: bool = False) -> torc
     return unstructured_mask(score, pattern["sparsity"], per_row)
 
 
-def magnitude(weight: torch.Tensor, pattern: dict) -> torch.Tensor:
-    return make_mask(weight.abs(), pattern)
+def pattern_of(entry: dict) -> dict:
+    """An entry's pattern as make_mask takes it: {"n", "m"} or {"sparsity"}."""
+    if entry.get("pattern"):
+        n, m = (int(x) for x in entry["pattern"].split(":"))
+        return {"n": n, "m": m}
+    return {"sparsity": entry["sparsity"]}
 
 
-def wanda(weight: torch.Tensor, col_sq: torch.Tensor, pattern: dict) -> torch.Tensor:
-    """Wanda (Sun et al. 2023): score |W_ij| * ||X_j||, compared within each output row."""
-    return make_mask(weight.abs() * col_sq.sqrt()[None, :], pattern, per_row=True)
+# What every pruning method takes; a pruned cell may also be quantized by a `quantize` entry.
+SETTINGS = frozenset({"sparsity", "pattern", "quantize"})
 
 
-def saliency(w: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor:
-    """OBS pruning saliency of each weight: w^2 / [H^-1]_jj^2."""
-    return w.pow(2) / hinv_diag.pow(2)[None, :]
+def prune_id(entry: dict) -> str:
+    level = entry["pattern"].replace(":", "to") if entry.get("pattern") else f"s{_num(entry['sparsity'])}"
+    quant = entry.get("quantize")
+    joint = f"+{compression_method(quant['method']).id_format(quant)}" if quant else ""
+    return f"{entry['method']}-{level}{joint}"
 
 
-@torch.no_grad()
-def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: dict, damping: float = 0.01,
-              block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """SparseGPT (Frantar & Alistarh 2023): choose the mask block by block by the OBS saliency
-    w^2 / [H^-1]_jj^2 and update the remaining weights to compensate. Returns (weight, mask)."""
-    rows, cols = weight.shape
-    w = weight.float().clone()
-    hinv = inverse_hessian_chol(hessian.float(), w, damping)
-    mask = torch.ones_like(w, dtype=torch.bool)
-    nm = pattern.get("n") is not None
-    for b0 in range(0, cols, block_size):
-        b1 = min(b0 + block_size, cols)
-        w1, hinv1 = w[:, b0:b1].clone(), hinv[b0:b1, b0:b1]
-        err1 = torch.zeros_like(w1)
-        if not nm:
-            # Exact layer sparsity: each block prunes its share of round(sparsity * numel).
-            k = round(pattern["sparsity"] * rows * b1) - round(pattern["sparsity"] * rows * b0)
-            sal = saliency(w1, torch.diag(hinv1)).reshape(1, -1)
-            mask[:, b0:b1] = ~lowest_per_row(sal, k).view_as(w1)
-        diag = torch.diag(hinv1).tolist()
-        for i in range(b1 - b0):
-            col = b0 + i
-            if nm and i % pattern["m"] == 0:
-                sal = saliency(w1[:, i: i + pattern["m"]], torch.diag(hinv1)[i: i + pattern["m"]])
-                mask[:, col: col + pattern["m"]] = nm_mask(sal, pattern["n"], pattern["m"])
-            e = w1[:, i].masked_fill(mask[:, col], 0) / diag[i]  # the pruned weights' error
-            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1)
-            err1[:, i] = e
-        w1.mul_(mask[:, b0:b1])  # pruned columns are ~0 after their update; make them exactly 0
-        w[:, b0:b1] = w1
-        w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
-    return (w * mask).to(weight.dtype), mask
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
+
+def check_pattern(entry: dict, key: str) -> None:
+    """Exactly one of sparsity or pattern; N < M; quantization groups hold whole N:M groups."""
+    if ("sparsity" in entry) == ("pattern" in entry):
+        raise ConfigError(key, f"method {entry['method']!r} needs exactly one of 'sparsity' or 'pattern'")
+    if "pattern" in entry:
+        n, m = (int(x) for x in entry["pattern"].split(":"))
+        if n >= m:
+            raise ConfigError(f"{key}.pattern", f"N:M needs N < M, got {entry['pattern']!r}")
+        group = (entry.get("quantize") or {}).get("group_size")
+        if group and group % m:
+            raise ConfigError(f"{key}.quantize.group_size",
+                              f"{group} does not hold whole {entry['pattern']} groups (M={m})")

@@ -1,106 +1,73 @@
-"""Recovery methods: build the adapter for a `recovery:` entry, train it, save and load it.
+"""Recovery methods, through their registry records: build an adapter for a `recovery:` entry,
+check it against a model and its budget, save and load it.
 
-Prompt tuning, prefix tuning and LoRA come from peft; IDP from `idp.py`. The base model stays
-frozen and LoRA stays unmerged, so a pruned or quantized model keeps exactly the compression its
-cell claims. Training: AdamW with warm-up and cosine decay, gradient clipping, optional bf16
-autocast, language-modelling or distillation (KL to the dense model) loss, best validation
-checkpoint kept, and periodic resumable checkpoints.
+The base model stays frozen and adapters stay unmerged, so a pruned or quantized model keeps
+exactly the compression its cell claims. Training is in `training.py`.
 """
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import time
-from pathlib import Path
-
 import torch
-import torch.nn.functional as F
 
-from .idp import CONFIG_FILE as IDP_CONFIG_FILE
-from .idp import DynamicPromptModel, sample_vocab_embeddings
+from .errors import ConfigError
+from .registry import recovery_method, recovery_methods
+
+# Keys any entry may set besides its method's settings; trained methods also take these.
+COMMON_SETTINGS = frozenset({"method", "name"})
+TRAINED_SETTINGS = frozenset({"max_params", "training"})
 
 
-def peft_config(entry: dict):
-    from peft import (LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit,
-                      TaskType)
+def entry_id(entry: dict) -> str:
+    return entry.get("name") or recovery_method(entry["method"]).id_format(entry)
 
-    method = entry["method"]
-    if method == "prompt_tuning":
-        # Initialised from rows of the vocabulary embedding, as in Lester et al. and Xu et al.
-        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
-                                  num_virtual_tokens=entry["num_virtual_tokens"],
-                                  prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
-    if method == "prefix_tuning":
-        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM,
-                                  num_virtual_tokens=entry["num_virtual_tokens"])
-    if method == "lora":
-        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=entry["r"], lora_alpha=entry["alpha"],
-                          lora_dropout=entry["dropout"], target_modules=entry["target_modules"])
-    raise ValueError(f"unknown peft recovery method {method!r}")
+
+def train_id(entry: dict) -> str:
+    """Id of the adapter a recovery entry evaluates: entries that differ only in settings chosen
+    at evaluation (IDP's selection) share one."""
+    record = recovery_method(entry["method"])
+    return entry.get("name") or record.id_format({**entry, **record.eval_only})
+
+
+def eval_only_settings(entry: dict) -> set[str]:
+    return set(recovery_method(entry["method"]).eval_only)
+
+
+def check_settings(entry: dict, key: str) -> None:
+    """Every key of an entry is a setting of its method."""
+    methods = recovery_methods()
+    record = methods[entry["method"]]
+    allowed = record.settings | COMMON_SETTINGS | (TRAINED_SETTINGS if record.trains else set())
+    for name in sorted(set(entry) - allowed):
+        takers = sorted(m.name for m in methods.values() if name in m.settings)
+        reason = "it trains nothing" if name in TRAINED_SETTINGS else (
+            f"it is one of {', '.join(takers)}" if takers else "")
+        raise ConfigError(f"{key}.{name}", f"not a setting of method {entry['method']!r}"
+                          + (f" ({reason})" if reason else ""))
+
+
+def sample_vocab_embeddings(model, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the input embedding for `count` random token ids (Lester et al.'s initialisation)."""
+    emb = model.get_input_embeddings().weight
+    ids = torch.randint(emb.shape[0], (count,), generator=torch.Generator().manual_seed(seed))
+    return ids, emb[ids.to(emb.device)].detach().float().clone()
 
 
 def attach(model, entry: dict, seed: int = 0, init: bool = True):
-    """Wrap a frozen base model with the entry's untrained adapter (`init=False`: leave peft's
-    initialisation, for counting parameters on a meta-device model)."""
-    if entry["method"] == "idp":
-        return DynamicPromptModel(model, entry["pool_size"], entry["num_virtual_tokens"],
-                                  entry["score_layers"], entry["scheme"], entry["balance_weight"],
-                                  seed=seed)
-    from peft import get_peft_model
-
-    torch.manual_seed(seed)
-    wrapped = get_peft_model(model, peft_config(entry))
-    if init and entry["method"] == "prefix_tuning" and entry.get("prefix_init", "vocab") == "vocab":
-        init_prefix_from_vocab(wrapped, entry["num_virtual_tokens"], seed)
-    return wrapped
-
-
-def init_prefix_from_vocab(model, num_tokens: int, seed: int) -> None:
-    """Set the prefix to the keys and values that n random vocabulary tokens produce in every
-    layer, i.e. a real (meaningless) text prefix. peft's default random init makes keys and
-    values the model has never seen and wrecks it before training (stack notes: loss 2.9 -> 8+)."""
-    from transformers import DynamicCache
-
-    base = model.get_base_model()
-    ids, _ = sample_vocab_embeddings(base, num_tokens, seed)
-    cache = DynamicCache(config=base.config)
-    with torch.no_grad(), model.disable_adapter():
-        base(input_ids=ids.unsqueeze(0).to(base.device), past_key_values=cache, use_cache=True)
-    # peft's layout of one prefix row: (layer, key|value, kv head, head dim), flattened
-    kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
-    rows = kv.permute(3, 0, 1, 2, 4).reshape(num_tokens, -1)  # (L, 2, H, n, d) -> (n, L*2*H*d)
-    emb = model.prompt_encoder[model.active_adapter].embedding.weight
-    if emb.shape != rows.shape:
-        raise ValueError(f"prefix layout {tuple(emb.shape)} does not match the model's cache "
-                         f"{tuple(rows.shape)}")
-    emb.data.copy_(rows)
-
-
-def save(model, path) -> None:
-    model.save_pretrained(path)
-
-
-def load(base, path):
-    """Attach a saved adapter (peft or IDP) to a base model, for inference."""
-    if (Path(path) / IDP_CONFIG_FILE).is_file():
-        return DynamicPromptModel.from_pretrained(base, path).eval()
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base, path).eval()
+    """Wrap a frozen base model with the entry's untrained adapter (`init=False`: leave the
+    library's initialisation, for counting parameters on a meta-device model)."""
+    record = recovery_method(entry["method"])
+    if not record.trains:
+        raise ValueError(f"method {entry['method']!r} trains nothing")
+    return record.build(model, entry, seed, init)
 
 
 def attach_checked(model, entry: dict, key: str, model_name: str, seed: int = 0,
                    init: bool = True):
     """`attach`, with failures and a missed parameter budget raised as ConfigError naming `key`.
     Used by preflight on meta-device models (init=False) and by the train step on the real one."""
-    from .config import ConfigError
-
     try:
         wrapped = attach(model, entry, seed, init)
     except ValueError as err:
-        # what can fail to fit a model: LoRA's targets, IDP's score layers
-        field = {"lora": "target_modules", "idp": "score_layers"}.get(entry["method"], "method")
+        field = recovery_method(entry["method"]).fit_setting
         raise ConfigError(f"{key}.{field}", f"cannot be built on model {model_name!r}: {err}") from None
     count = trainable_parameters(wrapped)
     if entry.get("max_params") and count > entry["max_params"]:
@@ -110,162 +77,20 @@ def attach_checked(model, entry: dict, key: str, model_name: str, seed: int = 0,
     return wrapped
 
 
-def frozen_zeros(base) -> int:
-    """Zero weights of the base model's own parameters (adapter weights excluded): the same
-    before and after training, or the cell's sparsity claim would be void."""
-    return sum(int((p == 0).sum()) for name, p in base.named_parameters()
-               if "lora_" not in name)
+def save(model, entry: dict, path) -> None:
+    recovery_method(entry["method"]).save(model, path)
 
 
-def token_blocks(tokenizer, text: str, seq_len: int) -> torch.Tensor:
-    """Tokenize once and cut into non-overlapping blocks of seq_len tokens."""
-    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
-    n = len(ids) // seq_len
-    if n < 2:
-        raise ValueError(f"recovery text gives {len(ids)} tokens: too few for two blocks of {seq_len}")
-    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-
-
-def split_blocks(blocks: torch.Tensor, val_fraction: float, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(blocks), generator=gen)
-    n_val = max(1, int(len(blocks) * val_fraction))
-    return blocks[order[n_val:]], blocks[order[:n_val]]
-
-
-def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
-    batch = batch.to(_device(model))
-    return model(input_ids=batch, labels=batch).loss
-
-
-def distill_loss(model, teacher, batch: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) per token on the recovery text; the dense model is the teacher."""
-    batch = batch.to(_device(model))
-    with torch.no_grad():
-        target = teacher(input_ids=batch).logits.float()
-    # prompt tuning returns logits for its virtual tokens too: keep the input's positions
-    logits = model(input_ids=batch).logits[:, -batch.shape[1]:].float()
-    t = temperature
-    return F.kl_div(F.log_softmax(logits / t, -1).flatten(0, 1),
-                    F.log_softmax(target / t, -1).flatten(0, 1),
-                    log_target=True, reduction="batchmean") * t * t
-
-
-@torch.no_grad()
-def mean_loss(model, blocks: torch.Tensor, batch_size: int, max_batches: int) -> float:
-    """Validation: always the language-modelling loss, so runs with either objective compare."""
-    model.eval()
-    losses = [lm_loss(model, blocks[i: i + batch_size]).item()
-              for i in range(0, min(len(blocks), batch_size * max_batches), batch_size)]
-    return sum(losses) / len(losses)
+def load(base, entry: dict, path):
+    """Attach a saved adapter of the entry's method to a base model, for inference."""
+    return recovery_method(entry["method"]).load(base, path).eval()
 
 
 def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def trainable_state(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-
-
-def load_trainable_state(model, state: dict) -> None:
-    missing = set(state) - {k for k, _ in model.named_parameters()}
-    if missing:
-        raise KeyError(f"state has parameters the model lacks: {sorted(missing)[:3]}")
-    model.load_state_dict(state, strict=False)
-
-
-def _device(model):
-    return next(model.parameters()).device
-
-
-def _autocast(model, precision: str):
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(_device(model).type, dtype=torch.bfloat16)
-
-
-def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=None,
-          resume_path: str | os.PathLike | None = None, progress: bool = True) -> tuple[dict, dict]:
-    """Train the adapter in place. Returns (best trainable state, history).
-
-    With `resume_path`, a training checkpoint is written there every `checkpoint_every` steps
-    and picked up by the next call with the same arguments; it is removed on success."""
-    from tqdm import tqdm
-
-    torch.manual_seed(seed)
-    train_blocks, val_blocks = split_blocks(token_blocks(tokenizer, text, cfg["seq_len"]),
-                                            cfg["val_fraction"], seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    warmup, steps = cfg["warmup_steps"], cfg["steps"]
-
-    def lr_factor(step):  # linear warm-up, then cosine decay to 10%
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    gen = torch.Generator().manual_seed(seed)
-    objective = cfg.get("objective", "lm")
-    if objective == "distill" and teacher is None:
-        raise ValueError("objective 'distill' needs the dense model as teacher")
-    start = 1
-    resume = Path(resume_path) / "training_state.pt" if resume_path else None
-    if resume and resume.is_file():
-        saved = torch.load(resume, weights_only=False)
-        if saved["cfg"] == cfg and saved["seed"] == seed:
-            load_trainable_state(model, saved["trainable"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            gen.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])
-            history, best, start = saved["history"], saved["best"], saved["step"] + 1
-            log(f"resumed from {resume} at step {saved['step']}")
-        else:
-            log(f"ignoring {resume}: it was written for other settings")
-    if start == 1:
-        val0 = mean_loss(model, val_blocks, cfg["batch_size"], cfg["val_batches"])
-        history = {"train_loss": [], "val_loss": [(0, val0)], "step_s": [], "routing": []}
-        best = (val0, 0, trainable_state(model))
-    bar = tqdm(range(start, steps + 1), initial=start - 1, total=steps, desc="train",
-               disable=not progress, mininterval=5, file=None)
-    for step in bar:
-        model.train()
-        t0 = time.perf_counter()
-        batch = train_blocks[torch.randint(len(train_blocks), (cfg["batch_size"],), generator=gen)]
-        with _autocast(model, cfg.get("precision", "float32")):
-            loss = (distill_loss(model, teacher, batch, cfg.get("temperature", 1.0))
-                    if objective == "distill" else lm_loss(model, batch))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        history["train_loss"].append((step, loss.item()))
-        history["step_s"].append(time.perf_counter() - t0)
-        routing = getattr(model, "last_routing", None)
-        if routing is not None:
-            history["routing"].append(routing.tolist())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % cfg["eval_every"] == 0 or step == steps:
-            val = mean_loss(model, val_blocks, cfg["batch_size"], cfg["val_batches"])
-            history["val_loss"].append((step, val))
-            log(f"step {step}/{steps} train_loss {loss.item():.4f} val_loss {val:.4f}")
-            if val < best[0]:
-                best = (val, step, trainable_state(model))
-        if resume and step < steps and step % cfg.get("checkpoint_every", 50) == 0:
-            resume.parent.mkdir(parents=True, exist_ok=True)
-            tmp = resume.with_suffix(".tmp")
-            torch.save({"cfg": cfg, "seed": seed, "step": step, "history": history, "best": best,
-                        "trainable": trainable_state(model), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                        "torch_rng": torch.get_rng_state()}, tmp)
-            os.replace(tmp, resume)
-    bar.close()
-    if resume and resume.is_file():
-        resume.unlink()
-    history.update(best_val_loss=best[0], best_step=best[1], initial_val_loss=history["val_loss"][0][1],
-                   train_blocks=len(train_blocks), val_blocks=len(val_blocks))
-    return best[2], history
+def zero_count(params) -> int:
+    """Zero weights among `params`: take the base model's parameters before attaching an adapter,
+    and count again after training; the two must agree, or the cell's sparsity claim is void."""
+    return sum(int((p == 0).sum()) for p in params)

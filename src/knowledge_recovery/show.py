@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import experiment_dir, load_config
+from .config import load_config
+from .paths import Layout
 from .tracking import tracking_uri
 
 
@@ -15,16 +16,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", default="config.yaml")
     args = parser.parse_args(argv)
-    config = load_config(args.configfile)
-    root = Path(experiment_dir(config))
-    table = root / "summary" / "results.md"
+    layout = Layout(load_config(args.configfile, check_models=False))
+    table = Path(layout.summary["markdown"])
     if not table.exists():
         print(f"No results yet: {table} is missing. Run the workflow first.")
         return 1
     print(table.read_text())
-    print(f"Outputs: {root}/ (summary/ has results.csv, results.md, mean_acc.png)")
+    print(f"Outputs: {layout.root}/ (summary: {', '.join(layout.summary.values())})")
     print(f"Browse in MLflow:  {Path('.venv/bin/mlflow')} ui --backend-store-uri "
-          f"{tracking_uri(root)} --host 127.0.0.1 --port 5000")
+          f"{tracking_uri(layout.root)} --host 127.0.0.1 --port 5000")
     return 0
 
 

@@ -7,7 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .config import experiment_dir
+from .paths import Layout
 
 
 @contextlib.contextmanager
@@ -39,4 +39,4 @@ def step(smk, offline: bool = True):
 
 def results_root(smk) -> Path:
     """The experiment's results folder, where the default MLflow store lives."""
-    return Path(experiment_dir(smk.config))
+    return Path(Layout(smk.config).root)

@@ -29,6 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calibration import decoder_layers
+from ..recovery import sample_vocab_embeddings
+from ..registry import RecoveryMethod, register_recovery_method
+
 CONFIG_FILE = "idp_config.json"
 WEIGHTS_FILE = "prompts.safetensors"
 
@@ -37,20 +41,11 @@ class _StopForward(Exception):
     """Raised by a hook to end a forward pass after the last scoring layer."""
 
 
-def sample_vocab_embeddings(model, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of the input embedding for `count` random token ids (Lester et al.'s initialisation)."""
-    emb = model.get_input_embeddings().weight
-    ids = torch.randint(emb.shape[0], (count,), generator=torch.Generator().manual_seed(seed))
-    return ids, emb[ids.to(emb.device)].detach().float().clone()
-
-
 class DynamicPromptModel(nn.Module):
     def __init__(self, base, pool_size: int, num_tokens: int, score_layers: list[int],
                  scheme: str, balance_weight: float, seed: int = 0):
         """Every setting comes from a config entry (defaults live in the schema only)."""
         super().__init__()
-        from .calibration import decoder_layers
-
         n_layers = len(decoder_layers(base))
         bad = [l for l in score_layers if not 0 <= l < n_layers]
         if bad:
@@ -118,8 +113,6 @@ class DynamicPromptModel(nn.Module):
     def _early_layers(self):
         """Run the base with eager attention (the only kind that returns attention weights),
         record the weights of the scoring layers, and stop after the last of them."""
-        from .calibration import decoder_layers
-
         layers = decoder_layers(self.base)
         weights, hooks = {}, []
         for l in self.score_layers:
@@ -261,3 +254,35 @@ def oracle_results(per_prompt: list[dict]) -> dict:
         out[task] = {"acc": acc, "acc_stderr": (var / docs) ** 0.5, "documents": docs,
                      "acc_per_prompt": [sum(c) / docs for c in correct]}
     return out
+
+
+def _evaluate(model, entry: dict, run) -> dict:
+    """Attention selection (the method) or random: one lm-eval run. Oracle: one run per prompt
+    of the pool, keeping per document the best of them."""
+    if entry["selection"] == "oracle":
+        per_prompt = []
+        for j in range(model.pool_size):
+            model.selection = j
+            per_prompt.append(run(True))
+        return oracle_results(per_prompt)
+    model.selection = entry["selection"]
+    return run(False)
+
+
+register_recovery_method(RecoveryMethod(
+    name="idp",
+    settings=frozenset({"num_virtual_tokens", "pool_size", "score_layers", "scheme",
+                        "balance_weight", "selection"}),
+    id_format=lambda e: (f"idp-m{e['pool_size']}-n{e['num_virtual_tokens']}-{e['scheme']}"
+                         + ("" if e.get("selection", "attention") == "attention"
+                            else f"-{e['selection']}")),
+    build=lambda base, e, seed, init: DynamicPromptModel(
+        base, e["pool_size"], e["num_virtual_tokens"], e["score_layers"], e["scheme"],
+        e["balance_weight"], seed=seed),
+    save=lambda model, path: model.save_pretrained(path),
+    load=DynamicPromptModel.from_pretrained,
+    fit_setting="score_layers",
+    eval_only={"selection": "attention"},
+    # the prompt is chosen from every token of the input: padding must be masked
+    padding_aware=True,
+    evaluate=_evaluate))

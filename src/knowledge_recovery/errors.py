@@ -1,0 +1,10 @@
+"""The one exception a config problem raises; a leaf module, so every other module may import it."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config problem, with the key it is about."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config key '{key}': {message}")
+        self.key = key

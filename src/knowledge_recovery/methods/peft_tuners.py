@@ -1,0 +1,87 @@
+"""The peft methods: one implementation, parameterised per method by its peft config class and
+how an entry's settings map onto that config (peft's own registry, `register_peft_method`, is
+the model). Adapters are saved and loaded with peft's save_pretrained / PeftModel.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..recovery import sample_vocab_embeddings
+from ..registry import RecoveryMethod, register_recovery_method
+
+
+def register_peft(name: str, config_class: str, config_kwargs, settings, id_format,
+                  fit_setting: str = "method", after_build=None) -> None:
+    """Register a peft method: `config_kwargs(entry, peft)` gives the keyword arguments of the peft
+    config class named `config_class`; `after_build(model, entry, seed)` initialises further."""
+
+    def build(base, entry, seed, init):
+        import peft
+
+        torch.manual_seed(seed)
+        config = getattr(peft, config_class)(task_type=peft.TaskType.CAUSAL_LM,
+                                             **config_kwargs(entry, peft))
+        wrapped = peft.get_peft_model(base, config)
+        if init and after_build is not None:
+            after_build(wrapped, entry, seed)
+        return wrapped
+
+    register_recovery_method(RecoveryMethod(
+        name=name, settings=frozenset(settings), id_format=id_format, build=build, save=_save,
+        load=_load, fit_setting=fit_setting))
+
+
+def _save(model, path) -> None:
+    model.save_pretrained(path)
+
+
+def _load(base, path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, path)
+
+
+def init_prefix_from_vocab(model, num_tokens: int, seed: int) -> None:
+    """Set the prefix to the keys and values that n random vocabulary tokens produce in every
+    layer, i.e. a real (meaningless) text prefix. peft's default random init makes keys and
+    values the model has never seen and wrecks it before training (README, "Recovery methods")."""
+    from transformers import DynamicCache
+
+    base = model.get_base_model()
+    ids, _ = sample_vocab_embeddings(base, num_tokens, seed)
+    cache = DynamicCache(config=base.config)
+    with torch.no_grad(), model.disable_adapter():
+        base(input_ids=ids.unsqueeze(0).to(base.device), past_key_values=cache, use_cache=True)
+    # peft's layout of one prefix row: (layer, key|value, kv head, head dim), flattened
+    kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
+    rows = kv.permute(3, 0, 1, 2, 4).reshape(num_tokens, -1)  # (L, 2, H, n, d) -> (n, L*2*H*d)
+    emb = model.prompt_encoder[model.active_adapter].embedding.weight
+    if emb.shape != rows.shape:
+        raise ValueError(f"prefix layout {tuple(emb.shape)} does not match the model's cache "
+                         f"{tuple(rows.shape)}")
+    emb.data.copy_(rows)
+
+
+def _prefix_init(model, entry, seed):
+    if entry.get("prefix_init", "vocab") == "vocab":
+        init_prefix_from_vocab(model, entry["num_virtual_tokens"], seed)
+
+
+def _lora_kwargs(entry, peft, **extra):
+    return dict(r=entry["r"], lora_alpha=entry["alpha"], lora_dropout=entry["dropout"],
+                target_modules=entry["target_modules"], **extra)
+
+
+LORA_SETTINGS = {"r", "alpha", "dropout", "target_modules"}
+
+# Initialised from rows of the vocabulary embedding, as in Lester et al. and Xu et al.
+register_peft("prompt_tuning", "PromptTuningConfig",
+              lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"],
+                                   prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB),
+              {"num_virtual_tokens"}, lambda e: f"prompt-n{e['num_virtual_tokens']}")
+register_peft("prefix_tuning", "PrefixTuningConfig",
+              lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"]),
+              {"num_virtual_tokens", "prefix_init"}, lambda e: f"prefix-n{e['num_virtual_tokens']}",
+              after_build=_prefix_init)
+register_peft("lora", "LoraConfig", _lora_kwargs, LORA_SETTINGS, lambda e: f"lora-r{e['r']}",
+              fit_setting="target_modules")

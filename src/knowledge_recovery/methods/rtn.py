@@ -1,0 +1,16 @@
+"""Round-to-nearest: each group of weights on its min-max grid. Data-free."""
+from __future__ import annotations
+
+from .. import quantization
+from ..registry import CompressionMethod, register_compression_method
+
+
+def _apply(w, stage, stats, keep):
+    w, grid = quantization.quantize_rtn(w, stage["bits"], stage["group_size"], stage["symmetric"],
+                                        return_grid=True)
+    return w, keep, grid
+
+
+register_compression_method(CompressionMethod(
+    name="rtn", family="quantization", statistic="none", settings=quantization.SETTINGS,
+    id_format=quantization.quant_id, apply=_apply, packable=True))

@@ -1,0 +1,85 @@
+"""The results layout: every path the workflow writes, in one place.
+
+Rules call these with wildcard names (`layout.checkpoint("{model}", "{compression}")`) to get
+their patterns; steps, `show` and `aggregate` call them with real values.
+"""
+from __future__ import annotations
+
+
+def unit(recovery: str, seed: int | str | None) -> str:
+    """One recovery of a compressed model in paths and MLflow keys: the recovery id alone when
+    nothing is trained ('none'), else '<recovery or train id>/seed<k>'. Train and evaluate both
+    use it."""
+    return recovery if seed is None else f"{recovery}/seed{seed}"
+
+
+class Layout:
+    """Paths under one experiment's results folder, `<results_dir>/<experiment>`."""
+
+    def __init__(self, config: dict):
+        self.root = f"{config['results_dir']}/{config['experiment']}"
+
+    # models: dense ones come from download, every other one from compress
+    def model_dir(self, model, compression) -> str:
+        return f"{self.root}/models/{model}/{compression}"
+
+    def checkpoint(self, model, compression="dense") -> str:
+        return f"{self.model_dir(model, compression)}/checkpoint"
+
+    def model_manifest(self, model, compression) -> str:
+        return f"{self.model_dir(model, compression)}/manifest.json"
+
+    def masks(self, model, compression) -> str:
+        return f"{self.model_dir(model, compression)}/masks.safetensors"
+
+    def quant_grids(self, model, compression) -> str:
+        return f"{self.model_dir(model, compression)}/quant_grids.safetensors"
+
+    def packed(self, model, compression) -> str:
+        return f"{self.model_dir(model, compression)}/packed"
+
+    def packed_manifest(self, model, compression) -> str:
+        return f"{self.model_dir(model, compression)}/packed_manifest.json"
+
+    # text and tasks
+    @property
+    def recovery_text(self) -> str:
+        return f"{self.root}/data/recovery_text.txt"
+
+    @property
+    def recovery_text_manifest(self) -> str:
+        return f"{self.root}/data/recovery_text.manifest.json"
+
+    def task_dir(self, task) -> str:
+        return f"{self.root}/tasks/{task}/lm_eval"
+
+    def task_manifest(self, task) -> str:
+        return f"{self.root}/tasks/{task}/manifest.json"
+
+    # training: `unit_` is paths.unit(train id, seed)
+    def adapter(self, model, compression, unit_) -> str:
+        return f"{self.root}/adapters/{model}/{compression}/{unit_}/adapter"
+
+    def train_manifest(self, model, compression, unit_) -> str:
+        return f"{self.root}/adapters/{model}/{compression}/{unit_}/manifest.json"
+
+    def train_state(self, model, compression, unit_) -> str:
+        """Resumable training state: outside the train rule's outputs, so a killed job keeps it."""
+        return f"{self.root}/train_state/{model}/{compression}/{unit_}"
+
+    # evaluation: `unit_` is paths.unit(recovery id, seed)
+    def eval_results(self, model, compression, unit_) -> str:
+        return f"{self.root}/eval/{model}/{compression}/{unit_}/results.json"
+
+    # summary
+    @property
+    def summary(self) -> dict[str, str]:
+        return {"csv": f"{self.root}/summary/results.csv",
+                "markdown": f"{self.root}/summary/results.md",
+                "plot": f"{self.root}/summary/mean_acc.png"}
+
+    def log(self, rule, name) -> str:
+        return f"{self.root}/logs/{rule}/{name}.log"
+
+    def benchmark(self, rule, name) -> str:
+        return f"{self.root}/benchmarks/{rule}/{name}.tsv"

@@ -1,0 +1,69 @@
+"""Preflight on model shapes: every compression entry fits the layer widths of every model whose
+config is at hand, and every trained recovery entry attaches to it within its budget. Built on
+empty (meta-device) models, before any job runs; the compress and train steps repeat the checks
+for models first fetched by the run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .compression import check_widths, linear_widths
+from .paths import Layout
+from .recovery import attach_checked, trainable_parameters
+from .registry import recovery_method
+
+
+def known_model_config(model: dict, base: Path, downloaded: Path | None = None):
+    """The transformers config of a model whose shape is known before any job runs: tiny random
+    models, local folders, hub models with config.json in the HF cache, and any model the
+    download step has fetched already (a resumed run). Else None."""
+    if model["source"] == "tiny-random":
+        from .models import tiny_config
+
+        return tiny_config(model)
+    folders = [base / downloaded] if downloaded is not None else []
+    if model["source"] == "local":
+        folders.append(base / model["path"])
+    if model["source"] == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model["repo"], "config.json",
+                                        revision=model.get("revision", "main"))
+        if isinstance(cached, str):
+            folders.append(Path(cached).parent)
+    for folder in folders:
+        if (folder / "config.json").is_file():
+            from transformers import AutoConfig
+
+            return AutoConfig.from_pretrained(folder)
+    return None
+
+
+def empty_model(model_cfg):
+    """The model of a config on the meta device: its modules and shapes, no memory, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(model_cfg)
+
+
+def check_recovery_entry(entry: dict, key: str, model_cfg, model_name: str) -> int:
+    """Build one entry on an empty model of this config; returns its parameter count."""
+    return trainable_parameters(attach_checked(empty_model(model_cfg), entry, key, model_name,
+                                               init=False))
+
+
+def check_models(config: dict, base: Path) -> None:
+    """Run the shape checks on every model whose shape is known (imports torch, transformers and
+    peft: seconds, so only the main Snakemake process does it)."""
+    layout = Layout(config)
+    for m in config["models"]:
+        model_cfg = known_model_config(m, base, Path(layout.checkpoint(m["name"])))
+        if model_cfg is None:
+            continue
+        widths = linear_widths(empty_model(model_cfg))
+        for i, c in enumerate(config["compression"]):
+            check_widths(c, f"compression[{i}]", widths, m["name"])
+        for i, r in enumerate(config["recovery"]):
+            if recovery_method(r["method"]).trains:
+                check_recovery_entry(r, f"recovery[{i}]", model_cfg, m["name"])
