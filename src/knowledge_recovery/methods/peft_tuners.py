@@ -85,3 +85,6 @@ register_peft("prefix_tuning", "PrefixTuningConfig",
               after_build=_prefix_init)
 register_peft("lora", "LoraConfig", _lora_kwargs, LORA_SETTINGS, lambda e: f"lora-r{e['r']}",
               fit_setting="target_modules")
+# DoRA (Liu et al. 2024): LoRA with the weight's magnitude and direction trained apart.
+register_peft("dora", "LoraConfig", lambda e, peft: _lora_kwargs(e, peft, use_dora=True),
+              LORA_SETTINGS, lambda e: f"dora-r{e['r']}", fit_setting="target_modules")
