@@ -88,3 +88,10 @@ register_peft("lora", "LoraConfig", _lora_kwargs, LORA_SETTINGS, lambda e: f"lor
 # DoRA (Liu et al. 2024): LoRA with the weight's magnitude and direction trained apart.
 register_peft("dora", "LoraConfig", lambda e, peft: _lora_kwargs(e, peft, use_dora=True),
               LORA_SETTINGS, lambda e: f"dora-r{e['r']}", fit_setting="target_modules")
+# (IA)^3 (Liu et al. 2022): learned vectors that rescale keys, values and feed-forward inputs.
+register_peft("ia3", "IA3Config",
+              lambda e, peft: dict(target_modules=e["target_modules"],
+                                   feedforward_modules=e["feedforward_modules"]),
+              {"target_modules", "feedforward_modules"},
+              lambda e: "ia3-" + ".".join(m.removesuffix("_proj") for m in e["target_modules"]),
+              fit_setting="target_modules")
