@@ -32,7 +32,7 @@ def hand_loglik(model, tok, context, continuation, prompt=None, prefix_ids=None)
     return sum(logp[len(ctx) + i - 1, t].item() for i, t in enumerate(cont))
 
 
-@pytest.mark.parametrize("method", ["none", "prompt_tuning", "prefix_tuning", "lora"])
+@pytest.mark.parametrize("method", ["none", "prompt_tuning", "prefix_tuning", "lora", "dora", "ia3"])
 def test_lm_eval_accuracy_matches_hand_computation(tiny, task_dir, method):
     base, tok = tiny(seed=3)
     model, prompt, prefix_ids = base, None, None
@@ -42,12 +42,18 @@ def test_lm_eval_accuracy_matches_hand_computation(tiny, task_dir, method):
     if method == "prompt_tuning":
         model = recovery.attach(base, {"method": method, "num_virtual_tokens": 5})
         prompt = model.get_prompt_embedding_to_save("default").detach()
-    elif method == "lora":
+    elif method in ("lora", "dora"):
         model = recovery.attach(base, {"method": method, "r": 2, "alpha": 4, "dropout": 0.0,
                                        "target_modules": ["q_proj", "v_proj"]})
         for name, p in model.named_parameters():  # non-zero B so LoRA changes the outputs
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.5)
+            if "lora_B" in name or "magnitude" in name:
+                torch.nn.init.normal_(p, mean=float("magnitude" in name), std=0.5)
+    elif method == "ia3":
+        model = recovery.attach(base, {"method": method, "target_modules": ["k_proj", "v_proj", "down_proj"],
+                                       "feedforward_modules": ["down_proj"]})
+        for p in model.parameters():  # scales away from 1 so (IA)3 changes the outputs
+            if p.requires_grad:
+                torch.nn.init.normal_(p, mean=1.0, std=0.5)
     model.eval()
     manager = evaluation.task_manager([task_dir], need_builtin=False)
     results = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
@@ -60,6 +66,10 @@ def test_lm_eval_accuracy_matches_hand_computation(tiny, task_dir, method):
         scores = [hand_loglik(hand_model, tok, context, " " + c, prompt, prefix_ids)
                   for c in doc["choices"]]
         assert harness == pytest.approx(scores, abs=1e-3)
+        if method != "none":  # the adapter is in play: without it the scores differ
+            with model.disable_adapter():
+                plain = [hand_loglik(model.get_base_model(), tok, context, " " + c) for c in doc["choices"]]
+            assert harness != pytest.approx(plain, abs=1e-3)
         correct += int(max(range(4), key=scores.__getitem__) == doc["gold"])
     assert results["kp_country_capital"]["documents"] == N_DOCS
     assert results["kp_country_capital"]["acc"] == pytest.approx(correct / N_DOCS)

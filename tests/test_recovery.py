@@ -23,6 +23,11 @@ ENTRIES = [
     ({"method": "prefix_tuning", "num_virtual_tokens": 4}, 4 * 2 * 2 * 64),  # n x layers x (k, v)
     ({"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
      2 * 2 * (64 * 4 + 4 * 64)),  # q and v in each of 2 layers
+    ({"method": "dora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+     2 * 2 * (64 * 4 + 4 * 64 + 64)),  # LoRA's, plus one magnitude per output of q and v
+    ({"method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+      "feedforward_modules": ["down_proj"], "training": {"lr": 0.1}},  # 512 scales: slow at 0.01
+     2 * (64 + 64 + 128)),  # outputs of k and v, the input of down, in each of 2 layers
     (IDP, 3 * 4 * 64),
     ({**IDP, "scheme": "routed"}, 3 * 4 * 64),
 ]
@@ -38,7 +43,8 @@ def test_training_lowers_validation_loss_and_keeps_compression(tiny, text, entry
     zeros = recovery.zero_count(base_params)
     model = recovery.attach(base, entry)
     assert recovery.trainable_parameters(model) == params
-    best, history = training.train(model, tok, text, CFG, seed=0, log=lambda *_: None)
+    best, history = training.train(model, tok, text, {**CFG, **entry.get("training", {})}, seed=0,
+                                   log=lambda *_: None)
     # joint IDP trains all prompts at once but infers with one, so it gains less on validation
     gain = 0.05 if entry.get("scheme") == "joint" else 0.1
     assert history["best_val_loss"] < history["initial_val_loss"] - gain
