@@ -97,7 +97,7 @@ def _calibrate(layer, inputs, modules: dict, names: list[str], need_hessian: boo
     accumulated once. Returns (groups in forward order, their statistics).
 
     Each sample's forward stops as soon as its statistics are in: at the input of the last
-    hooked linear (its matmul, a quarter of a Llama block's work, is not needed), or with
+    hooked linear (its matmul is not needed), or with
     `first_group_only` (true-sequential: later groups are re-calibrated after the first is
     compressed) at the first group's input once the first sample has shown the grouping."""
     groups, stats, group_of, group_of_input, alive = [], [], {}, {}, []

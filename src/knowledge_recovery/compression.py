@@ -127,11 +127,11 @@ def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
 def _return_freed_memory_to_the_os(activation_bytes: int) -> None:
     """glibc raises its mmap threshold after multi-MB buffers are freed, then keeps later ones
     in its heap: layer-by-layer compression frees such buffers (weights, Hessians) every layer,
-    and the process grew ~6 MB a block on SmolLM2. A fixed threshold hands them back.
+    and the process grew block by block. A fixed threshold hands them back.
     `activation_bytes` (0 for none) sets it just above one sample's largest activation, so that
     activations, allocated and freed again for every sample, are reused from the heap (mmapping
-    each cost Wanda a quarter of its time); methods that build a Hessian per layer pass 0: their
-    width^2 matrices fragmented the heap above it (act-order GPTQ-3 peaked 2.19x fp32, not 1.96x)."""
+    each was costly); methods that build a Hessian per layer pass 0: their width^2 matrices
+    fragmented the heap above it. Figures: README, "Compression"."""
     threshold = min(max(2 * activation_bytes, 128 * 1024), 32 * 2**20)  # glibc's own bounds
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD

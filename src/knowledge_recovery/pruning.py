@@ -15,8 +15,7 @@ from .registry import compression_method
 
 def lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the k lowest scores of each row of a 2-D tensor, ties resolved by position:
-    what a stable sort's first k would be, found in linear time (sorting was an eighth of Wanda's
-    time and a fifth of SparseGPT's)."""
+    what a stable sort's first k would be, found in linear time instead of a sort."""
     score = score.float()
     rows, cols = score.shape
     if k <= 0 or k >= cols:
