@@ -141,7 +141,8 @@ def test_block_statistics_equal_those_of_each_linears_inputs(tiny, first_group_o
     model, tok = tiny()
     batch = calibration.calibration_batch(tok, python_reference()[:20000], 3, 16, seed=0)
     layer = calibration.decoder_layers(model)[0]
-    inputs = calibration._first_layer_inputs(model, calibration.decoder_layers(model), batch)
+    hidden, per_block = calibration._block_arguments(model, calibration.decoder_layers(model), batch)
+    inputs = [((h,) + tuple(args), kwargs) for h, (args, kwargs) in zip(hidden, per_block[0])]
     modules = dict(layer.named_modules())
     linears = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
     seen = {n: [] for n in linears}
@@ -166,3 +167,38 @@ def test_block_statistics_equal_those_of_each_linears_inputs(tiny, first_group_o
         assert stats[g].tokens == len(x) == 3 * 16
         assert torch.allclose(stats[g].col_sq, x.pow(2).sum(0), rtol=1e-5)
         assert torch.allclose(stats[g].hessian, 2 * x.T @ x / len(x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2", "qwen3", "gemma3", "opt"])
+def test_every_block_is_calibrated_on_what_the_model_feeds_it(architecture):
+    """With nothing compressed, each block's calibration input is the plain forward's hidden
+    state: blocks get the arguments the model gives them (Gemma-3's sliding and full layers take
+    different masks and rotary embeddings; reusing block 0's gave block 2 a 24% error)."""
+    from knowledge_recovery.models import tiny_random
+
+    model, tok = tiny_random({"architecture": architecture, "hidden_size": 64, "num_layers": 4,
+                              "num_heads": 4, "intermediate_size": 128}, seed=0)
+    model.eval()
+    batch = calibration.calibration_batch(tok, python_reference()[:20000], 2, 48, seed=0)
+    layers = calibration.decoder_layers(model)
+    seen = {i: [] for i in range(len(layers))}
+
+    def record(module, args, i):
+        if "forward" not in module.__dict__:  # not while calibration records the arguments
+            seen[i].append(args[0].clone())
+
+    hooks = [layer.register_forward_pre_hook(lambda m, args, i=i: record(m, args, i))
+             for i, layer in enumerate(layers)]
+    try:
+        calibration.sequential_compress(model, batch, lambda *_: None, need_hessian=False,
+                                        device="cpu", log=lambda *_: None)
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        plain = [model(input_ids=s[None], output_hidden_states=True).hidden_states for s in batch]
+    for i in range(len(layers)):
+        for s in range(len(batch)):  # the first pass of block i: its statistics, one per sample
+            x, ref = seen[i][s], plain[s][i]
+            err = float((x - ref).norm() / ref.norm())
+            assert err < 1e-5, f"{architecture} block {i} sample {s}: relative error {err:.3g}"

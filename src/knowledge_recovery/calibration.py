@@ -70,15 +70,31 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def _first_layer_inputs(model, layers, batch):
-    """Run the model up to block 0 and keep each sample's positional args and kwargs."""
-    captured = []
+def _block_arguments(model, layers, batch):
+    """Each sample's input to block 0, and, for every block, the other arguments the model's own
+    forward gives it (models that mix sliding-window and full attention, such as Gemma-3, pass
+    each layer its own mask and rotary embeddings). While recording, every block is a
+    pass-through and the forward stops at the last one: this costs the embeddings and masks, not
+    a forward pass. Returns (hidden states, per block a list of (args after the hidden state,
+    kwargs) per sample)."""
+    hidden, per_block = [], [[] for _ in layers]
 
-    def grab(_module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _Stop
+    def recorder(index):
+        def forward(*args, **kwargs):
+            if not args:
+                raise ValueError(f"{type(layers[index]).__name__} is not given its hidden state "
+                                 "as the first positional argument; calibration needs that")
+            if index == 0:
+                hidden.append(args[0])
+            per_block[index].append((args[1:], kwargs))
+            if index + 1 == len(layers):
+                raise _Stop
+            return args[0]
+        return forward
 
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    saved = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's hooks
+    for index, layer in enumerate(layers):
+        layer.forward = recorder(index)
     try:
         for sample in batch:
             try:
@@ -86,8 +102,14 @@ def _first_layer_inputs(model, layers, batch):
             except _Stop:
                 pass
     finally:
-        handle.remove()
-    return captured
+        for layer, forward in zip(layers, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
+    if any(len(block) != len(batch) for block in per_block):
+        raise ValueError("the model's forward did not call every decoder block once per sample")
+    return hidden, per_block
 
 
 def _calibrate(layer, inputs, modules: dict, names: list[str], need_hessian: bool, device,
@@ -142,10 +164,15 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
     move to `device` (CUDA when available) only while that block is compressed."""
     device = torch.device(device) if device else compute_device()
     layers = decoder_layers(model)
-    inputs = to_device(_first_layer_inputs(model, layers, batch), device)
+    hidden, per_block = _block_arguments(model, layers, batch)
+    hidden = to_device(hidden, device)
     home = next(layers[0].parameters()).device
     for index, layer in enumerate(layers):
         layer.to(device)
+        # this block's inputs: the previous (compressed) block's outputs, with the arguments the
+        # model's forward gives this very block
+        others, per_block[index] = to_device(per_block[index], device), None
+        inputs = [((h,) + tuple(args), kwargs) for h, (args, kwargs) in zip(hidden, others)]
         modules = dict(layer.named_modules())
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         # One pass gives every group's statistics on the uncompressed block's activations (as
@@ -159,11 +186,11 @@ def sequential_compress(model, batch: torch.Tensor, compress_linear: Callable,
                                       device)[1][0]
             for n in group:
                 compress_linear(f"{index}.{n}", modules[n], stats[g])
-        # Next block's inputs: this (compressed) block's outputs, other arguments unchanged. Each
-        # sample's input is dropped as soon as its output exists: one set of activations is held.
-        # The last block's outputs feed nothing.
+        # This block's outputs feed the next. Each sample's input is dropped as soon as its
+        # output exists: one set of activations is held. The last block's outputs feed nothing.
         for i, (args, kwargs) in enumerate(inputs if index + 1 < len(layers) else []):
             out = layer(*args, **kwargs)
-            inputs[i] = ((out[0] if isinstance(out, tuple) else out,) + tuple(args[1:]), kwargs)
+            hidden[i], inputs[i] = (out[0] if isinstance(out, tuple) else out), None
+        del inputs, others
         layer.to(home)
         log(f"block {index + 1}/{len(layers)} compressed")

@@ -31,19 +31,34 @@ def byte_tokenizer():
                                    bos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
+# Tiny random architectures, by transformers config class: the families calibration is tested on.
+TINY_ARCHITECTURES = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
+                      "qwen3": "Qwen3Config", "gemma3": "Gemma3TextConfig", "opt": "OPTConfig"}
+
+
 def tiny_config(spec: dict):
     """The transformers config of a `tiny-random` model entry (byte tokenizer vocabulary)."""
-    from transformers import LlamaConfig, OPTConfig
+    import transformers
 
     tokenizer = byte_tokenizer()
+    config_class = getattr(transformers, TINY_ARCHITECTURES[spec["architecture"]])
     common = dict(vocab_size=len(tokenizer), num_hidden_layers=spec["num_layers"],
                   num_attention_heads=spec["num_heads"], hidden_size=spec["hidden_size"],
                   max_position_embeddings=2048, eos_token_id=tokenizer.eos_token_id,
                   bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
-    if spec["architecture"] == "llama":
-        return LlamaConfig(intermediate_size=spec["intermediate_size"], **common)
-    return OPTConfig(ffn_dim=spec["intermediate_size"], word_embed_proj_dim=spec["hidden_size"],
-                     **common)
+    if spec["architecture"] == "opt":
+        return config_class(ffn_dim=spec["intermediate_size"],
+                            word_embed_proj_dim=spec["hidden_size"], **common)
+    extra = {}
+    if spec["architecture"] == "gemma3":
+        # Gemma-3's pattern in small: sliding-window layers (window 16) with a full-attention
+        # layer every second one, each kind with its own rotary base
+        extra = dict(sliding_window=16, layer_types=[
+            "full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
+            for i in range(spec["num_layers"])])
+    return config_class(intermediate_size=spec["intermediate_size"],
+                        head_dim=spec["hidden_size"] // spec["num_heads"],
+                        num_key_value_heads=spec["num_heads"], **common, **extra)
 
 
 def tiny_random(spec: dict, seed: int):
