@@ -7,7 +7,7 @@ rule compress:
         grids=paths.quant_grids("{model}", "{compression}"),
         manifest=paths.model_manifest("{model}", "{compression}"),
     wildcard_constraints:
-        compression=r"(?!dense$)[^/]+",
+        compression=r"(?!dense(?:/|$))[^/]+",  # the dense model is downloaded, not compressed
     params:
         spec=lambda w: compression_spec(COMPRESSION[w.compression]),
         calibration=lambda w: calibration_settings(COMPRESSION[w.compression]),

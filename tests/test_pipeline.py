@@ -119,6 +119,22 @@ def test_rerun_executes_nothing_and_logs_nothing(finished):
     assert db.stat().st_mtime_ns == before
 
 
+def test_every_artifact_has_exactly_one_rule(finished):
+    """Asking for any intermediate file by name works (no AmbiguousRuleException) and, on a
+    finished grid, has nothing to do."""
+    workdir, config, _ = finished
+    res = "results/smoke"
+    targets = [f"{res}/models/tiny-llama/dense/manifest.json",
+               f"{res}/models/tiny-llama/dense/checkpoint",
+               f"{res}/models/tiny-llama/gptq-w4-g32-sym/manifest.json",
+               f"{res}/adapters/tiny-llama/gptq-w4-g32-sym/lora-r2/seed0/manifest.json",
+               f"{res}/eval/tiny-llama/gptq-w4-g32-sym/none/results.json",
+               f"{res}/eval/tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed-oracle/seed0/results.json",
+               f"{res}/tasks/kp/manifest.json", f"{res}/data/recovery_text.txt"]
+    out = snakemake(workdir, config, "--dry-run", *targets)
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
 def test_changing_one_setting_reruns_only_what_it_affects(finished):
     workdir, _, _ = finished
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
