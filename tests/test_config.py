@@ -214,3 +214,24 @@ def test_idp_selection_variants_share_one_adapter():
 def test_every_shipped_config_is_valid(path):
     config = load_config(path, base_dir=REPO)
     assert cells(config)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.yaml")) + [REPO / "config.yaml"],
+                         ids=lambda p: p.name)
+def test_trained_entries_train_with_the_settings_their_file_says(path):
+    """An entry's own `training:` changes only the keys it names; the rest are the file's
+    `training:` section (the schema's defaults only where neither says)."""
+    raw = yaml.safe_load(path.read_text())
+    config = load_config(path, base_dir=REPO, check_models=False)
+    for raw_entry, entry in zip(raw["recovery"], config["recovery"]):
+        if "training" in entry:
+            expected = {**raw.get("training", {}), **raw_entry.get("training", {})}
+            assert {k: entry["training"][k] for k in expected} == expected, entry["id"]
+
+
+def test_an_entry_training_override_keeps_the_other_keys():
+    config = load_config(SMOKE, base_dir=REPO, check_models=False)
+    lora = next(r for r in config["recovery"] if r["method"] == "lora")
+    assert lora["training"]["objective"] == "distill"
+    assert (lora["training"]["steps"], lora["training"]["batch_size"], lora["training"]["seq_len"]) \
+        == (SMOKE["training"]["steps"], SMOKE["training"]["batch_size"], SMOKE["training"]["seq_len"])
