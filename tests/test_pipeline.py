@@ -182,3 +182,41 @@ def test_malformed_config_fails_before_any_job(tmp_path, break_it, key):
     assert out.returncode != 0
     assert f"config key '{key}'" in out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_every_method_runs_on_two_architectures(tmp_path):
+    """Every stage, every recovery method, on a tiny Llama and a tiny Gemma-3 (sliding-window and
+    full-attention layers alternating): compress with calibration, pack, train, evaluate."""
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    llama = config["models"][0]
+    config["models"] = [llama, {**llama, "name": "tiny-gemma3", "architecture": "gemma3",
+                                "num_layers": 4}]
+    config["compression"] = [{"method": "dense"}, {**config["compression"][1], "export_packed": True}]
+    config["recovery"] = [
+        {"method": "none"},
+        {"method": "prompt_tuning", "num_virtual_tokens": 4},
+        {"method": "prefix_tuning", "num_virtual_tokens": 4},
+        {"method": "lora", "r": 2},
+        {"method": "dora", "r": 2},
+        {"method": "ia3"},
+        {"method": "idp", "pool_size": 2, "num_virtual_tokens": 4, "score_layers": [0, 1]},
+    ]
+    config["training"].update(steps=2, eval_every=1)
+    config["tasks"][0].update(relations=["element_symbol"], per_relation=4)
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake(tmp_path, path)
+    counts = job_counts(out.stdout + out.stderr)
+    assert counts["compress"] == 2 and counts["pack"] == 2 and counts["train"] == 2 * 6
+    assert counts["evaluate"] == 2 * (2 + 6)
+    res = tmp_path / "results" / "smoke"
+    df = pd.read_csv(res / "summary" / "results.csv")
+    acc = df[df.metric == "acc"]
+    assert acc.value.between(0, 1).all() and len(acc) == 2 * (2 + 6)
+    assert set(acc.model) == {"tiny-llama", "tiny-gemma3"}
+    for model in ("tiny-llama", "tiny-gemma3"):
+        packed = json.loads((res / "models" / model / "gptq-w4-g32-sym" /
+                             "packed_manifest.json").read_text())
+        assert packed["max_relative_weight_difference"] == 0.0
+        manifest = json.loads((res / "models" / model / "dense" / "manifest.json").read_text())
+        assert manifest["architecture"].startswith(model.split("-")[1])  # gemma3_text
