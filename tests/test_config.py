@@ -61,6 +61,8 @@ def _broken(path, value):
     (("models", 0, "source"), "ftp", "models[0].source", "is not one of"),
     (("tasks", 0, "relations"), ["country_flag"], "tasks[0].relations[0]", "country_flag"),
     (("unknown_key",), 1, "<top level>", "unknown_key"),
+    (("results_dir",), "", "results_dir", "should be non-empty"),
+    (("compression", 1, "group_size"), 0, "compression[1].group_size", "less than the minimum of 1"),
 ])
 def test_schema_errors_name_the_key(path, value, key, words):
     with pytest.raises(ConfigError) as err:

@@ -113,7 +113,8 @@ def test_killed_training_resumes_where_it_stopped(tiny, text, tmp_path):
                               log=lambda *_: None, resume_path=tmp_path / "state")
 
     _, unbroken = run(None)
-    assert not (tmp_path / "state" / "training_state.pt").exists()  # removed on success
+    training.clear_checkpoint(tmp_path / "state")  # the train step does this once outputs are saved
+    assert not (tmp_path / "state").exists()
     base, tok = tiny()
     model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
 
@@ -156,3 +157,26 @@ def test_distillation_lowers_kl_to_the_dense_model(tiny, text):
     with torch.no_grad():
         after = training.distill_loss(model, teacher, blocks, 1.0).item()
     assert after < before * 0.9
+
+
+def test_a_finished_run_keeps_its_checkpoint_and_an_unreadable_one_is_set_aside(tiny, text, tmp_path):
+    """The checkpoint outlives training (the step removes it after saving), is read as plain
+    tensors, and a truncated one is moved aside with a warning instead of failing every re-run."""
+    cfg = {**CFG, "steps": 4, "eval_every": 2, "checkpoint_every": 2}
+    entry = {"method": "prompt_tuning", "num_virtual_tokens": 2}
+    base, tok = tiny()
+    _, first = training.train(recovery.attach(base, entry), tok, text, cfg, seed=0,
+                              log=lambda *_: None, resume_path=tmp_path)
+    state = training.checkpoint_file(tmp_path)
+    assert state.is_file()
+    torch.load(state, weights_only=True)  # tensors and plain data only
+    state.write_bytes(state.read_bytes()[:100])  # truncated by a kill during a write elsewhere
+    logs = []
+    base, tok = tiny()
+    _, again = training.train(recovery.attach(base, entry), tok, text, cfg, seed=0,
+                              log=logs.append, resume_path=tmp_path)
+    assert any("unreadable" in line for line in logs)
+    assert state.with_suffix(".unreadable").is_file()
+    assert again["train_loss"] == first["train_loss"]  # started over, same run
+    training.clear_checkpoint(tmp_path)
+    assert not tmp_path.exists()

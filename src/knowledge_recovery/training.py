@@ -81,12 +81,42 @@ def _autocast(model, precision: str):
     return torch.autocast(_device(model).type, dtype=torch.bfloat16)
 
 
+def checkpoint_file(resume_path) -> Path:
+    return Path(resume_path) / "training_state.pt"
+
+
+def clear_checkpoint(resume_path) -> None:
+    """Remove a finished run's training checkpoint (and any set-aside unreadable one)."""
+    folder = Path(resume_path)
+    for path in (checkpoint_file(folder), checkpoint_file(folder).with_suffix(".unreadable")):
+        path.unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _read_checkpoint(path: Path, log) -> dict | None:
+    """The saved training state, or None. Loaded as tensors and plain data only (no code can run
+    from it); a truncated or foreign file is renamed to *.unreadable and training starts over."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: start over, keep it for a look
+        aside = path.with_suffix(".unreadable")
+        os.replace(path, aside)
+        log(f"WARNING: training checkpoint {path} is unreadable ({type(err).__name__}: {err}); "
+            f"moved to {aside}, training starts over")
+        return None
+
+
 def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=None,
           resume_path: str | os.PathLike | None = None, progress: bool = True) -> tuple[dict, dict]:
     """Train the adapter in place. Returns (best trainable state, history).
 
     With `resume_path`, a training checkpoint is written there every `checkpoint_every` steps
-    and picked up by the next call with the same arguments; it is removed on success."""
+    and picked up by the next call with the same arguments. It stays after training: the caller
+    removes it (`clear_checkpoint`) once the adapter and manifest are in place, so that a kill
+    in between does not cost the whole run. An unreadable checkpoint is set aside."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -108,9 +138,9 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=
     if objective == "distill" and teacher is None:
         raise ValueError("objective 'distill' needs the dense model as teacher")
     start = 1
-    resume = Path(resume_path) / "training_state.pt" if resume_path else None
-    if resume and resume.is_file():
-        saved = torch.load(resume, weights_only=False)
+    resume = checkpoint_file(resume_path) if resume_path else None
+    saved = _read_checkpoint(resume, log) if resume else None
+    if saved is not None:
         if saved["cfg"] == cfg and saved["seed"] == seed:
             load_trainable_state(model, saved["trainable"])
             opt.load_state_dict(saved["optimizer"])
@@ -160,8 +190,6 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=
                         "torch_rng": torch.get_rng_state()}, tmp)
             os.replace(tmp, resume)
     bar.close()
-    if resume and resume.is_file():
-        resume.unlink()
     history.update(best_val_loss=best[0], best_step=best[1], initial_val_loss=history["val_loss"][0][1],
                    train_blocks=len(train_blocks), val_blocks=len(val_blocks))
     return best[2], history
