@@ -181,3 +181,34 @@ def test_perplexity_is_exp_of_mean_window_loss(tiny):
     with torch.no_grad():
         losses = [model(input_ids=w[None], labels=w[None]).loss.item() for w in ids]
     assert ppl == pytest.approx(float(torch.tensor(losses).mean().exp()), rel=1e-4)
+
+
+def test_a_killed_evaluation_keeps_its_finished_tasks(tiny, tmp_path, monkeypatch):
+    """Tasks are evaluated one by one; after a kill the finished ones are kept (under the key of
+    what they were computed from) and the result equals an uninterrupted run's."""
+    prepare_task({"name": "kp", "type": "probes", "relations": ["country_capital", "element_symbol"],
+                  "per_relation": 4, "num_choices": 4}, tmp_path / "tasks", seed=0)
+    manager = evaluation.task_manager([tmp_path / "tasks"], need_builtin=False)
+    tasks = [{"name": "kp_country_capital"}, {"name": "kp_element_symbol"}]
+    model, tok = tiny(seed=3)
+    args = (model, tok, tasks, manager, {"batch_size": 4, "bootstrap_iters": 10}, 0,
+            {"method": "none"})
+    whole = evaluation.evaluate_cell(*args)
+    real, calls = evaluation.evaluate_recovered, []
+
+    def counted(*a, **kw):
+        calls.append(a[2][0]["name"])
+        if calls == ["kp_country_capital", "kp_element_symbol"] and kill:
+            raise KeyboardInterrupt  # the job is killed during its second task
+        return real(*a, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate_recovered", counted)
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-1")
+    kill, calls[:] = False, []
+    resumed = evaluation.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-1")
+    assert calls == ["kp_element_symbol"] and resumed == whole
+    calls.clear()  # an input rebuilt since: its fingerprint differs, nothing is kept
+    evaluation.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-2")
+    assert calls == ["kp_country_capital", "kp_element_symbol"]

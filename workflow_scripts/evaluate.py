@@ -1,6 +1,8 @@
-"""Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json."""
+"""Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json, task by
+task; a killed job's finished tasks are kept and not evaluated again."""
 from knowledge_recovery import artifacts, evaluation, models, recovery, tracking
 from knowledge_recovery.grid import task_names
+from knowledge_recovery.paths import Layout
 from knowledge_recovery.step import results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -13,12 +15,16 @@ with step(smk):
     tasks = [{"name": n, "limit": t.get("limit")} for t in smk.params.tasks
              for n in task_names(t)]
     manager = evaluation.task_manager(smk.input.tasks, any(t["type"] == "lm_eval" for t in smk.params.tasks))
+    state = Layout(smk.config).eval_state(cell.model, cell.compression, cell.recovery_unit)
+    key = artifacts.fingerprint(smk.input, {"cell": cell.settings, "evaluation": cfg,
+                                            "tasks": smk.params.tasks, "seed": smk.config["seed"]})
     with artifacts.Timer() as timer:
-        results = evaluation.evaluate_recovered(model, tokenizer, tasks, manager, cfg,
-                                                smk.config["seed"], cell.settings)
+        results = evaluation.evaluate_cell(model, tokenizer, tasks, manager, cfg,
+                                           smk.config["seed"], cell.settings, state, key)
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
                              **timer.as_dict(), results=results)
     artifacts.write_json(smk.output.results, out)
+    artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place
     print(results)
     tracking.log_step(results_root(smk), smk.config["experiment"], "evaluate", cell.id,
                       tags={"cell": cell.id, **cell.axes}, params={"evaluation": cfg, **cell.axes},

@@ -34,6 +34,7 @@ with step(smk):
         base_zero_weights=zeros_before)
     artifacts.write_json(smk.output.manifest, manifest)
     training.clear_checkpoint(smk.params.resume)  # only now: the outputs are in place
+    artifacts.remove_state(smk.params.resume, results_root(smk))
     key = f"{w.model}/{w.compression}/{unit(w.train_id, seed)}"
     tracking.log_step(
         results_root(smk), smk.config["experiment"], "train", key,

@@ -78,6 +78,32 @@ def versions() -> dict:
     return out
 
 
+def fingerprint(paths, settings) -> str:
+    """A hash of some settings and of the files under `paths` (names, sizes, modification
+    times): it changes when an input is rebuilt."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for root in sorted(map(str, paths)):
+        files = [Path(root)] if Path(root).is_file() else sorted(Path(root).rglob("*"))
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def remove_state(path, stop) -> None:
+    """Remove a finished job's resumable state folder, then its parents while they are empty,
+    up to (not including) `stop`."""
+    path, stop = Path(path).resolve(), Path(stop).resolve()
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in path.parents:
+        if parent == stop or stop not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
 def dir_bytes(path: str | os.PathLike) -> int:
     path = Path(path)
     if path.is_file():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -107,6 +108,29 @@ def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, 
                         seed, log_samples=log_samples, padding_aware=record.padding_aware)
 
     return record.evaluate(model, entry, run) if record.evaluate else run(False)
+
+
+def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,
+                  entry: dict, state_dir=None, key: str = "", log=print) -> dict:
+    """`evaluate_recovered`, one task at a time, so that a task's numbers do not depend on which
+    other tasks share the job (lm-eval batches a call's requests together). With `state_dir`,
+    each finished task's results are kept there under `key` (what they were computed from), and
+    a re-run after a kill evaluates only the tasks not yet done."""
+    from .artifacts import read_json, write_json
+
+    results = {}
+    for task in tasks:
+        saved = Path(state_dir, f"{task['name']}.json") if state_dir else None
+        if saved is not None and saved.is_file():
+            kept = read_json(saved)
+            if kept.get("key") == key:
+                log(f"{task['name']}: kept from {saved}")
+                results[task["name"]] = kept["results"]
+                continue
+        results.update(evaluate_recovered(model, tokenizer, [task], manager, cfg, seed, entry))
+        if saved is not None:
+            write_json(saved, {"key": key, "results": results[task["name"]]})
+    return results
 
 
 def perplexity(model, tokenizer, text: str, seq_len: int = 256, max_windows: int | None = None,

@@ -71,6 +71,10 @@ class Layout:
     def eval_results(self, model, compression, unit_) -> str:
         return f"{self.root}/eval/{model}/{compression}/{unit_}/results.json"
 
+    def eval_state(self, model, compression, unit_) -> str:
+        """Finished tasks of an unfinished evaluate job: outside its outputs, kept on a kill."""
+        return f"{self.root}/eval_state/{model}/{compression}/{unit_}"
+
     # summary
     @property
     def summary(self) -> dict[str, str]:
