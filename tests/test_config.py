@@ -237,3 +237,24 @@ def test_an_entry_training_override_keeps_the_other_keys():
     assert lora["training"]["objective"] == "distill"
     assert (lora["training"]["steps"], lora["training"]["batch_size"], lora["training"]["seq_len"]) \
         == (SMOKE["training"]["steps"], SMOKE["training"]["batch_size"], SMOKE["training"]["seq_len"])
+
+
+@pytest.mark.parametrize("template,words", [
+    ("{{ cycler.__init__.__globals__.os.system('touch /tmp/x') }}", "may not"),
+    ("{{ question.__class__ }}", "'__class__'"),
+    ("{{ question['__class__'] }}", "'__class__'"),
+    ("{{ question|attr('__class__') }}", "'attr' is not allowed"),
+    ("{% import 'os' as os %}", "may not"),
+    ("{{ question ", "not a valid template"),
+])
+def test_hostile_task_templates_are_refused(tmp_path, template, words):
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "2+2?", "choices": ["3", "4"], "gold": 1}\n')
+    config = copy.deepcopy(SMOKE)
+    config["tasks"].append({"name": "qa", "type": "local", "path": str(data),
+                            "text": template, "choices": "{{choices}}", "target": "{{gold}}"})
+    with pytest.raises(ConfigError) as err:
+        load_config(config, base_dir=tmp_path, check_models=False)
+    assert err.value.key == "tasks[1].text" and words in str(err.value), str(err.value)
+    config["tasks"][1]["text"] = "Question: {{ question|trim }}\\nAnswer:"
+    load_config(config, base_dir=tmp_path, check_models=False)  # reading fields is fine

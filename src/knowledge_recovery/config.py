@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from . import compression, grid, packing, recovery
+from . import compression, grid, packing, recovery, tasks
 from .errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -93,6 +93,10 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
     _unique([t["name"] for t in config["tasks"]], "tasks", "name")
     for i, t in enumerate(config["tasks"]):
         if t["type"] == "local":
+            for field in ("text", "choices", "target"):
+                problem = tasks.template_problem(t[field])
+                if problem:
+                    raise ConfigError(f"tasks[{i}].{field}", problem)
             path = base / t["path"]
             if not path.is_file():
                 raise ConfigError(f"tasks[{i}].path", f"no such task file: {t['path']}")

@@ -107,6 +107,38 @@ def probe_sources(relation: str) -> dict:
     return {pkg: metadata.version(pkg) for pkg in RELATIONS[relation][0]}
 
 
+# ---------------------------------------------------------------- templates from configs
+# lm-eval renders task templates with an unsandboxed Jinja environment, so a template can run
+# code (`{{ cycler.__init__.__globals__.os.system(...) }}`). A template from a config may only
+# read the document's fields, through these filters, and call nothing.
+SAFE_FILTERS = {"join", "trim", "lower", "upper", "capitalize", "title", "replace", "first", "last",
+                "length", "string", "int", "float", "default", "list", "round", "striptags"}
+
+
+def template_problem(source: str) -> str | None:
+    """Why a Jinja template from a config is refused (a syntax error, a call, an attribute or
+    key starting with '_', an import, a filter outside SAFE_FILTERS), or None."""
+    from jinja2 import Environment, TemplateSyntaxError, nodes
+
+    try:
+        tree = Environment().parse(source)
+    except TemplateSyntaxError as err:
+        return f"not a valid template: {err.message} (line {err.lineno})"
+    for node in tree.find_all(nodes.Node):
+        if isinstance(node, (nodes.Call, nodes.Import, nodes.FromImport, nodes.Include,
+                             nodes.Extends, nodes.Macro, nodes.CallBlock)):
+            return f"templates may not call, import or include ({type(node).__name__.lower()})"
+        if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
+            return f"templates may not read attribute {node.attr!r}"
+        if (isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const)
+                and str(node.arg.value).startswith("_")):
+            return f"templates may not read key {node.arg.value!r}"
+        if isinstance(node, (nodes.Filter, nodes.Test)) and node.name not in SAFE_FILTERS | {
+                "defined", "none", "string", "number"}:
+            return f"filter or test {node.name!r} is not allowed (allowed: {sorted(SAFE_FILTERS)})"
+    return None
+
+
 # ---------------------------------------------------------------- lm-eval task folders
 def _mc_task_yaml(name: str, data_file: Path, text: str, choices: str, target: str, meta: dict):
     return {
