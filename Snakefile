@@ -1,5 +1,6 @@
 # Compression x recovery benchmark: download -> compress -> train -> evaluate -> aggregate.
 # Run with a profile: `snakemake --profile profiles/default [--configfile my.yaml]`.
+from knowledge_recovery import runlock
 from knowledge_recovery.config import prepare, validate_schema
 
 if not config:  # no --configfile given: the embedded default grid
@@ -12,6 +13,25 @@ prepare(config, check_models=workflow.is_main_process)
 
 
 include: "rules/common.smk"
+
+# One run per results folder: a killed run's stale locks are cleared, a live one elsewhere is not
+# disturbed (runlock.py). Only the main process decides; only a run that executes jobs claims.
+if workflow.is_main_process:
+    runlock.clear_if_stale(paths.root)
+
+
+onstart:
+    runlock.claim(paths.root, workflow.basedir)
+
+
+onsuccess:
+    runlock.release(paths.root)
+
+
+onerror:
+    runlock.release(paths.root)
+
+
 include: "rules/download.smk"
 include: "rules/compress.smk"
 include: "rules/train.smk"

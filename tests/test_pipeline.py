@@ -1,8 +1,11 @@
 """End to end: the smoke config through real Snakemake, real lm-eval and a real MLflow store."""
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -220,3 +223,57 @@ def test_every_method_runs_on_two_architectures(tmp_path):
         assert packed["max_relative_weight_difference"] == 0.0
         manifest = json.loads((res / "models" / model / "dense" / "manifest.json").read_text())
         assert manifest["architecture"].startswith(model.split("-")[1])  # gemma3_text
+
+
+def _start(workdir: Path, config: Path) -> subprocess.Popen:
+    return subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared"
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+def test_a_killed_run_resumes_with_the_plain_command(tmp_path, finished):
+    """SIGKILL of the whole run while it trains, then the same command: the stale locks are
+    cleared (no --unlock), and the results equal an uninterrupted run's."""
+    config = smoke_config(tmp_path)
+    res = tmp_path / "results" / "smoke"
+    run = _start(tmp_path, config)
+    _wait_for(res / "logs" / "train", run)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert (res / ".run.lock").exists() and list((tmp_path / ".snakemake" / "locks").iterdir())
+    out = snakemake(tmp_path, config)
+    assert "ended without cleaning up" in out.stdout + out.stderr
+    assert not (res / ".run.lock").exists()
+    reference = finished[0] / "results" / "smoke" / "summary" / "results.csv"
+    assert (res / "summary" / "results.csv").read_bytes() == reference.read_bytes()
+
+
+def test_a_results_folder_in_use_is_refused_to_a_second_checkout(tmp_path):
+    """Two working directories (two checkouts) writing one results folder: the second run stops
+    before its first job; a dry run is still allowed."""
+    shared = tmp_path / "shared"
+    first = _start(tmp_path / "a", smoke_config(_mkdir(tmp_path / "a"), results_dir=str(shared)))
+    try:
+        _wait_for(shared / "smoke" / ".run.lock", first)
+        second = _mkdir(tmp_path / "b")
+        config = smoke_config(second, results_dir=str(shared))
+        assert snakemake(second, config, "--dry-run", check=False).returncode == 0
+        out = snakemake(second, config, check=False)
+        assert out.returncode != 0 and "is in use by another run" in out.stdout + out.stderr
+        assert first.poll() is None  # the first run goes on
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

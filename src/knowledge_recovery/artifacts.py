@@ -99,9 +99,12 @@ def remove_state(path, stop) -> None:
     path, stop = Path(path).resolve(), Path(stop).resolve()
     shutil.rmtree(path, ignore_errors=True)
     for parent in path.parents:
-        if parent == stop or stop not in parent.parents or any(parent.iterdir()):
+        if parent == stop or stop not in parent.parents:
             break
-        parent.rmdir()
+        try:  # only an empty folder goes; jobs running beside this one may still use the others
+            parent.rmdir()
+        except OSError:  # not empty, or removed by another job meanwhile
+            break
 
 
 def dir_bytes(path: str | os.PathLike) -> int:
