@@ -3,8 +3,8 @@
 from knowledge_recovery import runlock
 from knowledge_recovery.config import prepare, validate_schema
 
-if not config:  # no --configfile given: the embedded default grid
-    configfile: "config.yaml"
+if not config:  # no --configfile given: the embedded default grid, wherever --directory points
+    configfile: f"{workflow.basedir}/config.yaml"
 
 validate_schema(config)  # the package's JSON schema, defaults filled in
 # Every error names its config key, before any job runs. Cluster jobs re-read this file: the

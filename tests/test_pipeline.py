@@ -138,6 +138,13 @@ def test_every_artifact_has_exactly_one_rule(finished):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
+def test_the_default_grid_is_found_from_any_directory(tmp_path):
+    out = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--dry-run"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert job_counts(out.stdout)["download_model"] == 1
+
+
 def test_changing_one_setting_reruns_only_what_it_affects(finished):
     workdir, _, _ = finished
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
