@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from knowledge_recovery import recovery, training
+from knowledge_recovery import artifacts, recovery, training
 from knowledge_recovery.compression import compress, target_linears
 from knowledge_recovery.text import python_reference
 
@@ -113,7 +113,7 @@ def test_killed_training_resumes_where_it_stopped(tiny, text, tmp_path):
                               log=lambda *_: None, resume_path=tmp_path / "state")
 
     _, unbroken = run(None)
-    training.clear_checkpoint(tmp_path / "state")  # the train step does this once outputs are saved
+    artifacts.remove_state(tmp_path / "state", tmp_path)  # the step, once outputs are saved
     assert not (tmp_path / "state").exists()
     base, tok = tiny()
     model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
@@ -178,5 +178,5 @@ def test_a_finished_run_keeps_its_checkpoint_and_an_unreadable_one_is_set_aside(
     assert any("unreadable" in line for line in logs)
     assert state.with_suffix(".unreadable").is_file()
     assert again["train_loss"] == first["train_loss"]  # started over, same run
-    training.clear_checkpoint(tmp_path)
+    artifacts.remove_state(tmp_path, tmp_path.parent)
     assert not tmp_path.exists()

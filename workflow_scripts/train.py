@@ -33,8 +33,7 @@ with step(smk):
         median_step_s=step_s[len(step_s) // 2] if step_s else None,
         base_zero_weights=zeros_before)
     artifacts.write_json(smk.output.manifest, manifest)
-    training.clear_checkpoint(smk.params.resume)  # only now: the outputs are in place
-    artifacts.remove_state(smk.params.resume, results_root(smk))
+    artifacts.remove_state(smk.params.resume, results_root(smk))  # only now: outputs in place
     key = f"{w.model}/{w.compression}/{unit(w.train_id, seed)}"
     tracking.log_step(
         results_root(smk), smk.config["experiment"], "train", key,

@@ -15,7 +15,7 @@ from torch import nn
 
 from .calibration import sequential_compress
 from .errors import ConfigError
-from .registry import compression_method, compression_methods
+from .registry import STATISTICS, compression_method, compression_methods, takers
 
 # Keys any entry may set besides its method's settings.
 COMMON_SETTINGS = frozenset({"method", "name", "export_packed"})
@@ -47,8 +47,6 @@ def quant_stage(entry: dict) -> dict | None:
 
 def statistic(entry: dict) -> str:
     """The richest input statistic any stage needs: none, col_norms or hessian."""
-    from .registry import STATISTICS
-
     return max((compression_method(s["method"]).statistic for s in stages(entry)),
                key=STATISTICS.index)
 
@@ -67,12 +65,12 @@ def check_settings(entry: dict, key: str) -> None:
     methods = compression_methods()
     record = methods[entry["method"]]
     for name in sorted(set(entry) - record.settings - COMMON_SETTINGS):
-        takers = sorted(m.name for m in methods.values() if name in m.settings)
-        if record.family == "pruning" and any(methods[t].family == "quantization" for t in takers):
+        others = takers(methods, name)
+        if record.family == "pruning" and any(methods[t].family == "quantization" for t in others):
             raise ConfigError(f"{key}.{name}",
                               "quantization settings of a pruning method belong under 'quantize'")
         raise ConfigError(f"{key}.{name}", f"not a setting of method {entry['method']!r}"
-                          + (f" (it is one of {', '.join(takers)})" if takers else ""))
+                          + (f" (it is one of {', '.join(others)})" if others else ""))
     if entry.get("quantize"):
         check_settings(entry["quantize"], f"{key}.quantize")
 

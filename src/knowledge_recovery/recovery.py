@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
-from .registry import recovery_method, recovery_methods
+from .registry import recovery_method, recovery_methods, takers
 
 # Keys any entry may set besides its method's settings; trained methods also take these.
 COMMON_SETTINGS = frozenset({"method", "name"})
@@ -37,9 +37,9 @@ def check_settings(entry: dict, key: str) -> None:
     record = methods[entry["method"]]
     allowed = record.settings | COMMON_SETTINGS | (TRAINED_SETTINGS if record.trains else set())
     for name in sorted(set(entry) - allowed):
-        takers = sorted(m.name for m in methods.values() if name in m.settings)
+        others = takers(methods, name)
         reason = "it trains nothing" if name in TRAINED_SETTINGS else (
-            f"it is one of {', '.join(takers)}" if takers else "")
+            f"it is one of {', '.join(others)}" if others else "")
         raise ConfigError(f"{key}.{name}", f"not a setting of method {entry['method']!r}"
                           + (f" ({reason})" if reason else ""))
 

@@ -91,6 +91,11 @@ def recovery_methods() -> dict[str, RecoveryMethod]:
     return _RECOVERY
 
 
+def takers(records: dict, setting: str) -> list[str]:
+    """Names of the methods among `records` that take `setting` (for error messages)."""
+    return sorted(r.name for r in records.values() if setting in r.settings)
+
+
 def compression_method(name: str) -> CompressionMethod:
     return compression_methods()[name]
 

@@ -85,15 +85,6 @@ def checkpoint_file(resume_path) -> Path:
     return Path(resume_path) / "training_state.pt"
 
 
-def clear_checkpoint(resume_path) -> None:
-    """Remove a finished run's training checkpoint (and any set-aside unreadable one)."""
-    folder = Path(resume_path)
-    for path in (checkpoint_file(folder), checkpoint_file(folder).with_suffix(".unreadable")):
-        path.unlink(missing_ok=True)
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-
-
 def _read_checkpoint(path: Path, log) -> dict | None:
     """The saved training state, or None. Loaded as tensors and plain data only (no code can run
     from it); a truncated or foreign file is renamed to *.unreadable and training starts over."""
@@ -115,8 +106,8 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=
 
     With `resume_path`, a training checkpoint is written there every `checkpoint_every` steps
     and picked up by the next call with the same arguments. It stays after training: the caller
-    removes it (`clear_checkpoint`) once the adapter and manifest are in place, so that a kill
-    in between does not cost the whole run. An unreadable checkpoint is set aside."""
+    removes the folder (`artifacts.remove_state`) once the adapter and manifest are in place, so
+    that a kill in between does not cost the whole run. An unreadable checkpoint is set aside."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
