@@ -6,7 +6,7 @@ CONFIG ?= config.yaml
 # Extra Snakemake arguments, e.g. SMK_ARGS="--forceall" or "--dry-run".
 SMK_ARGS ?=
 
-.PHONY: run test lint venv
+.PHONY: run test lint venv verify
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --configfile $(CONFIG) $(SMK_ARGS)
 	@$(BIN)/python -m knowledge_recovery.show --configfile $(CONFIG)
+
+# Check every artifact of a results folder against its manifest (file hashes); what is damaged
+# is listed, and the next `make run` sets it aside and rebuilds it.
+verify: venv
+	$(BIN)/python -m knowledge_recovery.verify --configfile $(CONFIG)
 
 test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)

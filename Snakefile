@@ -1,6 +1,6 @@
 # Compression x recovery benchmark: download -> compress -> train -> evaluate -> aggregate.
 # Run with a profile: `snakemake --profile profiles/default [--configfile my.yaml]`.
-from knowledge_recovery import runlock
+from knowledge_recovery import integrity, runlock
 from knowledge_recovery.config import prepare, validate_schema
 
 if not config:  # no --configfile given: the embedded default grid, wherever --directory points
@@ -16,8 +16,12 @@ include: "rules/common.smk"
 
 # One run per results folder: a killed run's stale locks are cleared, a live one elsewhere is not
 # disturbed (runlock.py). Only the main process decides; only a run that executes jobs claims.
+# Then damaged artifacts (missing, truncated, altered; integrity.py) and what was built from them
+# are set aside, so that this run rebuilds them.
 if workflow.is_main_process:
     runlock.clear_if_stale(paths.root)
+    if not runlock.in_use(paths.root):
+        integrity.set_aside_damaged(config, paths.root)
 
 
 onstart:
@@ -42,5 +46,5 @@ include: "rules/aggregate.smk"
 rule all:
     input:
         **paths.summary,
-        packed=packed_outputs(),
+        packed=JOBS.packed_outputs(),
     default_target: True

@@ -1,12 +1,12 @@
 rule aggregate:
     input:
-        results=[eval_results(c) for c in CELLS],
-        train_manifests=list(train_manifests().values()),
+        results=[JOBS.eval_results(c) for c in CELLS],
+        train_manifests=list(JOBS.train_manifests().values()),
     output:
         **paths.summary,
     params:
         cells=CELLS,
-        train_manifests=train_manifests(),
+        train_manifests=JOBS.train_manifests(),
     log:
         paths.log("aggregate", "aggregate"),
     benchmark:

@@ -1,13 +1,15 @@
 from knowledge_recovery.compression import needs_calibration
-from knowledge_recovery.grid import by_id, cells, compression_spec, trained
-from knowledge_recovery.paths import Layout, unit
+from knowledge_recovery.grid import compression_spec
+from knowledge_recovery.jobs import Jobs
+from knowledge_recovery.paths import unit
 
-paths = Layout(config)
-MODELS = by_id(config["models"], key="name")
-COMPRESSION = by_id(config["compression"])
-TRAINED = trained(config)  # by train id: IDP selection variants of one entry share an adapter
-TASKS = by_id(config["tasks"], key="name")
-CELLS = cells(config)
+JOBS = Jobs(config)  # what each job reads (the same graph `integrity` checks)
+paths = JOBS.paths
+MODELS = JOBS.models
+COMPRESSION = JOBS.compression
+TRAINED = JOBS.trained  # by train id: IDP selection variants of one entry share an adapter
+TASKS = JOBS.tasks
+CELLS = JOBS.cells
 CELL_BY_ID = {c.id: c for c in CELLS}
 TRAIN_UNIT = unit("{train_id}", "{seed}")  # the train rule's pattern of a unit
 
@@ -22,11 +24,7 @@ wildcard_constraints:
 
 
 def compress_inputs(wildcards):
-    """Methods that need input statistics also read the calibration text; the others do not."""
-    inputs = {"checkpoint": paths.checkpoint(wildcards.model)}
-    if needs_calibration(COMPRESSION[wildcards.compression]):
-        inputs["text"] = paths.recovery_text
-    return inputs
+    return JOBS.compress_inputs(wildcards.model, wildcards.compression)
 
 
 def calibration_settings(entry):
@@ -40,13 +38,7 @@ def train_unit(wildcards):
 
 
 def train_inputs(wildcards):
-    inputs = {
-        "checkpoint": paths.checkpoint(wildcards.model, wildcards.compression),
-        "text": paths.recovery_text,
-    }
-    if TRAINED[wildcards.train_id]["training"]["objective"] == "distill":
-        inputs["teacher"] = paths.checkpoint(wildcards.model)
-    return inputs
+    return JOBS.train_inputs(wildcards.model, wildcards.compression, wildcards.train_id)
 
 
 def cell_of(wildcards):
@@ -54,29 +46,4 @@ def cell_of(wildcards):
 
 
 def eval_inputs(wildcards):
-    cell = cell_of(wildcards)
-    inputs = {
-        "checkpoint": paths.checkpoint(cell.model, cell.compression),
-        "tasks": [paths.task_dir(t) for t in TASKS],
-        "task_manifests": [paths.task_manifest(t) for t in TASKS],
-    }
-    if cell.train_unit:
-        inputs["adapter"] = paths.adapter(cell.model, cell.compression, cell.train_unit)
-        inputs["train_manifest"] = paths.train_manifest(cell.model, cell.compression,
-                                                         cell.train_unit)
-    return inputs
-
-
-def eval_results(cell):
-    return paths.eval_results(cell.model, cell.compression, cell.recovery_unit)
-
-
-def train_manifests():
-    return {c.id: paths.train_manifest(c.model, c.compression, c.train_unit)
-            for c in CELLS if c.train_unit}
-
-
-def packed_outputs():
-    """Packed low-bit exports of the entries that ask for one, for every model."""
-    return [paths.packed(m, c) for m in MODELS
-            for c, entry in COMPRESSION.items() if entry.get("export_packed")]
+    return JOBS.eval_inputs(cell_of(wildcards))

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,91 @@ def test_every_artifact_has_exactly_one_rule(finished):
                f"{res}/tasks/kp/manifest.json", f"{res}/data/recovery_text.txt"]
     out = snakemake(workdir, config, "--dry-run", *targets)
     assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_the_job_graph_names_every_output_the_rules_write(tmp_path):
+    """integrity walks `jobs.Jobs.graph()`: its outputs are exactly Snakemake's, on a grid with a
+    packed export, distillation and two models."""
+    from knowledge_recovery.config import load_config
+    from knowledge_recovery.jobs import Jobs
+
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["compression"][1]["export_packed"] = True
+    config["models"].append({**config["models"][0], "name": "tiny-two"})
+    path = tmp_path / "wide.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake(tmp_path, path, "--summary").stdout
+    theirs = {line.split("\t")[0] for line in out.splitlines()[1:] if "\t" in line}
+    ours = {o for job in Jobs(load_config(config, check_models=False)).graph() for o in job.outputs}
+    assert ours == theirs
+
+
+def _copy_run(finished, to: Path) -> Path:
+    shutil.copytree(finished[0], to, symlinks=True)
+    return to
+
+
+def _run_jobs(workdir: Path, config: Path) -> dict:
+    out = snakemake(workdir, config)
+    return job_counts(out.stdout + out.stderr)
+
+
+def test_damaged_artifacts_are_found_and_exactly_their_cells_rebuilt(tmp_path, finished):
+    """An edited and a deleted results.json, a deleted train manifest, a truncated adapter: the
+    plain command sets them aside with what was built from them, rebuilds exactly that, and the
+    results equal the originals."""
+    workdir = _copy_run(finished, tmp_path / "run")
+    config = smoke_config(workdir)
+    res = workdir / "results" / "smoke"
+    original = (res / "summary" / "results.csv").read_bytes()
+    evaluated = res / "eval" / "tiny-llama"
+    edited = evaluated / "dense" / "none" / "results.json"
+    data = json.loads(edited.read_text())
+    data["results"]["kp_country_capital"]["acc"] = 0.99
+    edited.write_text(json.dumps(data))
+    (evaluated / "gptq-w4-g32-sym" / "none" / "results.json").unlink()
+    adapters = res / "adapters" / "tiny-llama" / "gptq-w4-g32-sym"
+    (adapters / "lora-r2" / "seed0" / "manifest.json").unlink()
+    weights = next((adapters / "idp-m2-n4-routed" / "seed0" / "adapter").glob("*.safetensors"))
+    reference = weights.read_bytes()
+    weights.write_bytes(reference[: len(reference) // 2])
+
+    verify = subprocess.run([sys.executable, "-m", "knowledge_recovery.verify", "--configfile",
+                             str(config)], cwd=workdir, capture_output=True, text=True)
+    assert verify.returncode == 1
+    for words in ("results.json: edited", "manifest.json: missing", "truncated"):
+        assert words in verify.stdout
+    assert _run_jobs(workdir, config) == {"train": 2, "evaluate": 5, "aggregate": 1}
+    assert (res / "summary" / "results.csv").read_bytes() == original
+    assert weights.read_bytes() == reference
+    kept = next((res / "set_aside").iterdir())
+    assert (kept / edited.relative_to(res)).is_file()  # set aside, not deleted
+    assert "Nothing to be done" in snakemake(workdir, config).stderr
+
+
+def test_an_altered_checkpoint_is_refused_then_rebuilt(tmp_path, finished):
+    """A compressed checkpoint altered in place (same size): the step that reads it refuses with
+    the job to rebuild; `verify` finds it too; the plain command then rebuilds that
+    compression's cells, byte-identical."""
+    workdir = _copy_run(finished, tmp_path / "run")
+    config = smoke_config(workdir)
+    res = workdir / "results" / "smoke"
+    weights = res / "models" / "tiny-llama" / "gptq-w4-g32-sym" / "checkpoint" / "model.safetensors"
+    reference = weights.read_bytes()
+    weights.write_bytes(reference[:-1] + bytes([reference[-1] ^ 1]))
+    # the fast check before a run sees sizes only; the evaluate step hashes what it reads
+    cell = "results/smoke/eval/tiny-llama/gptq-w4-g32-sym/none/results.json"
+    out = snakemake(workdir, config, "--forcerun", cell, check=False)
+    assert out.returncode != 0
+    log = (res / "logs" / "evaluate" / "tiny-llama" / "gptq-w4-g32-sym" / "none.log").read_text()
+    assert "job 'compress tiny-llama/gptq-w4-g32-sym'" in log and "model.safetensors: altered" in log
+    verify = subprocess.run([sys.executable, "-m", "knowledge_recovery.verify", "--configfile",
+                             str(config)], cwd=workdir, capture_output=True, text=True)
+    assert verify.returncode == 1 and "model.safetensors: altered" in verify.stdout
+    assert _run_jobs(workdir, config) == {"compress": 1, "train": 2, "evaluate": 4, "aggregate": 1}
+    assert weights.read_bytes() == reference
+    summary = (res / "summary" / "results.csv").read_bytes()
+    assert summary == (finished[0] / "results" / "smoke" / "summary" / "results.csv").read_bytes()
 
 
 def test_the_default_grid_is_found_from_any_directory(tmp_path):

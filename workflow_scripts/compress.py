@@ -31,7 +31,8 @@ with step(smk):
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     manifest = artifacts.manifest("compress", spec, **timer.as_dict(), **stats, calibration=calib,
                                   checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint))
-    artifacts.write_json(smk.output.manifest, manifest)
+    artifacts.write_manifest(smk.output.manifest, manifest,
+                             [smk.output.checkpoint, smk.output.masks, smk.output.grids])
     summary = {k: manifest[k] for k in ("sparsity", "effective_bits_per_weight", "packed_bytes",
                                         "compressed_params", "wall_s", "cpu_s")}
     print(summary)

@@ -13,7 +13,7 @@ with step(smk, offline=False):
         "download_model", spec, **timer.as_dict(),
         params=models.param_count(model), architecture=model.config.model_type,
         checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint), source=provenance)
-    artifacts.write_json(smk.output.manifest, manifest)
+    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.checkpoint])
     tracking.log_step(results_root(smk), smk.config["experiment"], "download_model",
                       spec["name"], tags={"model": spec["name"]}, params=spec,
                       metrics={k: manifest[k] for k in ("params", "checkpoint_bytes", "wall_s", "cpu_s")},

@@ -9,6 +9,6 @@ with step(smk, offline=False):
         body = text.load_text(spec)
         artifacts.write_text(smk.output.text, body)
     manifest = artifacts.manifest("download_text", spec, **timer.as_dict(), chars=len(body))
-    artifacts.write_json(smk.output.manifest, manifest)
+    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.text])
     tracking.log_step(results_root(smk), smk.config["experiment"], "download_text", "recovery_text",
                       params=spec, metrics={"chars": len(body)}, artifacts=[smk.output.manifest])

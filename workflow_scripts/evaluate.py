@@ -23,7 +23,7 @@ with step(smk):
                                            smk.config["seed"], cell.settings, state, key)
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
                              **timer.as_dict(), results=results)
-    artifacts.write_json(smk.output.results, out)
+    artifacts.write_manifest(smk.output.results, out)  # its own manifest: content hashed
     artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place
     print(results)
     tracking.log_step(results_root(smk), smk.config["experiment"], "evaluate", cell.id,

@@ -19,7 +19,7 @@ with step(smk):
         packed_dir_bytes=artifacts.dir_bytes(smk.output.packed),
         checkpoint_bytes=artifacts.dir_bytes(smk.input.checkpoint),
         max_relative_weight_difference=worst)
-    artifacts.write_json(smk.output.manifest, manifest)
+    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.packed])
     summary = {k: manifest[k] for k in ("packed_dir_bytes", "checkpoint_bytes", "wall_s")}
     print(summary)
     tracking.log_step(results_root(smk), smk.config["experiment"], "pack", f"{model_name}/{comp}",

@@ -12,7 +12,7 @@ with step(smk, offline=spec["type"] != "lm_eval"):
             info = tasks.prepare_task(spec, Path(tmp), smk.params.seed,
                                       final_dir=Path(smk.output.tasks))
     manifest = artifacts.manifest("prepare_task", spec, **timer.as_dict(), tasks=info)
-    artifacts.write_json(smk.output.manifest, manifest)
+    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.tasks])
     tracking.log_step(results_root(smk), smk.config["experiment"], "prepare_task", spec["name"],
                       tags={"task": spec["name"]}, params=spec,
                       metrics={f"{k}.documents": v.get("documents", 0) for k, v in info.items()},

@@ -32,7 +32,7 @@ with step(smk):
         adapter_bytes=artifacts.dir_bytes(smk.output.adapter),
         median_step_s=step_s[len(step_s) // 2] if step_s else None,
         base_zero_weights=zeros_before)
-    artifacts.write_json(smk.output.manifest, manifest)
+    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.adapter])
     artifacts.remove_state(smk.params.resume, results_root(smk))  # only now: outputs in place
     key = f"{w.model}/{w.compression}/{unit(w.train_id, seed)}"
     tracking.log_step(

@@ -1,11 +1,13 @@
 """Atomic outputs and step manifests.
 
 Every step writes into a temporary sibling and renames it into place, so a killed job never
-leaves a half-written output that looks finished.
+leaves a half-written output that looks finished. A step's manifest records the size and SHA-256
+of every file the job wrote, and a hash of its own content (`integrity` checks both).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -63,6 +65,43 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+FILES_KEY = "files"              # manifest key: {path relative to the manifest: {bytes, sha256}}
+CONTENT_KEY = "content_sha256"   # manifest key: the hash of everything else in the manifest
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_under(path: str | os.PathLike) -> list[Path]:
+    path = Path(path)
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def describe_files(outputs, base: str | os.PathLike) -> dict:
+    """{path relative to `base`: {bytes, sha256}} for every file of `outputs` (files or folders)."""
+    return {str(f.relative_to(base)): {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+            for out in outputs for f in files_under(out)}
+
+
+def content_hash(data: dict) -> str:
+    """The hash of a manifest's content without its own hash, as JSON reads it back."""
+    canonical = json.loads(json.dumps({k: v for k, v in data.items() if k != CONTENT_KEY},
+                                      default=str))
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(path: str | os.PathLike, data: dict, outputs=()) -> None:
+    """Write a step's manifest with the sizes and hashes of its `outputs` (which lie beside it)
+    and the hash of its own content."""
+    data = {**data, FILES_KEY: describe_files(outputs, Path(path).parent)}
+    write_json(path, {**data, CONTENT_KEY: content_hash(data)})
+
+
 def read_json(path: str | os.PathLike):
     with open(path) as fh:
         return json.load(fh)
@@ -81,8 +120,6 @@ def versions() -> dict:
 def fingerprint(paths, settings) -> str:
     """A hash of some settings and of the files under `paths` (names, sizes, modification
     times): it changes when an input is rebuilt."""
-    import hashlib
-
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for root in sorted(map(str, paths)):
         files = [Path(root)] if Path(root).is_file() else sorted(Path(root).rglob("*"))

@@ -45,6 +45,12 @@ def alive(who: dict) -> bool:
     return who.get("start") is not None and _start_time(int(who.get("pid", -1))) == who["start"]
 
 
+def in_use(root) -> bool:
+    """Whether a live run holds the results folder."""
+    who = owner(Path(root).resolve())
+    return who is not None and alive(who)
+
+
 def clear_if_stale(root, snakemake_dir=".snakemake", log=print) -> None:
     """Before Snakemake locks: if the last run on this results folder was killed (its lock's
     owner is gone), remove its lock and Snakemake's locks on files under the folder."""

@@ -1,4 +1,5 @@
-"""What every workflow step shares: its log file, thread count, offline mode and results root."""
+"""What every workflow step shares: its log file, thread count, offline mode, results root, and
+the check of its inputs against their manifests."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from . import integrity
 from .paths import Layout
 
 
@@ -27,6 +29,8 @@ def step(smk, offline: bool = True):
     if log:
         sys.stdout = sys.stderr = log
     try:
+        # what this job reads must be what the jobs before it wrote (file hashes)
+        integrity.check_inputs(smk.config, list(smk.input), results_root(smk))
         yield
     except BaseException:
         traceback.print_exc()  # into the rule's log, beside the step's own output

@@ -1,0 +1,110 @@
+"""The jobs of a grid and the files each reads and writes.
+
+The rules take their inputs from here (`rules/common.smk`), and `integrity` walks the same graph
+to find what was built from a damaged artifact. Outputs are the rules' own, named through
+`paths.Layout`; a test checks them against Snakemake's list of the workflow's outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .compression import needs_calibration
+from .grid import Cell, by_id, cells, trained
+from .paths import Layout
+from .registry import compression_method
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str                  # "<rule> <key>", as in the logs folder
+    outputs: tuple[str, ...]   # everything the rule writes
+    manifest: str | None       # the output that records the others' sizes and hashes
+    inputs: tuple[str, ...]    # outputs of other jobs that this one reads
+
+
+class Jobs:
+    """What each job of a normalised config reads."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.paths = Layout(config)
+        self.models = by_id(config["models"], key="name")
+        self.compression = by_id(config["compression"])
+        self.trained = trained(config)
+        self.tasks = by_id(config["tasks"], key="name")
+        self.cells = cells(config)
+
+    def compress_inputs(self, model: str, compression: str) -> dict:
+        """Methods that need input statistics also read the calibration text; the others not."""
+        inputs = {"checkpoint": self.paths.checkpoint(model)}
+        if needs_calibration(self.compression[compression]):
+            inputs["text"] = self.paths.recovery_text
+        return inputs
+
+    def train_inputs(self, model: str, compression: str, train_id: str) -> dict:
+        inputs = {"checkpoint": self.paths.checkpoint(model, compression),
+                  "text": self.paths.recovery_text}
+        if self.trained[train_id]["training"]["objective"] == "distill":
+            inputs["teacher"] = self.paths.checkpoint(model)
+        return inputs
+
+    def eval_inputs(self, cell: Cell) -> dict:
+        inputs = {"checkpoint": self.paths.checkpoint(cell.model, cell.compression),
+                  "tasks": [self.paths.task_dir(t) for t in self.tasks],
+                  "task_manifests": [self.paths.task_manifest(t) for t in self.tasks]}
+        if cell.train_unit:
+            inputs["adapter"] = self.paths.adapter(cell.model, cell.compression, cell.train_unit)
+            inputs["train_manifest"] = self.train_manifest(cell)
+        return inputs
+
+    def eval_results(self, cell: Cell) -> str:
+        return self.paths.eval_results(cell.model, cell.compression, cell.recovery_unit)
+
+    def train_manifest(self, cell: Cell) -> str:
+        return self.paths.train_manifest(cell.model, cell.compression, cell.train_unit)
+
+    def train_manifests(self) -> dict[str, str]:
+        """By cell id, for the cells that evaluate a trained adapter."""
+        return {c.id: self.train_manifest(c) for c in self.cells if c.train_unit}
+
+    def packed_outputs(self) -> list[str]:
+        """Packed low-bit exports of the entries that ask for one, for every model."""
+        return [self.paths.packed(m, c) for m in self.models
+                for c, entry in self.compression.items() if entry.get("export_packed")]
+
+    def graph(self) -> list[Job]:
+        """Every job of the grid, upstream before downstream."""
+        p = self.paths
+        out = [Job("download_text recovery_text", (p.recovery_text, p.recovery_text_manifest),
+                   p.recovery_text_manifest, ())]
+        out += [Job(f"prepare_task {t}", (p.task_dir(t), p.task_manifest(t)), p.task_manifest(t), ())
+                for t in self.tasks]
+        for m in self.models:
+            for c, entry in self.compression.items():
+                manifest = p.model_manifest(m, c)
+                if compression_method(entry["method"]).family == "none":
+                    out.append(Job(f"download_model {m}", (p.checkpoint(m), manifest), manifest, ()))
+                    continue
+                out.append(Job(f"compress {m}/{c}", (p.checkpoint(m, c), p.masks(m, c),
+                                                     p.quant_grids(m, c), manifest), manifest,
+                               tuple(_flat(self.compress_inputs(m, c)))))
+                if entry.get("export_packed"):
+                    out.append(Job(f"pack {m}/{c}", (p.packed(m, c), p.packed_manifest(m, c)),
+                                   p.packed_manifest(m, c), (p.checkpoint(m, c), p.quant_grids(m, c))))
+        units = {(c.model, c.compression, c.train_unit): c for c in self.cells if c.train_unit}
+        for (m, c, unit_), cell in units.items():
+            manifest = p.train_manifest(m, c, unit_)
+            out.append(Job(f"train {m}/{c}/{unit_}", (p.adapter(m, c, unit_), manifest), manifest,
+                           tuple(_flat(self.train_inputs(m, c, cell.settings["train_id"])))))
+        for cell in self.cells:
+            results = self.eval_results(cell)
+            out.append(Job(f"evaluate {cell.id}", (results,), results,
+                           tuple(_flat(self.eval_inputs(cell)))))
+        out.append(Job("aggregate aggregate", tuple(p.summary.values()), None,
+                       tuple(self.eval_results(c) for c in self.cells)
+                       + tuple(self.train_manifests().values())))
+        return out
+
+
+def _flat(inputs: dict) -> list[str]:
+    return [p for v in inputs.values() for p in (v if isinstance(v, list) else [v])]
