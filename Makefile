@@ -19,7 +19,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# The YAML check first: Snakemake's own message for a syntax error gives no line or column.
 run: venv
+	$(BIN)/python -m knowledge_recovery.config $(CONFIG)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --configfile $(CONFIG) $(SMK_ARGS)
 	@$(BIN)/python -m knowledge_recovery.show --configfile $(CONFIG)
 

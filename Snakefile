@@ -1,11 +1,13 @@
 # Compression x recovery benchmark: download -> compress -> train -> evaluate -> aggregate.
 # Run with a profile: `snakemake --profile profiles/default [--configfile my.yaml]`.
 from knowledge_recovery import integrity, runlock
-from knowledge_recovery.config import prepare, validate_schema
+from knowledge_recovery.config import prepare, read_yaml, validate_schema
 
 if not config:  # no --configfile given: the embedded default grid, wherever --directory points
     configfile: f"{workflow.basedir}/config.yaml"
 
+for path in workflow.configfiles:  # a key given twice: Snakemake's YAML reader keeps the last
+    read_yaml(path)
 validate_schema(config)  # the package's JSON schema, defaults filled in
 # Every error names its config key, before any job runs. Cluster jobs re-read this file: the
 # main process has checked the models already, so they skip that (it imports torch and peft).

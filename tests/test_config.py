@@ -1,11 +1,13 @@
 import copy
+import re
 
+import bad_configs
 import pytest
 import yaml
 
 from conftest import REPO
-from knowledge_recovery.config import load_config
-from knowledge_recovery.errors import ConfigError
+from knowledge_recovery.config import load_config, read_yaml
+from knowledge_recovery.errors import ConfigError, ConfigFileError
 from knowledge_recovery.grid import cells
 
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
@@ -258,3 +260,26 @@ def test_hostile_task_templates_are_refused(tmp_path, template, words):
     assert err.value.key == "tasks[1].text" and words in str(err.value), str(err.value)
     config["tasks"][1]["text"] = "Question: {{ question|trim }}\\nAnswer:"
     load_config(config, base_dir=tmp_path, check_models=False)  # reading fields is fine
+
+
+@pytest.mark.parametrize("case", [c for c in bad_configs.CASES if not isinstance(c[1], str)],
+                         ids=lambda c: c[0])
+def test_every_malformed_config_of_the_corpus_names_its_key(case, tmp_path):
+    """In-process; tests/test_pipeline.py runs the same corpus through real Snakemake."""
+    _, _, key, words = case
+    path = bad_configs.write_case(case, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, base_dir=tmp_path)
+    assert err.value.key == key and words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("experiment: x\nmodels:\n  - name: a\n   source: b\n", "line 4, column 4"),
+    ("experiment: x\nseed: 0\nexperiment: y\n", "line 3, column 1: duplicate key 'experiment'"),
+    ("- experiment: x\n", "must be a mapping"),
+])
+def test_a_config_file_that_is_not_a_config_names_line_and_column(text, words, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigFileError, match=re.escape(words)):
+        read_yaml(path)

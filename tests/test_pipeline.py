@@ -257,27 +257,40 @@ def test_a_packed_export_adds_only_the_pack_job(finished):
     assert config_json["quantization_config"]["format"] == "pack-quantized"
 
 
-@pytest.mark.parametrize("break_it,key", [
-    (lambda c: c["compression"][1].update(method="wanda2"), "compression[1].method"),
-    (lambda c: c["compression"].append({"method": "magnitude", "sparsity": 1.5}),
-     "compression[2].sparsity"),
-    (lambda c: c["tasks"].append({"name": "arc", "type": "local", "path": "missing.jsonl",
-                                  "text": "{{q}}", "choices": "{{c}}", "target": "{{g}}"}),
-     "tasks[1].path"),
-    (lambda c: c["recovery"][1].update(pool_size=0), "recovery[1].pool_size"),
-    (lambda c: c["recovery"][3].update(target_modules=["query_key_value"]),
-     "recovery[3].target_modules"),
-    (lambda c: c["recovery"][3].update(max_params=100), "recovery[3].max_params"),
-])
-def test_malformed_config_fails_before_any_job(tmp_path, break_it, key):
-    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-    break_it(config)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = snakemake(tmp_path, path, check=False)
-    assert out.returncode != 0
-    assert f"config key '{key}'" in out.stderr
-    assert not (tmp_path / "results").exists()
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def test_every_malformed_config_is_refused_before_any_job(tmp_path, finished):
+    """The corpus of tests/bad_configs.py through real Snakemake, as a dry run and for real, each
+    from its own folder on a finished results folder: each stops before its first job with the
+    key (or file) at fault, and the results folder is not touched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import bad_configs
+
+    results = _copy_run(finished, tmp_path / "finished") / "results"
+    before = _tree(results)
+
+    def attempt(args):
+        i, case, dry = args
+        folder = _mkdir(tmp_path / f"case{i}{'-n' if dry else ''}")
+        config = bad_configs.write_case(case, folder, results_dir=str(results))
+        out = snakemake(folder, config, *(["--dry-run"] if dry else []), check=False)
+        return case, folder, out
+
+    runs = [(i, case, dry) for i, case in enumerate(bad_configs.CASES) for dry in (True, False)]
+    assert len(bad_configs.CASES) >= 40
+    with ThreadPoolExecutor(3) as pool:
+        for (name, _, key, words), folder, out in pool.map(attempt, runs):
+            text = out.stdout + out.stderr
+            assert out.returncode != 0, name
+            assert key is None or f"'{key}'" in text, (name, text[-2000:])
+            assert words in text, (name, text[-2000:])
+            assert "Job stats" not in text and not (folder / "results").exists(), name
+            assert not (folder / "pwned").exists()
+    assert _tree(results) == before
 
 
 def test_every_method_runs_on_two_architectures(tmp_path):

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from knowledge_recovery import artifacts, calibration, compression, models, tracking
+from knowledge_recovery import (artifacts, calibration, compression, models, preflight,
+                                tracking)
 from knowledge_recovery.step import results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -16,7 +17,8 @@ with step(smk):
     model, tokenizer = models.load_checkpoint(smk.input.checkpoint, device="cpu")
     # the same check as preflight, for models whose shape was unknown before download
     compression.check_widths(spec, f"compression (id {comp})", compression.linear_widths(model),
-                        model_name)
+                             model_name)
+    preflight.check_context(smk.config, model.config, model_name)
     batch = None
     if calib:
         text = Path(smk.input.text).read_text(encoding="utf-8")

@@ -7,6 +7,8 @@ spec = dict(smk.params.spec)
 with step(smk, offline=False):
     with artifacts.Timer() as timer:
         body = text.load_text(spec)
+        if not body.strip():
+            raise ValueError(f"config key 'text': the recovery text from {spec} is empty")
         artifacts.write_text(smk.output.text, body)
     manifest = artifacts.manifest("download_text", spec, **timer.as_dict(), chars=len(body))
     artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.text])

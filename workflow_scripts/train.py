@@ -1,7 +1,7 @@
 """Train one recovery adapter on a compressed model; keep the best validation checkpoint."""
 from pathlib import Path
 
-from knowledge_recovery import artifacts, models, recovery, tracking, training
+from knowledge_recovery import artifacts, models, preflight, recovery, tracking, training
 from knowledge_recovery.paths import unit
 from knowledge_recovery.step import results_root, step
 
@@ -14,6 +14,7 @@ with step(smk):
     frozen = list(base.parameters())
     zeros_before = recovery.zero_count(frozen)
     # the same checks as preflight, for models whose shape was unknown before download
+    preflight.check_context(smk.config, base.config, w.model)
     model = recovery.attach_checked(base, spec, f"recovery (id {w.train_id})", w.model, seed)
     teacher = models.load_checkpoint(smk.input.teacher)[0].eval() if "teacher" in smk.input.keys() else None
     text = Path(smk.input.text).read_text(encoding="utf-8")

