@@ -1,5 +1,7 @@
 # Compression x recovery benchmark: download -> compress -> train -> evaluate -> aggregate.
 # Run with a profile: `snakemake --profile profiles/default [--configfile my.yaml]`.
+import time
+
 from knowledge_recovery import integrity, runlock
 from knowledge_recovery.config import prepare, read_yaml, validate_schema
 
@@ -20,6 +22,7 @@ include: "rules/common.smk"
 # disturbed (runlock.py). Only the main process decides; only a run that executes jobs claims.
 # Then damaged artifacts (missing, truncated, altered; integrity.py) and what was built from them
 # are set aside, so that this run rebuilds them.
+STARTED = time.time()
 if workflow.is_main_process:
     runlock.clear_if_stale(paths.root)
     if not runlock.in_use(paths.root):
@@ -31,11 +34,11 @@ onstart:
 
 
 onsuccess:
-    runlock.release(paths.root)
+    runlock.release(paths.root, STARTED)
 
 
 onerror:
-    runlock.release(paths.root)
+    runlock.release(paths.root, STARTED)
 
 
 include: "rules/download.smk"

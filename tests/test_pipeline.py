@@ -197,6 +197,14 @@ def test_damaged_artifacts_are_found_and_exactly_their_cells_rebuilt(tmp_path, f
     kept = next((res / "set_aside").iterdir())
     assert (kept / edited.relative_to(res)).is_file()  # set aside, not deleted
     assert "Nothing to be done" in snakemake(workdir, config).stderr
+    # the rebuilt steps replaced their MLflow runs, and the replaced ones are gone for good
+    from mlflow.entities import ViewType
+
+    client = mlflow.MlflowClient(f"sqlite:///{res / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    assert client.search_runs([exp.experiment_id], run_view_type=ViewType.DELETED_ONLY) == []
+    live = client.search_runs([exp.experiment_id], "tags.step = 'evaluate'")
+    assert len(live) == 5
 
 
 def test_an_altered_checkpoint_is_refused_then_rebuilt(tmp_path, finished):
@@ -355,9 +363,12 @@ def test_a_killed_run_resumes_with_the_plain_command(tmp_path, finished):
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     assert (res / ".run.lock").exists() and list((tmp_path / ".snakemake" / "locks").iterdir())
+    left = list((tmp_path / ".snakemake" / "scripts").glob("tmp*.py"))
+    assert left  # the killed train job's script
     out = snakemake(tmp_path, config)
     assert "ended without cleaning up" in out.stdout + out.stderr
     assert not (res / ".run.lock").exists()
+    assert not list((tmp_path / ".snakemake" / "scripts").glob("tmp*.py"))
     reference = finished[0] / "results" / "smoke" / "summary" / "results.csv"
     assert (res / "summary" / "results.csv").read_bytes() == reference.read_bytes()
 

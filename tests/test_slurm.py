@@ -5,7 +5,10 @@ Needs a running SLURM (tests/slurm/start_slurm.sh, which .ci/run calls); skipped
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,31 +26,92 @@ def slurm_up() -> bool:
     return proc.returncode == 0 and any(s in proc.stdout for s in ("idle", "mixed", "alloc"))
 
 
-def test_smoke_grid_runs_through_the_slurm_profile(tmp_path):
+def require_slurm():
     if not slurm_up():
         if os.environ.get("KR_REQUIRE_SLURM"):
             pytest.fail("KR_REQUIRE_SLURM is set but no SLURM answers (tests/slurm/start_slurm.sh)")
         pytest.skip("no running SLURM (see tests/slurm/start_slurm.sh)")
+
+
+def grid(folder: Path) -> Path:
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     config["compression"] = [{"method": "dense"}, {"method": "magnitude", "sparsity": 0.5}]
     config["recovery"] = [{"method": "none"}, {"method": "lora", "r": 2}]
-    path = tmp_path / "slurm.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "slurm.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "slurm"),
-           "--directory", str(tmp_path), "--configfile", str(path),
-           # This node is small and has no accounting: scale requests down, skip the account.
-           "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
-           "--default-resources", "mem_mb=1000", "runtime=30",
-           "--set-resources", "compress:mem_mb=1500", "train:mem_mb=1500", "evaluate:mem_mb=1500",
-           "--jobs", "2", "--latency-wait", "10"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    return path
+
+
+def slurm_command(folder: Path) -> list[str]:
+    return [*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "slurm"),
+            "--directory", str(folder), "--configfile", str(grid(folder)),
+            # This node is small and has no accounting: scale requests down, skip the account.
+            "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
+            "--default-resources", "mem_mb=1000", "runtime=30",
+            "--set-resources", "compress:mem_mb=1500", "train:mem_mb=1500", "evaluate:mem_mb=1500",
+            "--jobs", "2", "--latency-wait", "10"]
+
+
+@pytest.fixture(scope="module")
+def local_results(tmp_path_factory):
+    """The same grid run locally (profiles/default): what every SLURM run must equal."""
+    require_slurm()
+    folder = tmp_path_factory.mktemp("local")
+    proc = subprocess.run([*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "default"),
+                           "--directory", str(folder), "--configfile", str(grid(folder))],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return (folder / "results" / "smoke" / "summary" / "results.csv").read_bytes()
+
+
+def test_smoke_grid_runs_through_the_slurm_profile(tmp_path, local_results):
+    require_slurm()
+    proc = subprocess.run(slurm_command(tmp_path), capture_output=True, text=True, timeout=1200)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     res = tmp_path / "results" / "smoke"
-    assert (res / "summary" / "results.csv").is_file()
     for cell in ("dense/none", "magnitude-s0.5/none", "magnitude-s0.5/lora-r2/seed0"):
         assert (res / "eval" / "tiny-llama" / cell / "results.json").is_file()
     # The compute rules really went through sbatch (1 compress, 1 train, 3 evaluate); the local
     # rules (downloads, aggregate) did not.
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+", output)
     assert len(submitted) == 5, output[-4000:]
+    assert (res / "summary" / "results.csv").read_bytes() == local_results
+
+
+def _our_jobs(folder: Path) -> list[tuple[str, str, str]]:
+    """(job id, comment, state) of the SLURM jobs submitted from `folder`."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%Z|%k|%T"], capture_output=True,
+                         text=True).stdout
+    rows = [line.split("|") for line in out.splitlines()]
+    return [(r[0], r[2], r[3]) for r in rows if len(r) == 4 and r[1] == str(folder)]
+
+
+def test_a_killed_head_resumes_with_the_plain_command(tmp_path, local_results):
+    """SIGKILL of the Snakemake head while its SLURM job trains, then the same command: the
+    orphaned job is cancelled and redone (training resumes from its checkpoint), the stale
+    locks are cleared, and the results equal a local run's."""
+    require_slurm()
+    command = slurm_command(tmp_path)
+    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 900
+    try:
+        while not any(c.startswith("rule_train") and state == "RUNNING"
+                      for _, c, state in _our_jobs(tmp_path)):
+            assert head.poll() is None, "the run ended before its train job ran"
+            assert time.time() < deadline, "no train job started on SLURM"
+            time.sleep(0.5)
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+    orphans = _our_jobs(tmp_path)
+    assert orphans  # the head is gone, its job is not
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert "Cancelling SLURM jobs" in output and orphans[0][0] in output
+    assert not _our_jobs(tmp_path)
+    res = tmp_path / "results" / "smoke"
+    assert (res / "summary" / "results.csv").read_bytes() == local_results

@@ -28,7 +28,8 @@ def _start_time(pid: int) -> str | None:
 
 def _me(checkout) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()),
-            "checkout": str(Path(checkout).resolve()), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "checkout": str(Path(checkout).resolve()), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "workdir": os.getcwd(), "epoch": time.time()}
 
 
 def owner(root) -> dict | None:
@@ -65,9 +66,49 @@ def clear_if_stale(root, snakemake_dir=".snakemake", log=print) -> None:
         if paths and all(root in Path(p).resolve().parents for p in paths):
             lock.unlink()
             cleared.append(lock.name)
+    cancelled = cancel_orphaned_slurm_jobs(who, log)
     (root / LOCK_NAME).unlink(missing_ok=True)
     log(f"The last run on {root} (pid {who.get('pid')}, started {who.get('since')}) ended "
-        f"without cleaning up; removed its locks{': ' + ', '.join(cleared) if cleared else ''}.")
+        f"without cleaning up; removed its locks{': ' + ', '.join(cleared) if cleared else ''}"
+        f"{f'; cancelled its {len(cancelled)} SLURM job(s) still queued or running' if cancelled else ''}.")
+
+
+def cancel_orphaned_slurm_jobs(who: dict, log=print, timeout: float = 120) -> list[str]:
+    """SLURM jobs that a killed run submitted go on after its head is gone, but Snakemake marked
+    their outputs incomplete and the next run redoes them (training from its checkpoint,
+    evaluation from its finished tasks): cancel them, so that two jobs never write one output.
+    They are the jobs of this user with the dead run's working directory, submitted after it
+    started, and wait until SLURM has ended them."""
+    import shutil
+    import subprocess
+    from datetime import datetime
+
+    if not shutil.which("squeue") or "epoch" not in who or who.get("workdir") != os.getcwd():
+        return []
+    user = os.environ.get("USER") or str(os.getuid())
+
+    def orphans() -> list[str]:
+        proc = subprocess.run(["squeue", "-h", "-u", user, "-o", "%i|%Z|%V|%k"],
+                              capture_output=True, text=True)
+        ids = []
+        for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+            job, workdir, submitted, comment = (line.split("|", 3) + ["", "", ""])[:4]
+            try:
+                when = datetime.fromisoformat(submitted).timestamp()
+            except ValueError:
+                continue
+            if workdir == who["workdir"] and when >= who["epoch"] - 1 and comment.startswith("rule_"):
+                ids.append(job)
+        return ids
+
+    jobs = orphans()
+    if jobs:
+        subprocess.run(["scancel", *jobs], capture_output=True)
+        log(f"Cancelling SLURM jobs {', '.join(jobs)} of the killed run; this run redoes them.")
+        deadline = time.time() + timeout
+        while set(jobs) & set(orphans()) and time.time() < deadline:
+            time.sleep(1)
+    return jobs
 
 
 def claim(root, checkout) -> None:
@@ -85,7 +126,34 @@ def claim(root, checkout) -> None:
     os.replace(tmp, root / LOCK_NAME)
 
 
-def release(root) -> None:
+def release(root, started: float, snakemake_dir=".snakemake") -> None:
+    """When the run ends: give the results folder back, and remove the step scripts that killed
+    jobs left in `.snakemake/scripts` (Snakemake deletes a script only when its job ends)."""
     who = owner(root)
     if who is not None and who.get("pid") == os.getpid() and who.get("host") == socket.gethostname():
         (Path(root) / LOCK_NAME).unlink(missing_ok=True)
+    remove_leftover_scripts(started, snakemake_dir)
+
+
+def remove_leftover_scripts(started: float, snakemake_dir=".snakemake") -> list[str]:
+    """Remove `.snakemake/scripts/tmp*.py` written before this run started and run by no process
+    on this host: what killed jobs of earlier runs left behind."""
+    scripts = Path(snakemake_dir) / "scripts"
+    if not scripts.is_dir():
+        return []
+    in_use = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            in_use.update(os.path.basename(arg) for arg in cmdline.read_bytes().decode(
+                errors="replace").split("\0"))
+        except OSError:  # the process ended meanwhile
+            continue
+    removed = []
+    for script in scripts.glob("tmp*.py"):
+        try:
+            if script.name not in in_use and script.stat().st_mtime < started:
+                script.unlink()
+                removed.append(script.name)
+        except OSError:
+            continue
+    return removed

@@ -119,8 +119,30 @@ def log_grid(results_dir, experiment: str, metrics: dict, artifacts: list) -> st
     results_dir = Path(results_dir)
 
     def log():
-        client, _, parent = _setup(results_dir, experiment)
+        client, exp_id, parent = _setup(results_dir, experiment)
         _record(client, parent, metrics=metrics, artifacts=artifacts)
+        _purge_replaced(client, exp_id, results_dir)
         return parent
 
     return _reported("the grid summary", results_dir, log)
+
+
+def _purge_replaced(client, exp_id: str, results_dir: Path) -> None:
+    """Delete for good the runs that re-runs replaced (`log_step` marks them deleted; MLflow
+    keeps those, with their artifacts, until `mlflow gc`). A tracking server's database is not
+    reachable from here: on a server, its operator runs `mlflow gc`."""
+    import subprocess
+
+    from mlflow.entities import ViewType
+
+    uri = tracking_uri(results_dir)
+    if uri.startswith(("http://", "https://", "databricks")):
+        return
+    replaced = [r.info.run_id for r in client.search_runs(
+        [exp_id], f"tags.`{ROLE_TAG}` = 'step'", run_view_type=ViewType.DELETED_ONLY,
+        max_results=50000)]
+    for i in range(0, len(replaced), 500):
+        subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", uri,
+                        "--run-ids", ",".join(replaced[i: i + 500])],
+                       check=True, capture_output=True, text=True,
+                       env={**os.environ, "MLFLOW_TRACKING_URI": uri})
