@@ -339,10 +339,10 @@ def test_every_method_runs_on_two_architectures(tmp_path):
         assert manifest["architecture"].startswith(model.split("-")[1])  # gemma3_text
 
 
-def _start(workdir: Path, config: Path) -> subprocess.Popen:
+def _start(workdir: Path, config: Path, **env) -> subprocess.Popen:
     return subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **env})
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -371,6 +371,41 @@ def test_a_killed_run_resumes_with_the_plain_command(tmp_path, finished):
     assert not list((tmp_path / ".snakemake" / "scripts").glob("tmp*.py"))
     reference = finished[0] / "results" / "smoke" / "summary" / "results.csv"
     assert (res / "summary" / "results.csv").read_bytes() == reference.read_bytes()
+
+
+def test_killed_at_every_stage_in_turn_the_plain_command_ends_as_an_unbroken_run(tmp_path, finished):
+    """SIGKILL of the whole run while it compresses, then in the middle of an evaluate step's and
+    of the aggregate step's MLflow logging (KR_KILL_AT: the run kills its own process group
+    there), each time followed by the plain command: the end equals an uninterrupted run
+    (table, compressed weights, adapters) with exactly one MLflow run per step."""
+    config = smoke_config(tmp_path)
+    res = tmp_path / "results" / "smoke"
+    run = _start(tmp_path, config)
+    _wait_for(res / "logs" / "compress", run)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    for point in ("tracking:evaluate", "tracking:aggregate"):
+        run = _start(tmp_path, config, KR_KILL_AT=point)
+        assert run.wait(timeout=900) != 0, f"the run was not killed at {point}"
+    out = snakemake(tmp_path, config)
+    assert "ended without cleaning up" in out.stdout + out.stderr
+    reference = finished[0] / "results" / "smoke"
+    assert (res / "summary" / "results.csv").read_bytes() == \
+        (reference / "summary" / "results.csv").read_bytes()
+    for kept in ("models/tiny-llama/gptq-w4-g32-sym/checkpoint/model.safetensors",
+                 "adapters/tiny-llama/gptq-w4-g32-sym/lora-r2/seed0/adapter/adapter_model.safetensors"):
+        assert (res / kept).read_bytes() == (reference / kept).read_bytes(), kept
+    from mlflow.entities import RunStatus, ViewType
+
+    client = mlflow.MlflowClient(f"sqlite:///{res / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    steps = {}
+    for r in client.search_runs([exp.experiment_id], "tags.`kr.role` = 'step'", max_results=1000):
+        steps.setdefault(r.data.tags["step"], []).append(r)
+        assert r.info.status == RunStatus.to_string(RunStatus.FINISHED)
+    assert {k: len(v) for k, v in steps.items()} == \
+        {k: v for k, v in EXPECTED_JOBS.items() if k != "aggregate"}
+    assert client.search_runs([exp.experiment_id], run_view_type=ViewType.DELETED_ONLY) == []
 
 
 def test_a_results_folder_in_use_is_refused_to_a_second_checkout(tmp_path):
