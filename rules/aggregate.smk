@@ -1,7 +1,6 @@
 rule aggregate:
     input:
-        results=[JOBS.eval_results(c) for c in CELLS],
-        train_manifests=list(JOBS.train_manifests().values()),
+        **JOBS.aggregate_inputs(),
     output:
         **paths.summary,
     params:

@@ -3,6 +3,7 @@ rule evaluate:
         unpack(eval_inputs),
     output:
         results=paths.eval_results("{model}", "{compression}", "{unit}"),
+        samples=paths.eval_samples("{model}", "{compression}", "{unit}"),
     params:
         cell=cell_of,
         tasks=lambda w: [TASKS[t] for t in TASKS],

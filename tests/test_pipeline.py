@@ -86,6 +86,24 @@ def test_every_output_exists_with_real_values(finished):
     assert "tiny-llama/dense/none" in table
     assert "tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed-oracle/seed0" in table
     assert (res / "summary" / "mean_acc.png").read_bytes()[:4] == b"\x89PNG"
+    # per-question records of every cell, and the paired comparisons made from them
+    from knowledge_recovery.artifacts import read_json_gz
+
+    samples = read_json_gz(res / "eval/tiny-llama/gptq-w4-g32-sym/lora-r2/seed0/samples.json.gz")
+    assert set(samples) == {"kp_country_capital", "kp_element_symbol"}
+    record = samples["kp_country_capital"]
+    assert len(record["correct"]) == len(record["loglikelihoods"]) == 8
+    assert all(len(ll) == 4 for ll in record["loglikelihoods"])
+    assert [int(c) for c in record["correct"]] == [
+        int(max(range(4), key=ll.__getitem__) == t)
+        for ll, t in zip(record["loglikelihoods"], record["target"])]
+    compared = pd.read_csv(res / "summary" / "comparisons.csv")
+    assert set(compared.comparison) == {"compressed vs dense", "recovered vs compressed", "vs lora",
+                                        "variant vs the adapter's own selection"}
+    assert len(compared) == 5 * 3  # five pairs x (two tasks + their mean)
+    assert (compared.low <= compared.difference + 1e-12).all()
+    assert (compared.difference <= compared.high + 1e-12).all()
+    assert "McNemar" in (res / "summary" / "comparisons.md").read_text()
     # A temporary name never survives a finished step.
     assert not list(res.rglob(".*.tmp-*"))
 

@@ -1,18 +1,42 @@
-"""Collect every cell's results into a CSV, a Markdown table and a plot; attach them to MLflow."""
+"""Collect every cell's results into a CSV, a Markdown table and a plot, compare cells question by
+question (summary/comparisons.*); attach them to MLflow."""
 from pathlib import Path
 
 from knowledge_recovery import aggregate, artifacts, tracking
+from knowledge_recovery.grid import by_id
+from knowledge_recovery.registry import compression_method, recovery_method
 from knowledge_recovery.step import results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
+cells = smk.params.cells
+compression = by_id(smk.config["compression"])
+
+
+def is_baseline(cell):
+    return compression_method(compression[cell.compression]["method"]).family == "none"
+
+
+def trains(cell):
+    return recovery_method(cell.settings["method"]).trains
+
+
 with step(smk):
-    df = aggregate.collect(smk.params.cells, smk.input.results, smk.params.train_manifests)
+    df = aggregate.collect(cells, smk.input.results, smk.params.train_manifests)
     with artifacts.atomic_path(smk.output.csv) as tmp:
         df.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.markdown, aggregate.markdown(df))
-    aggregate.plot(df, Path(smk.output.plot))
+    aggregate.plot(df, Path(smk.output.plot), chance_level=aggregate.chance(smk.input.samples),
+                   dense_cells=[c.id for c in cells if is_baseline(c) and not trains(c)])
+    settings = smk.config["statistics"]
+    compared = aggregate.compare(cells, smk.input.samples, settings, trains, is_baseline)
+    with artifacts.atomic_path(smk.output.comparisons_csv) as tmp:
+        compared.to_csv(tmp, index=False)
+    artifacts.write_text(smk.output.comparisons_markdown,
+                         aggregate.comparisons_markdown(compared, settings["confidence"]))
     means = aggregate.table(df)["mean"]
     print(aggregate.markdown(df))
+    print(aggregate.comparisons_markdown(compared, settings["confidence"]))
     tracking.log_grid(results_root(smk), smk.config["experiment"],
                       {f"mean_acc.{cell}": v for cell, v in means.items()},
-                      [smk.output.csv, smk.output.markdown, smk.output.plot])
+                      [smk.output.csv, smk.output.markdown, smk.output.plot,
+                       smk.output.comparisons_csv, smk.output.comparisons_markdown])

@@ -21,9 +21,12 @@ with step(smk):
     with artifacts.Timer() as timer:
         results = evaluation.evaluate_cell(model, tokenizer, tasks, manager, cfg,
                                            smk.config["seed"], cell.settings, state, key)
+    results, samples = evaluation.split_samples(results)
+    artifacts.write_json_gz(smk.output.samples, samples)
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
                              **timer.as_dict(), results=results)
-    artifacts.write_manifest(smk.output.results, out)  # its own manifest: content hashed
+    # results.json is the step's manifest: its content hashed, and the samples file's
+    artifacts.write_manifest(smk.output.results, out, [smk.output.samples])
     artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place
     print(results)
     tracking.log_step(results_root(smk), smk.config["experiment"], "evaluate", cell.id,

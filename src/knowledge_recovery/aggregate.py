@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifacts import read_json
+from .artifacts import read_json, read_json_gz
 
 METRIC = "acc"
 
@@ -27,6 +27,65 @@ def collect(cells: list, eval_files: list, train_manifests: dict) -> pd.DataFram
                              "value": value, "stderr": metrics.get(f"{metric}_stderr"),
                              "documents": metrics.get("documents"), **extra})
     return pd.DataFrame(rows)
+
+
+def correctness(samples_file) -> dict:
+    """{task: (document ids, [0/1 per document])} of one cell's samples file."""
+    return {task: (rec["doc_id"], [int(bool(x)) for x in rec["correct"]])
+            for task, rec in read_json_gz(samples_file).items() if rec.get("correct")}
+
+
+def chance(samples_files) -> float | None:
+    """Accuracy of guessing: the mean over tasks of 1 / choices, from the log-likelihoods."""
+    rates = []
+    for rec in read_json_gz(samples_files[0]).values():
+        counts = [len(ll) for ll in rec.get("loglikelihoods") or [] if ll]
+        if counts:
+            rates.append(sum(1 / n for n in counts) / len(counts))
+    return sum(rates) / len(rates) if rates else None
+
+
+def compare(cells: list, samples_files: list, settings: dict, trains, is_baseline) -> pd.DataFrame:
+    """Every comparison of `stats.comparisons`, paired on the same questions: per task and on
+    the mean over tasks, the difference, its interval, whether it excludes zero, McNemar's p."""
+    from . import stats
+
+    records = {c.id: correctness(f) for c, f in zip(cells, samples_files)}
+    rows = []
+    for kind, base, other in stats.comparisons(cells, settings["reference"], trains, is_baseline):
+        a, b = records[base.id], records[other.id]
+        tasks = [t for t in a if t in b]
+        for t in tasks:
+            if a[t][0] != b[t][0]:
+                raise ValueError(f"cells {base.id} and {other.id} were scored on different "
+                                 f"documents of {t}: they cannot be compared question by question")
+        result = stats.paired_bootstrap({t: a[t][1] for t in tasks}, {t: b[t][1] for t in tasks},
+                                        settings["resamples"], settings["seed"],
+                                        settings["confidence"])
+        rows += [{"comparison": kind, "base": base.id, "other": other.id, "task": task, **r}
+                 for task, r in result.items()]
+    return pd.DataFrame(rows, columns=["comparison", "base", "other", "task", "difference", "low",
+                                       "high", "significant", "mcnemar_p", "questions"])
+
+
+def comparisons_markdown(df: pd.DataFrame, confidence: float) -> str:
+    """One line per comparison: the mean over tasks (or the only task), its interval, a mark
+    where the interval excludes zero; the CSV has every task."""
+    head = (f"Paired differences in {METRIC} (other - base) on the same questions, mean over "
+            f"tasks, {confidence:.0%} bootstrap interval; * the interval excludes zero; "
+            f"McNemar: exact two-sided p\n\n")
+    if df.empty:
+        return head + "No comparisons: no cells with per-question records.\n"
+    per_pair = df.groupby(["comparison", "base", "other"], sort=False)
+    lines = []
+    for (kind, base, other), rows in per_pair:
+        row = rows[rows.task == "mean"].iloc[0] if (rows.task == "mean").any() else rows.iloc[0]
+        mark = " *" if row.significant else ""
+        lines.append({"comparison": kind, "other": other, "base": base,
+                      "difference": f"{row.difference:+.3f}{mark}",
+                      "interval": f"[{row.low:+.3f}, {row.high:+.3f}]",
+                      "McNemar p": f"{row.mcnemar_p:.3g}", "questions": int(row.questions)})
+    return head + pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def table(df: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
@@ -51,23 +110,38 @@ def markdown(df: pd.DataFrame, metric: str = METRIC) -> str:
     return head + shown.reset_index().to_markdown(index=False) + "\n"
 
 
-def plot(df: pd.DataFrame, path: Path, metric: str = METRIC) -> None:
+def plot(df: pd.DataFrame, path: Path, metric: str = METRIC, chance_level: float | None = None,
+         dense_cells=()) -> None:
+    """Mean accuracy per cell with its standard error, coloured by recovery method (legend),
+    the dense rows and the chance level as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     wide = table(df, metric)
-    recovery_of = df.drop_duplicates("cell").set_index("cell")["recovery"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(wide) + 3), 4.5))
-    colors = [f"C{i}" for i in pd.factorize(recovery_of.reindex(wide.index))[0]]
-    ax.bar(range(len(wide)), wide["mean"], color=colors)
-    dense = wide["mean"].iloc[0]
-    ax.axhline(dense, color="k", linestyle="--", linewidth=1, label=f"{wide.index[0]}")
+    sub = df[df.metric == metric]
+    # the mean's standard error, from the tasks' (independent question sets)
+    err = sub.groupby("cell", sort=False)["stderr"].apply(
+        lambda e: (e.fillna(0) ** 2).sum() ** 0.5 / len(e)).reindex(wide.index)
+    recovery_of = df.drop_duplicates("cell").set_index("cell")["recovery"].reindex(wide.index)
+    codes, names = pd.factorize(recovery_of)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(wide) + 3) + 3, 5))
+    ax.bar(range(len(wide)), wide["mean"], yerr=err, capsize=3, color=[f"C{i}" for i in codes])
+    handles = [Patch(color=f"C{i}", label=name) for i, name in enumerate(names)]
+    for k, cell in enumerate(c for c in dense_cells if c in wide.index):
+        handles.append(ax.axhline(wide.loc[cell, "mean"], color="k", linestyle="--",
+                                  linewidth=1, alpha=1 - 0.3 * k, label=f"dense: {cell}"))
+    if chance_level is not None:
+        handles.append(ax.axhline(chance_level, color="grey", linestyle=":", linewidth=1,
+                                  label=f"chance ({chance_level:.2f})"))
     ax.set_xticks(range(len(wide)), wide.index, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel(f"mean {metric} over tasks")
+    ax.set_ylabel(f"mean {metric} over tasks (± s.e.)")
+    ax.set_ylim(0, 1)
     ax.set_title("Knowledge retained and recovered")
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8, title="recovery", title_fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

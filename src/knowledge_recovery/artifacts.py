@@ -102,6 +102,23 @@ def write_manifest(path: str | os.PathLike, data: dict, outputs=()) -> None:
     write_json(path, {**data, CONTENT_KEY: content_hash(data)})
 
 
+def write_json_gz(path: str | os.PathLike, data) -> None:
+    """Gzipped JSON, atomically; byte-identical for identical data (no time or name in the
+    gzip header)."""
+    import gzip
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
+        fh.write(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+
+
+def read_json_gz(path: str | os.PathLike):
+    import gzip
+
+    with gzip.open(path, "rt") as fh:
+        return json.load(fh)
+
+
 def read_json(path: str | os.PathLike):
     with open(path) as fh:
         return json.load(fh)

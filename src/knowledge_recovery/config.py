@@ -14,6 +14,7 @@ import yaml
 
 from . import compression, grid, packing, recovery, tasks
 from .errors import ConfigError, ConfigFileError
+from .registry import recovery_methods
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -90,6 +91,10 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
             if not (base / p).is_file():
                 raise ConfigError(f"text.paths[{j}]", f"no such file: {p}")
         _check_text_length(config, base)
+
+    if config["statistics"]["reference"] not in recovery_methods():
+        raise ConfigError("statistics.reference", f"{config['statistics']['reference']!r} is not a "
+                          f"recovery method (one of {sorted(recovery_methods())})")
 
     _unique([t["name"] for t in config["tasks"]], "tasks", "name")
     for i, t in enumerate(config["tasks"]):

@@ -87,18 +87,45 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
             }
             results[name]["documents"] = out["n-samples"][name]["effective"]
             if log_samples:
-                samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
-                results[name]["loglikelihoods"] = [[resp[0] for resp in s["filtered_resps"]]
-                                                   for s in samples]
-                results[name]["correct"] = [s.get("acc") for s in samples]
+                results[name].update(per_question(out["samples"][name]))
     return results
+
+
+# Per-question records kept from lm-eval's samples: they go to the cell's samples file, not to
+# results.json (`split_samples`), and every paired statistic is computed from them.
+SAMPLE_KEYS = ("doc_id", "target", "loglikelihoods", "correct", "correct_norm", "prompt")
+
+
+def per_question(samples: list[dict]) -> dict:
+    """Each document's choice log-likelihoods, gold index and correctness (acc; acc_norm where
+    the task has it; exact match for generation tasks), in document order."""
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+
+    def loglikelihoods(s):
+        resps = s["filtered_resps"]
+        return [r[0] for r in resps] if all(isinstance(r, (list, tuple)) for r in resps) else None
+
+    return {"doc_id": [s["doc_id"] for s in samples],
+            "target": [s["target"] if isinstance(s["target"], (int, float)) else None
+                       for s in samples],
+            "loglikelihoods": [loglikelihoods(s) for s in samples],
+            "correct": [s.get("acc", s.get("exact_match")) for s in samples],
+            "correct_norm": [s.get("acc_norm") for s in samples]}
+
+
+def split_samples(results: dict) -> tuple[dict, dict]:
+    """(results without the per-question records, {task: per-question records})."""
+    metrics = {task: {k: v for k, v in r.items() if k not in SAMPLE_KEYS}
+               for task, r in results.items()}
+    samples = {task: {k: r[k] for k in SAMPLE_KEYS if k in r} for task, r in results.items()}
+    return metrics, {task: rec for task, rec in samples.items() if rec}
 
 
 def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,
                        entry: dict) -> dict:
-    """`evaluate` for a model recovered by a `recovery:` entry (method none: the plain model).
-    The method's record says whether its batches need an attention mask (`padding_aware_lm`)
-    and may run its own evaluation (IDP's selection variants)."""
+    """`evaluate` for a model recovered by a `recovery:` entry (method none: the plain model),
+    with per-question records. The method's record says whether its batches need an attention
+    mask (`padding_aware_lm`) and may run its own evaluation (IDP's selection variants)."""
     from .registry import recovery_method
 
     record = recovery_method(entry["method"])
@@ -107,7 +134,7 @@ def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, 
         return evaluate(model, tokenizer, tasks, manager, cfg["batch_size"], cfg["bootstrap_iters"],
                         seed, log_samples=log_samples, padding_aware=record.padding_aware)
 
-    return record.evaluate(model, entry, run) if record.evaluate else run(False)
+    return record.evaluate(model, entry, run) if record.evaluate else run(True)
 
 
 def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,

@@ -60,12 +60,20 @@ class Jobs:
     def eval_results(self, cell: Cell) -> str:
         return self.paths.eval_results(cell.model, cell.compression, cell.recovery_unit)
 
+    def eval_samples(self, cell: Cell) -> str:
+        return self.paths.eval_samples(cell.model, cell.compression, cell.recovery_unit)
+
     def train_manifest(self, cell: Cell) -> str:
         return self.paths.train_manifest(cell.model, cell.compression, cell.train_unit)
 
     def train_manifests(self) -> dict[str, str]:
         """By cell id, for the cells that evaluate a trained adapter."""
         return {c.id: self.train_manifest(c) for c in self.cells if c.train_unit}
+
+    def aggregate_inputs(self) -> dict:
+        return {"results": [self.eval_results(c) for c in self.cells],
+                "samples": [self.eval_samples(c) for c in self.cells],
+                "train_manifests": list(self.train_manifests().values())}
 
     def packed_outputs(self) -> list[str]:
         """Packed low-bit exports of the entries that ask for one, for every model."""
@@ -98,11 +106,10 @@ class Jobs:
                            tuple(_flat(self.train_inputs(m, c, cell.settings["train_id"])))))
         for cell in self.cells:
             results = self.eval_results(cell)
-            out.append(Job(f"evaluate {cell.id}", (results,), results,
+            out.append(Job(f"evaluate {cell.id}", (results, self.eval_samples(cell)), results,
                            tuple(_flat(self.eval_inputs(cell)))))
         out.append(Job("aggregate aggregate", tuple(p.summary.values()), None,
-                       tuple(self.eval_results(c) for c in self.cells)
-                       + tuple(self.train_manifests().values())))
+                       tuple(_flat(self.aggregate_inputs()))))
         return out
 
 

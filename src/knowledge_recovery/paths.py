@@ -71,6 +71,10 @@ class Layout:
     def eval_results(self, model, compression, unit_) -> str:
         return f"{self.root}/eval/{model}/{compression}/{unit_}/results.json"
 
+    def eval_samples(self, model, compression, unit_) -> str:
+        """Per-question records of every task (gzipped JSON): what the statistics read."""
+        return f"{self.root}/eval/{model}/{compression}/{unit_}/samples.json.gz"
+
     def eval_state(self, model, compression, unit_) -> str:
         """Finished tasks of an unfinished evaluate job: outside its outputs, kept on a kill."""
         return f"{self.root}/eval_state/{model}/{compression}/{unit_}"
@@ -80,7 +84,9 @@ class Layout:
     def summary(self) -> dict[str, str]:
         return {"csv": f"{self.root}/summary/results.csv",
                 "markdown": f"{self.root}/summary/results.md",
-                "plot": f"{self.root}/summary/mean_acc.png"}
+                "plot": f"{self.root}/summary/mean_acc.png",
+                "comparisons_csv": f"{self.root}/summary/comparisons.csv",
+                "comparisons_markdown": f"{self.root}/summary/comparisons.md"}
 
     def log(self, rule, name) -> str:
         return f"{self.root}/logs/{rule}/{name}.log"

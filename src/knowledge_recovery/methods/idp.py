@@ -252,7 +252,12 @@ def oracle_results(per_prompt: list[dict]) -> dict:
         acc = sum(best) / docs
         var = sum((b - acc) ** 2 for b in best) / max(1, docs - 1)
         out[task] = {"acc": acc, "acc_stderr": (var / docs) ** 0.5, "documents": docs,
-                     "acc_per_prompt": [sum(c) / docs for c in correct]}
+                     "acc_per_prompt": [sum(c) / docs for c in correct],
+                     # per question: right if any prompt is; the first prompt that is, else 0
+                     "doc_id": per_prompt[0][task]["doc_id"],
+                     "target": per_prompt[0][task]["target"], "correct": best,
+                     "prompt": [next((j for j, c in enumerate(correct) if c[i]), 0)
+                                for i in range(docs)]}
     return out
 
 
@@ -266,7 +271,7 @@ def _evaluate(model, entry: dict, run) -> dict:
             per_prompt.append(run(True))
         return oracle_results(per_prompt)
     model.selection = entry["selection"]
-    return run(False)
+    return run(True)
 
 
 register_recovery_method(RecoveryMethod(

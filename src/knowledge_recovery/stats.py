@@ -1,0 +1,85 @@
+"""Paired statistics on the same questions: bootstrap intervals and an exact McNemar test.
+
+Two cells scored on the same documents differ by chance far less than their separate standard
+errors suggest; these compare them question by question. Every input is the per-question
+correctness in the cells' samples files (`evaluation.per_question`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def paired_bootstrap(base: dict, other: dict, resamples: int, seed: int,
+                     confidence: float = 0.95) -> dict:
+    """Accuracy of `other` minus `base`, per task and on the mean over tasks, with percentile
+    intervals from resampling each task's questions (the same draw for both cells).
+    `base`, `other`: {task: [0/1 per question]} over the same questions in the same order."""
+    rng = np.random.default_rng(seed)
+    tail = (1 - confidence) / 2
+    out, draws = {}, []
+    for task in base:
+        diff = np.asarray(other[task], float) - np.asarray(base[task], float)
+        boots = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+        draws.append(boots)
+        out[task] = _summary(diff.mean(), boots, tail, len(diff), base[task], other[task])
+    if len(base) > 1:
+        point = float(np.mean([out[t]["difference"] for t in base]))
+        flat_a = [x for t in base for x in base[t]]
+        flat_b = [x for t in base for x in other[t]]
+        out["mean"] = _summary(point, np.mean(draws, axis=0), tail, len(flat_a), flat_a, flat_b)
+    return out
+
+
+def _summary(point, boots, tail, n, a, b) -> dict:
+    lo, hi = np.quantile(boots, [tail, 1 - tail])
+    return {"difference": float(point), "low": float(lo), "high": float(hi),
+            "significant": bool(lo > 0 or hi < 0), "mcnemar_p": mcnemar_exact(a, b),
+            "questions": int(n)}
+
+
+def mcnemar_exact(a, b) -> float:
+    """Two-sided exact McNemar test: of the questions the two cells disagree on, is the split
+    between 'only a right' and 'only b right' further from even than chance makes likely?"""
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def comparisons(cells: list, reference: str, trains, is_baseline) -> list[tuple]:
+    """The comparisons the study makes, as (kind, base cell, other cell), other minus base:
+    compressed vs dense (the untrained rows); each trained recovery vs its compressed model;
+    each recovery vs every entry of the `reference` method on the same model, compression and
+    seed; an evaluation-only variant (an entry evaluating another entry's adapter, such as IDP's
+    random and oracle selection) vs that entry. `trains(cell)`, `is_baseline(cell)`: whether its
+    recovery method trains, whether its compression is the dense baseline."""
+    untrained: dict = {}
+    for c in cells:
+        if not trains(c):
+            untrained.setdefault((c.model, c.compression), c)
+    dense = {c.model: c for c in untrained.values() if is_baseline(c)}
+    out = [("compressed vs dense", dense[c.model], c) for c in untrained.values()
+           if not is_baseline(c) and c.model in dense]
+
+    def same_unit(a, b):
+        return a.model == b.model and a.compression == b.compression and a.seed == b.seed
+
+    for c in cells:
+        if not trains(c):
+            continue
+        if c.settings["train_id"] != c.settings["id"]:
+            own = [d for d in cells if d.settings["id"] == c.settings["train_id"] and same_unit(c, d)]
+            out += [("variant vs the adapter's own selection", d, c) for d in own]
+            continue
+        if (c.model, c.compression) in untrained:
+            out.append(("recovered vs compressed", untrained[(c.model, c.compression)], c))
+        if c.settings["method"] != reference:
+            out += [(f"vs {reference}", d, c) for d in cells if trains(d) and same_unit(c, d)
+                    and d.settings["method"] == reference
+                    and d.settings["train_id"] == d.settings["id"]]
+    return out

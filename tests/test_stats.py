@@ -1,0 +1,62 @@
+"""Paired statistics: the bootstrap interval, the exact McNemar test, and which cells are compared."""
+import math
+
+import pytest
+import yaml
+
+from conftest import REPO
+from knowledge_recovery import stats
+from knowledge_recovery.config import load_config
+from knowledge_recovery.grid import by_id, cells
+from knowledge_recovery.registry import compression_method, recovery_method
+
+
+def test_mcnemar_exact_p_values():
+    # 10 questions only the second cell gets right, none the other way: p = 2 / 2^10
+    assert stats.mcnemar_exact([0] * 10 + [1] * 5, [1] * 15) == pytest.approx(2 / 1024)
+    assert stats.mcnemar_exact([1] * 15, [0] * 10 + [1] * 5) == pytest.approx(2 / 1024)
+    assert stats.mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0
+    # 3 vs 5 discordant: two-sided binomial tail
+    a = [1, 1, 1, 0, 0, 0, 0, 0]
+    b = [0, 0, 0, 1, 1, 1, 1, 1]
+    expected = 2 * sum(math.comb(8, k) for k in range(4)) / 2 ** 8
+    assert stats.mcnemar_exact(a, b) == pytest.approx(expected)
+
+
+def test_paired_bootstrap_intervals():
+    same = {"t": [1, 0] * 50}
+    out = stats.paired_bootstrap(same, same, resamples=500, seed=0)
+    assert out["t"]["difference"] == 0 and out["t"]["low"] == out["t"]["high"] == 0
+    assert not out["t"]["significant"]
+
+    base = {"t1": [0] * 100, "t2": [1] * 50 + [0] * 50}
+    other = {"t1": [1] * 60 + [0] * 40, "t2": [1] * 50 + [0] * 50}
+    out = stats.paired_bootstrap(base, other, resamples=2000, seed=0)
+    assert out["t1"]["difference"] == pytest.approx(0.6)
+    assert 0.45 < out["t1"]["low"] < 0.6 < out["t1"]["high"] < 0.75
+    assert out["t1"]["significant"] and not out["t2"]["significant"]
+    assert out["mean"]["difference"] == pytest.approx(0.3)
+    assert out["mean"]["low"] < 0.3 < out["mean"]["high"] and out["mean"]["significant"]
+    assert out["mean"]["questions"] == 200
+    # seeded: the same resamples give the same interval
+    again = stats.paired_bootstrap(base, other, resamples=2000, seed=0)
+    assert again["mean"]["low"] == out["mean"]["low"]
+
+
+def test_the_comparisons_the_study_makes():
+    config = load_config(yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()),
+                         check_models=False)
+    compression = by_id(config["compression"])
+    found = stats.comparisons(
+        cells(config), "lora", lambda c: recovery_method(c.settings["method"]).trains,
+        lambda c: compression_method(compression[c.compression]["method"]).family == "none")
+    pairs = {(kind, base.id.split("/", 2)[2], other.id.split("/", 2)[2])
+             for kind, base, other in found}
+    assert pairs == {
+        ("compressed vs dense", "none", "none"),
+        ("recovered vs compressed", "none", "idp-m2-n4-routed/seed0"),
+        ("recovered vs compressed", "none", "lora-r2/seed0"),
+        ("vs lora", "lora-r2/seed0", "idp-m2-n4-routed/seed0"),
+        ("variant vs the adapter's own selection", "idp-m2-n4-routed/seed0",
+         "idp-m2-n4-routed-oracle/seed0"),
+    }
