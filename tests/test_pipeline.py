@@ -125,6 +125,11 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
     assert run.data.tags["recovery"] == "lora-r2" and run.data.tags["compression"] == "gptq-w4-g32-sym"
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert 0 <= run.data.metrics["kp_country_capital.acc"] <= 1
+    assert run.data.metrics["mean_acc"] == pytest.approx(
+        (run.data.metrics["kp_country_capital.acc"] + run.data.metrics["kp_element_symbol.acc"]) / 2)
+    assert run.data.params["compression.bits"] == "4" and run.data.params["recovery.r"] == "2"
+    assert run.data.params["training.objective"] == "distill"
+    assert parent.info.status == "FINISHED"
     train_run = next(r for r in steps["train"] if r.data.tags["cell"].endswith("idp-m2-n4-routed/seed0"))
     history = client.get_metric_history(train_run.info.run_id, "train_loss")
     assert len(history) == 6

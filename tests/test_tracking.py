@@ -38,10 +38,12 @@ def test_a_rerun_replaces_its_run_instead_of_duplicating(store):
 
 def test_artifacts_land_beside_the_store(store):
     (store / "table.md").write_text("| a |\n")
-    assert tracking.log_grid(store, "exp", {"mean_acc.x": 0.5}, [store / "table.md"])
+    assert tracking.log_grid(store, "exp", {"mean_acc.m/c/none": 0.5}, [store / "table.md"])
     client, runs = _runs(store, "exp")
     parent = next(r for r in runs if r.data.tags.get("kr.role") == "grid")
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["table.md"]
+    assert parent.data.metrics == {"mean_acc.m.c.none": 0.5}  # no '/': one chart section
+    assert parent.info.status == "FINISHED"
     assert (store / "mlartifacts").is_dir()
 
 

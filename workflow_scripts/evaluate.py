@@ -29,9 +29,17 @@ with step(smk):
     artifacts.write_manifest(smk.output.results, out, [smk.output.samples])
     artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place
     print(results)
+    accs = [ms["acc"] for ms in results.values() if isinstance(ms.get("acc"), (int, float))]
+    compression = next(c for c in smk.config["compression"] if c["id"] == cell.compression)
     tracking.log_step(results_root(smk), smk.config["experiment"], "evaluate", cell.id,
-                      tags={"cell": cell.id, **cell.axes}, params={"evaluation": cfg, **cell.axes},
+                      tags={"cell": cell.id, **cell.axes},
+                      # prefixed settings: the compare view plots accuracy against bits or rank
+                      params={"evaluation": cfg, **cell.axes, "compression": compression,
+                              "recovery": {k: v for k, v in cell.settings.items()
+                                           if k != "training"},
+                              "training": cell.settings.get("training", {})},
                       metrics={**{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()
                                   if isinstance(v, (int, float))},
+                               **({"mean_acc": sum(accs) / len(accs)} if accs else {}),
                                **timer.as_dict()},
                       artifacts=[smk.output.results])

@@ -130,9 +130,12 @@ def log_grid(results_dir, experiment: str, metrics: dict, artifacts: list) -> st
 
     def log():
         client, exp_id, parent = _setup(results_dir, experiment)
-        _record(client, parent, metrics=metrics, artifacts=artifacts)
+        # MLflow's chart view splits metric names at '/' into sections: cell ids use '.'
+        _record(client, parent, metrics={k.replace("/", "."): v for k, v in metrics.items()},
+                artifacts=artifacts)
         _kill_point("tracking:aggregate")
         _purge_replaced(client, exp_id, results_dir)
+        client.set_terminated(parent)  # the grid is done; a later run's steps reopen nothing
         return parent
 
     return _reported("the grid summary", results_dir, log)
