@@ -397,17 +397,18 @@ def test_a_killed_run_resumes_with_the_plain_command(tmp_path, finished):
 
 
 def test_killed_at_every_stage_in_turn_the_plain_command_ends_as_an_unbroken_run(tmp_path, finished):
-    """SIGKILL of the whole run while it compresses, then in the middle of an evaluate step's and
-    of the aggregate step's MLflow logging (KR_KILL_AT: the run kills its own process group
-    there), each time followed by the plain command: the end equals an uninterrupted run
-    (table, compressed weights, adapters) with exactly one MLflow run per step."""
+    """SIGKILL of the whole run while it compresses, then between an evaluate step's tasks, then
+    in the middle of an evaluate step's and of the aggregate step's MLflow logging (KR_KILL_AT:
+    the run kills its own process group there), each time followed by the plain command: the
+    end equals an uninterrupted run (table, compressed weights, adapters) with exactly one
+    MLflow run per step. (Killed while training: the test above.)"""
     config = smoke_config(tmp_path)
     res = tmp_path / "results" / "smoke"
     run = _start(tmp_path, config)
     _wait_for(res / "logs" / "compress", run)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
-    for point in ("tracking:evaluate", "tracking:aggregate"):
+    for point in ("evaluate:task", "tracking:evaluate", "tracking:aggregate"):
         run = _start(tmp_path, config, KR_KILL_AT=point)
         assert run.wait(timeout=900) != 0, f"the run was not killed at {point}"
     out = snakemake(tmp_path, config)

@@ -168,6 +168,15 @@ def dir_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def kill_point(name: str) -> None:
+    """Fault injection for the tests: with KR_KILL_AT=<name>, SIGKILL this process's whole
+    process group (the Snakemake run) at this point of a step."""
+    if os.environ.get("KR_KILL_AT") == name:
+        import signal
+
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
 class Timer:
     """Wall and CPU seconds of a block (CPU time shows contention that wall time hides)."""
 

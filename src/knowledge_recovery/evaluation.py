@@ -143,7 +143,7 @@ def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed:
     other tasks share the job (lm-eval batches a call's requests together). With `state_dir`,
     each finished task's results are kept there under `key` (what they were computed from), and
     a re-run after a kill evaluates only the tasks not yet done."""
-    from .artifacts import read_json, write_json
+    from .artifacts import kill_point, read_json, write_json
 
     results = {}
     for task in tasks:
@@ -157,6 +157,7 @@ def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed:
         results.update(evaluate_recovered(model, tokenizer, [task], manager, cfg, seed, entry))
         if saved is not None:
             write_json(saved, {"key": key, "results": results[task["name"]]})
+        kill_point("evaluate:task")  # tests: killed with some tasks done, others not
     return results
 
 

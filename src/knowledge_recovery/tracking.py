@@ -10,6 +10,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .artifacts import kill_point
+
 # No telemetry calls from compute nodes; fail fast instead of retrying a dead server for minutes.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -77,15 +79,6 @@ def _record(client, run_id, params=None, metrics=None, series=None, artifacts=No
         client.log_artifact(run_id, str(path))
 
 
-def _kill_point(name: str) -> None:
-    """Fault injection for the tests: with KR_KILL_AT=<name>, SIGKILL this process's whole
-    process group (the Snakemake run) here, in the middle of the logging."""
-    if os.environ.get("KR_KILL_AT") == name:
-        import signal
-
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-
-
 def _reported(what: str, results_dir: Path, log) -> str | None:
     """Run `log()`; on any failure print what was not logged and where, and return None."""
     try:
@@ -117,7 +110,7 @@ def log_step(results_dir, experiment: str, step: str, unit: str, *, tags: dict |
             "mlflow.parentRunId": parent, **{k: str(v) for k, v in (tags or {}).items()}},
         ).info.run_id
         _record(client, run_id, params, metrics, series, artifacts)
-        _kill_point(f"tracking:{step}")
+        kill_point(f"tracking:{step}")
         client.set_terminated(run_id)
         return run_id
 
@@ -133,7 +126,7 @@ def log_grid(results_dir, experiment: str, metrics: dict, artifacts: list) -> st
         # MLflow's chart view splits metric names at '/' into sections: cell ids use '.'
         _record(client, parent, metrics={k.replace("/", "."): v for k, v in metrics.items()},
                 artifacts=artifacts)
-        _kill_point("tracking:aggregate")
+        kill_point("tracking:aggregate")
         _purge_replaced(client, exp_id, results_dir)
         client.set_terminated(parent)  # the grid is done; a later run's steps reopen nothing
         return parent
