@@ -80,6 +80,8 @@ def main() -> None:
         results = workdir / "results" / config.get("experiment", "default")
         for rule, (n, wall, cpu, rss) in sorted(per_rule(results).items()):
             print(f"{rule:<16}{n:>6}{wall:>10.1f}{cpu:>10.1f}{rss:>12.0f}")
+        for table in ("results.md", "comparisons.md"):  # what the run computed, for the record
+            print(f"\n{table}:\n{(results / 'summary' / table).read_text()}")
 
 
 if __name__ == "__main__":
