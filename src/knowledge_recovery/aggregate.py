@@ -30,9 +30,11 @@ def collect(cells: list, eval_files: list, train_manifests: dict) -> pd.DataFram
 
 
 def correctness(samples_file) -> dict:
-    """{task: (document ids, [0/1 per document])} of one cell's samples file."""
+    """{task: (document ids, [0/1 per document])} of one cell's samples file, for the tasks
+    scored right or wrong per document (not perplexity tasks)."""
     return {task: (rec["doc_id"], [int(bool(x)) for x in rec["correct"]])
-            for task, rec in read_json_gz(samples_file).items() if rec.get("correct")}
+            for task, rec in read_json_gz(samples_file).items()
+            if rec.get("correct") and all(x is not None for x in rec["correct"])}
 
 
 def chance(samples_files) -> float | None:
