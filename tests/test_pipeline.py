@@ -376,15 +376,20 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
+def _killed_once_started(workdir: Path, config: Path, started: Path) -> None:
+    """Start the run, SIGKILL its whole process group as soon as `started` exists."""
+    run = _start(workdir, config)
+    _wait_for(started, run)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+
+
 def test_a_killed_run_resumes_with_the_plain_command(tmp_path, finished):
     """SIGKILL of the whole run while it trains, then the same command: the stale locks are
     cleared (no --unlock), and the results equal an uninterrupted run's."""
     config = smoke_config(tmp_path)
     res = tmp_path / "results" / "smoke"
-    run = _start(tmp_path, config)
-    _wait_for(res / "logs" / "train", run)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    _killed_once_started(tmp_path, config, res / "logs" / "train")
     assert (res / ".run.lock").exists() and list((tmp_path / ".snakemake" / "locks").iterdir())
     left = list((tmp_path / ".snakemake" / "scripts").glob("tmp*.py"))
     assert left  # the killed train job's script
@@ -404,10 +409,7 @@ def test_killed_at_every_stage_in_turn_the_plain_command_ends_as_an_unbroken_run
     MLflow run per step. (Killed while training: the test above.)"""
     config = smoke_config(tmp_path)
     res = tmp_path / "results" / "smoke"
-    run = _start(tmp_path, config)
-    _wait_for(res / "logs" / "compress", run)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    _killed_once_started(tmp_path, config, res / "logs" / "compress")
     for point in ("evaluate:task", "tracking:evaluate", "tracking:aggregate"):
         run = _start(tmp_path, config, KR_KILL_AT=point)
         assert run.wait(timeout=900) != 0, f"the run was not killed at {point}"

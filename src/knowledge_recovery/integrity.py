@@ -120,9 +120,9 @@ def to_rebuild(states: list[State], recorded: dict[str, list[str]]) -> dict[str,
     producer = {os.path.normpath(o): s for s in states for o in s.job.outputs}
     upstream = {s.job.name: [producer[os.path.normpath(i)] for i in s.job.inputs
                              if os.path.normpath(i) in producer] for s in states}
+    present = {s.job.name for s in states if s.present}
     reasons = {s.job.name: s.problems for s in states if s.status == "damaged"}
-    reasons.update({name: why for name, why in recorded.items()
-                    if any(s.job.name == name and s.present for s in states)})
+    reasons.update({name: why for name, why in recorded.items() if name in present})
     for s in states:  # in graph order: upstream first
         for up in upstream[s.job.name]:
             if up.job.name in reasons:
@@ -130,8 +130,7 @@ def to_rebuild(states: list[State], recorded: dict[str, list[str]]) -> dict[str,
             elif not up.present and s.present:
                 reasons.setdefault(s.job.name, [f"built from {up.job.name}, whose outputs are "
                                                 f"gone (deleted, or new in the config)"])
-    return {name: why for name, why in reasons.items()
-            if any(s.job.name == name and s.present for s in states)}
+    return {name: why for name, why in reasons.items() if name in present}
 
 
 def set_aside_damaged(config: dict, root, log=print) -> dict[str, list[str]]:
