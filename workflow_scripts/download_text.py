@@ -1,6 +1,6 @@
 """Fetch the recovery/calibration text into one plain-text file."""
-from knowledge_recovery import artifacts, text, tracking
-from knowledge_recovery.step import results_root, step
+from knowledge_recovery import artifacts, text
+from knowledge_recovery.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
@@ -11,6 +11,6 @@ with step(smk, offline=False):
             raise ValueError(f"config key 'text': the recovery text from {spec} is empty")
         artifacts.write_text(smk.output.text, body)
     manifest = artifacts.manifest("download_text", spec, **timer.as_dict(), chars=len(body))
-    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.text])
-    tracking.log_step(results_root(smk), smk.config["experiment"], "download_text", "recovery_text",
-                      params=spec, metrics={"chars": len(body)}, artifacts=[smk.output.manifest])
+    finish(smk, smk.output.manifest, manifest, [smk.output.text],
+           record(smk, "download_text", "recovery_text", params=spec,
+                  metrics={"chars": len(body)}, artifacts=[smk.output.manifest]))

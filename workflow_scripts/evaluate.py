@@ -1,9 +1,9 @@
 """Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json, task by
 task; a killed job's finished tasks are kept and not evaluated again."""
-from knowledge_recovery import artifacts, evaluation, models, recovery, tracking
+from knowledge_recovery import artifacts, evaluation, models, recovery
 from knowledge_recovery.grid import task_names
 from knowledge_recovery.paths import Layout
-from knowledge_recovery.step import results_root, step
+from knowledge_recovery.step import finish, record, results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 cell = smk.params.cell
@@ -25,21 +25,18 @@ with step(smk):
     artifacts.write_json_gz(smk.output.samples, samples)
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
                              **timer.as_dict(), results=results)
-    # results.json is the step's manifest: its content hashed, and the samples file's
-    artifacts.write_manifest(smk.output.results, out, [smk.output.samples])
-    artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place
     print(results)
     accs = [ms["acc"] for ms in results.values() if isinstance(ms.get("acc"), (int, float))]
     compression = next(c for c in smk.config["compression"] if c["id"] == cell.compression)
-    tracking.log_step(results_root(smk), smk.config["experiment"], "evaluate", cell.id,
-                      tags={"cell": cell.id, **cell.axes},
-                      # prefixed settings: the compare view plots accuracy against bits or rank
-                      params={"evaluation": cfg, **cell.axes, "compression": compression,
-                              "recovery": {k: v for k, v in cell.settings.items()
-                                           if k != "training"},
-                              "training": cell.settings.get("training", {})},
-                      metrics={**{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()
-                                  if isinstance(v, (int, float))},
-                               **({"mean_acc": sum(accs) / len(accs)} if accs else {}),
-                               **timer.as_dict()},
-                      artifacts=[smk.output.results])
+    # results.json is the step's manifest: its content hashed, and the samples file's
+    finish(smk, smk.output.results, out, [smk.output.samples], record(
+        smk, "evaluate", cell.id, tags={"cell": cell.id, **cell.axes},
+        # prefixed settings: the compare view plots accuracy against bits or rank
+        params={"evaluation": cfg, **cell.axes, "compression": compression,
+                "recovery": {k: v for k, v in cell.settings.items() if k != "training"},
+                "training": cell.settings.get("training", {})},
+        metrics={**{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
+                 **({"mean_acc": sum(accs) / len(accs)} if accs else {}),
+                 **timer.as_dict()},
+        artifacts=[smk.output.results]))
+    artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place

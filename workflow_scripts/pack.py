@@ -2,8 +2,8 @@
 the compress step evaluated."""
 from safetensors.torch import load_file
 
-from knowledge_recovery import artifacts, models, packing, tracking
-from knowledge_recovery.step import results_root, step
+from knowledge_recovery import artifacts, models, packing
+from knowledge_recovery.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
@@ -19,9 +19,9 @@ with step(smk):
         packed_dir_bytes=artifacts.dir_bytes(smk.output.packed),
         checkpoint_bytes=artifacts.dir_bytes(smk.input.checkpoint),
         max_relative_weight_difference=worst)
-    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.packed])
     summary = {k: manifest[k] for k in ("packed_dir_bytes", "checkpoint_bytes", "wall_s")}
     print(summary)
-    tracking.log_step(results_root(smk), smk.config["experiment"], "pack", f"{model_name}/{comp}",
-                      tags={"model": model_name, "compression": comp}, params=spec,
-                      metrics=summary, artifacts=[smk.output.manifest])
+    finish(smk, smk.output.manifest, manifest, [smk.output.packed],
+           record(smk, "pack", f"{model_name}/{comp}",
+                  tags={"model": model_name, "compression": comp}, params=spec,
+                  metrics=summary, artifacts=[smk.output.manifest]))

@@ -1,8 +1,8 @@
 """Write one task entry as an lm-eval task folder (probes generated, local files converted)."""
 from pathlib import Path
 
-from knowledge_recovery import artifacts, tasks, tracking
-from knowledge_recovery.step import results_root, step
+from knowledge_recovery import artifacts, tasks
+from knowledge_recovery.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
@@ -12,8 +12,7 @@ with step(smk, offline=spec["type"] != "lm_eval"):
             info = tasks.prepare_task(spec, Path(tmp), smk.params.seed,
                                       final_dir=Path(smk.output.tasks))
     manifest = artifacts.manifest("prepare_task", spec, **timer.as_dict(), tasks=info)
-    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.tasks])
-    tracking.log_step(results_root(smk), smk.config["experiment"], "prepare_task", spec["name"],
-                      tags={"task": spec["name"]}, params=spec,
-                      metrics={f"{k}.documents": v.get("documents", 0) for k, v in info.items()},
-                      artifacts=[smk.output.manifest])
+    finish(smk, smk.output.manifest, manifest, [smk.output.tasks],
+           record(smk, "prepare_task", spec["name"], tags={"task": spec["name"]}, params=spec,
+                  metrics={f"{k}.documents": v.get("documents", 0) for k, v in info.items()},
+                  artifacts=[smk.output.manifest]))

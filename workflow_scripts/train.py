@@ -1,9 +1,9 @@
 """Train one recovery adapter on a compressed model; keep the best validation checkpoint."""
 from pathlib import Path
 
-from knowledge_recovery import artifacts, models, preflight, recovery, tracking, training
+from knowledge_recovery import artifacts, models, preflight, recovery, training
 from knowledge_recovery.paths import unit
-from knowledge_recovery.step import results_root, step
+from knowledge_recovery.step import finish, record, results_root, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
@@ -33,11 +33,9 @@ with step(smk):
         adapter_bytes=artifacts.dir_bytes(smk.output.adapter),
         median_step_s=step_s[len(step_s) // 2] if step_s else None,
         base_zero_weights=zeros_before)
-    artifacts.write_manifest(smk.output.manifest, manifest, [smk.output.adapter])
-    artifacts.remove_state(smk.params.resume, results_root(smk))  # only now: outputs in place
     key = f"{w.model}/{w.compression}/{unit(w.train_id, seed)}"
-    tracking.log_step(
-        results_root(smk), smk.config["experiment"], "train", key,
+    finish(smk, smk.output.manifest, manifest, [smk.output.adapter], record(
+        smk, "train", key,
         tags={"cell": key, "model": w.model, "compression": w.compression,
               "recovery": w.train_id, "seed": seed},
         params=spec,
@@ -45,4 +43,5 @@ with step(smk):
                  for k in ("trainable_params", "adapter_bytes", "median_step_s", "wall_s", "cpu_s",
                            "best_val_loss", "initial_val_loss", "best_step")},
         series={"train_loss": history["train_loss"], "val_loss": history["val_loss"]},
-        artifacts=[smk.output.manifest])
+        artifacts=[smk.output.manifest]))
+    artifacts.remove_state(smk.params.resume, results_root(smk))  # only now: outputs in place

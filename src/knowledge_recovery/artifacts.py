@@ -134,6 +134,22 @@ def versions() -> dict:
     return out
 
 
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from (with '+dirty' for uncommitted
+    changes), or None outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def fingerprint(paths, settings) -> str:
     """A hash of some settings and of the files under `paths` (names, sizes, modification
     times): it changes when an input is rebuilt."""

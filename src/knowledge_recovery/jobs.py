@@ -108,7 +108,7 @@ class Jobs:
             results = self.eval_results(cell)
             out.append(Job(f"evaluate {cell.id}", (results, self.eval_samples(cell)), results,
                            tuple(_flat(self.eval_inputs(cell)))))
-        out.append(Job("aggregate aggregate", tuple(p.summary.values()), None,
+        out.append(Job("aggregate aggregate", tuple(p.summary.values()), p.summary["manifest"],
                        tuple(_flat(self.aggregate_inputs()))))
         return out
 

@@ -86,7 +86,9 @@ class Layout:
                 "markdown": f"{self.root}/summary/results.md",
                 "plot": f"{self.root}/summary/mean_acc.png",
                 "comparisons_csv": f"{self.root}/summary/comparisons.csv",
-                "comparisons_markdown": f"{self.root}/summary/comparisons.md"}
+                "comparisons_markdown": f"{self.root}/summary/comparisons.md",
+                # written last: the others' hashes and the grid's tracking record
+                "manifest": f"{self.root}/summary/manifest.json"}
 
     def log(self, rule, name) -> str:
         return f"{self.root}/logs/{rule}/{name}.log"

@@ -1,5 +1,5 @@
-"""What every workflow step shares: its log file, thread count, offline mode, results root, and
-the check of its inputs against their manifests."""
+"""What every workflow step shares: its log file, thread count, offline mode, results root, the
+check of its inputs against their manifests, and the end: manifest written, record logged."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import integrity
+from . import artifacts, integrity, tracking
 from .paths import Layout
 
 
@@ -44,3 +44,15 @@ def step(smk, offline: bool = True):
 def results_root(smk) -> Path:
     """The experiment's results folder, where the default MLflow store lives."""
     return Path(Layout(smk.config).root)
+
+
+def finish(smk, manifest_path, manifest: dict, outputs, record: dict) -> None:
+    """Write the step's manifest (hashes of `outputs`, and the tracking record, which
+    `resync` replays), then log the record to MLflow."""
+    artifacts.write_manifest(manifest_path, {**manifest, tracking.RECORD_KEY: record}, outputs)
+    tracking.log_step(results_root(smk), smk.config["experiment"], record)
+
+
+def record(smk, step_name: str, unit: str, **fields) -> dict:
+    """`tracking.record` for this step's results folder."""
+    return tracking.record(results_root(smk), step_name, unit, **fields)

@@ -1,0 +1,31 @@
+"""What an MLflow store holds for one experiment, in a form two stores can be compared by."""
+import mlflow
+
+from knowledge_recovery import tracking
+
+
+def snapshot(uri: str, experiment: str) -> dict:
+    """{step key or 'grid': status, times, tags, params, metric histories, artifact files}
+    of the live runs; run ids replaced by what they name, so two stores compare equal when
+    they hold the same runs."""
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    parent = {r.info.run_id for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "grid"}
+    out = {}
+    for r in runs:
+        key = r.data.tags.get(tracking.KEY_TAG, "grid")
+        assert key not in out, f"two runs for {key}"
+        tags = {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")}
+        if "mlflow.parentRunId" in r.data.tags:
+            tags["parent is the grid run"] = str(r.data.tags["mlflow.parentRunId"] in parent)
+        out[key] = {
+            "status": r.info.status, "run_name": r.info.run_name,
+            "times": None if key == "grid" else (r.info.start_time, r.info.end_time),
+            "tags": tags, "params": r.data.params,
+            "metrics": {m: [(h.step, h.value) for h in client.get_metric_history(r.info.run_id, m)]
+                        for m in r.data.metrics},
+            "artifacts": sorted((a.path, a.file_size)
+                                for a in client.list_artifacts(r.info.run_id)),
+        }
+    return out

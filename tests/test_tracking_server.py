@@ -1,0 +1,127 @@
+"""MLflow through a real tracking server: the smoke grid logging to `mlflow server` locally and
+through the single-node SLURM, a server outage in the middle of a grid, and `resync`."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import REPO
+from knowledge_recovery import resync
+from knowledge_recovery.config import load_config
+from knowledge_recovery.mlflow_server import Server
+from mlflow_store import snapshot
+from test_pipeline import SNAKEMAKE_BASE
+from test_slurm import grid, require_slurm, slurm_command
+
+pytestmark = pytest.mark.e2e
+EXPERIMENT = "smoke"
+
+
+def run_resync(folder: Path, uri: str, *args) -> str:
+    proc = subprocess.run([sys.executable, "-m", "knowledge_recovery.resync", "--configfile",
+                           "slurm.yaml", *args], cwd=folder, capture_output=True, text=True,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def assert_grid_tracked(folder: Path, uri: str, monkeypatch) -> dict:
+    """One finished run per step of the grid, holding exactly the step's record (tags, params,
+    every metric and series), its files downloadable through the store, and the parent run
+    finished with the grid's summary. Returns the store's snapshot."""
+    monkeypatch.chdir(folder)
+    steps, summary, left_out = resync.records(load_config("slurm.yaml", check_models=False))
+    assert not left_out and summary is not None
+    store = snapshot(uri, EXPERIMENT)
+    assert set(store) == {f"{r['step']}:{r['unit']}" for r in steps} | {"grid"}
+    client = mlflow.MlflowClient(uri)
+    runs = {r.data.tags.get("kr.step_key", "grid"): r for r in client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id])}
+    root = folder / "results" / EXPERIMENT
+    for rec in [*steps, summary]:
+        key = "grid" if rec is summary else f"{rec['step']}:{rec['unit']}"
+        logged = store[key]
+        assert logged["status"] == "FINISHED", key
+        assert {m: v[-1][1] for m, v in logged["metrics"].items()} == \
+            {**rec["metrics"], **{s: v[-1][1] for s, v in rec["series"].items()}}, key
+        assert {s: logged["metrics"][s] for s in rec["series"]} == \
+            {s: [tuple(p) for p in v] for s, v in rec["series"].items()}, key
+        assert logged["params"] == rec["params"], key
+        assert rec["tags"].items() <= logged["tags"].items(), key
+        for rel in rec["artifacts"]:  # reachable through the store, byte for byte
+            got = client.download_artifacts(runs[key].info.run_id, Path(rel).name,
+                                            str(folder / "downloads" / key.replace("/", "_")))
+            assert Path(got).read_bytes() == (root / rel).read_bytes(), (key, rel)
+    assert len([k for k in store if k.startswith("evaluate:")]) == 3  # one per cell
+    return store
+
+
+@pytest.fixture()
+def server(tmp_path):
+    srv = Server(tmp_path / "server").start()
+    yield srv
+    srv.stop()
+
+
+def test_the_grid_logs_to_a_tracking_server_and_resync_copies_it_to_another_store(
+        tmp_path, server, monkeypatch):
+    folder = tmp_path / "grid"
+    proc = subprocess.run([*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "default"),
+                           "--directory", str(folder), "--configfile", str(grid(folder))],
+                          capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": server.uri})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert not (folder / "results" / EXPERIMENT / "mlflow.db").exists()  # all went to the server
+    live = assert_grid_tracked(folder, server.uri, monkeypatch)
+    out = run_resync(folder, server.uri)
+    assert "0 run(s) were logged" in out and "0 run(s) were replaced" in out, out
+    assert snapshot(server.uri, EXPERIMENT) == live
+    # the finished grid moved into another store equals what its steps logged live
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    out = run_resync(folder, other)
+    assert f"{len(live)} run(s) were logged" in out, out
+    assert snapshot(other, EXPERIMENT) == live
+
+
+def _step_runs(uri: str) -> list[str]:
+    try:
+        client = mlflow.MlflowClient(uri)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        return [] if exp is None else [r.data.tags["kr.step_key"] for r in client.search_runs(
+            [exp.experiment_id], "tags.`kr.role` = 'step'")]
+    except Exception:  # noqa: BLE001 - the server is still starting up
+        return []
+
+
+def test_a_server_outage_mid_grid_costs_no_result_and_resync_restores_every_run(
+        tmp_path, server, monkeypatch):
+    """Through SLURM: the server stops once the compress job (on SLURM) has logged; the grid
+    finishes; after a restart `resync` logs what is missing, and a second resync changes
+    nothing."""
+    require_slurm()
+    folder = tmp_path / "grid"
+    run = subprocess.Popen(slurm_command(folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, env={**os.environ, "MLFLOW_TRACKING_URI": server.uri})
+    deadline = time.time() + 900
+    while not any(k.startswith("compress:") for k in _step_runs(server.uri)):
+        assert run.poll() is None, "the grid ended before its compress job logged"
+        assert time.time() < deadline, "no compress run reached the server"
+        time.sleep(1)
+    server.stop()
+    output, _ = run.communicate(timeout=1200)
+    assert run.returncode == 0, output[-6000:]
+    logs = "".join(p.read_text() for p in (folder / "results" / EXPERIMENT / "logs").rglob("*.log"))
+    assert "MLflow tracking failed" in logs and "make resync" in logs
+    server.start()  # same store, same port
+    before = set(_step_runs(server.uri))
+    out = run_resync(folder, server.uri)
+    assert "were logged" in out and not out.count(" 0 run(s) were logged"), out
+    restored = assert_grid_tracked(folder, server.uri, monkeypatch)
+    assert before < set(restored) - {"grid"}
+    out = run_resync(folder, server.uri)
+    assert "0 run(s) were logged" in out and "0 run(s) were replaced" in out, out
+    assert snapshot(server.uri, EXPERIMENT) == restored
