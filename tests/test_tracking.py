@@ -105,3 +105,23 @@ def test_resync_logs_what_is_missing_replaces_what_is_stale_and_is_idempotent(st
     tracking.log_step(store, "exp", b)
     tracking.log_grid(store, "exp", grid)
     assert snapshot(other, "exp") == after
+
+
+def test_a_locked_sqlite_file_is_retried_other_errors_are_not(store, monkeypatch, capsys):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def locked_twice():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "run"
+    assert tracking._reported("evaluate cell", store, locked_twice) == "run" and len(calls) == 3
+    assert "tracking failed" not in capsys.readouterr().err
+
+    def broken():
+        calls.append(1)
+        raise ValueError("no such table")
+    calls.clear()
+    assert tracking._reported("evaluate cell", store, broken) is None and len(calls) == 1
+    assert "MLflow tracking failed for evaluate cell" in capsys.readouterr().err

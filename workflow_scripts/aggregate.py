@@ -1,8 +1,9 @@
 """Collect every cell's results into a CSV, a Markdown table and a plot, compare cells question by
-question (summary/comparisons.*); attach them to MLflow."""
+question (summary/comparisons.*), analyse which questions each recovery brings back or breaks
+(summary/displacement.*, overlap.csv); attach them to MLflow."""
 from pathlib import Path
 
-from knowledge_recovery import aggregate, artifacts, tracking
+from knowledge_recovery import aggregate, artifacts, displacement, tracking
 from knowledge_recovery.grid import by_id
 from knowledge_recovery.registry import compression_method, recovery_method
 from knowledge_recovery.step import record, results_root, step
@@ -33,11 +34,20 @@ with step(smk):
         compared.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.comparisons_markdown,
                          aggregate.comparisons_markdown(compared, settings["confidence"]))
+    rows, recovered = displacement.example_level(cells, smk.input.samples, trains, is_baseline)
+    pairs = displacement.overlap(rows, recovered)
+    for frame, path in ((rows, smk.output.displacement_csv), (pairs, smk.output.overlap_csv)):
+        with artifacts.atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+    artifacts.write_text(smk.output.displacement_markdown, displacement.reading(
+        rows, pairs, compared, settings["confidence"], settings["reference"]))
     means = aggregate.table(df)["mean"]
     print(aggregate.markdown(df))
     print(aggregate.comparisons_markdown(compared, settings["confidence"]))
+    print(open(smk.output.displacement_markdown).read())
     tables = [smk.output.csv, smk.output.markdown, smk.output.plot, smk.output.comparisons_csv,
-              smk.output.comparisons_markdown]
+              smk.output.comparisons_markdown, smk.output.displacement_csv,
+              smk.output.overlap_csv, smk.output.displacement_markdown]
     grid = record(smk, "aggregate", "grid", params={"versions": artifacts.versions(),
                                                     "git_commit": artifacts.git_commit()},
                   metrics={f"mean_acc.{cell}": v for cell, v in means.items()}, artifacts=tables)

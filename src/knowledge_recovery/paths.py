@@ -87,6 +87,10 @@ class Layout:
                 "plot": f"{self.root}/summary/mean_acc.png",
                 "comparisons_csv": f"{self.root}/summary/comparisons.csv",
                 "comparisons_markdown": f"{self.root}/summary/comparisons.md",
+                # question-level displacement: recovered / broken per cell, overlap, reading
+                "displacement_csv": f"{self.root}/summary/displacement.csv",
+                "overlap_csv": f"{self.root}/summary/overlap.csv",
+                "displacement_markdown": f"{self.root}/summary/displacement.md",
                 # written last: the others' hashes and the grid's tracking record
                 "manifest": f"{self.root}/summary/manifest.json"}
 

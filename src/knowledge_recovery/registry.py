@@ -42,6 +42,10 @@ class RecoveryMethod:
     eval_only: dict = field(default_factory=dict)
     padding_aware: bool = False  # lm-eval must pass it an attention mask (see evaluation.py)
     evaluate: Callable | None = None  # (model, entry, run) -> results; run(log_samples) runs lm-eval
+    # Where it acts: "input" (learned tokens or keys/values before the input; the weights are
+    # left alone) or "weights" (the model's weights or activations are changed). The study's
+    # question is whether "input" recovers what compression lost as well as "weights" does.
+    side: str | None = None
 
     @property
     def trains(self) -> bool:

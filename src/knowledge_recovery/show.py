@@ -23,9 +23,9 @@ def main(argv=None) -> int:
         print(f"No results yet: {table} is missing. Run the workflow first.")
         return 1
     print(table.read_text())
-    compared = Path(layout.summary["comparisons_markdown"])
-    if compared.exists():
-        print(compared.read_text())
+    for more in ("comparisons_markdown", "displacement_markdown"):
+        if Path(layout.summary[more]).exists():
+            print(Path(layout.summary[more]).read_text())
     print(f"Outputs: {layout.root}/ (summary: {', '.join(layout.summary.values())})")
     print(f"Browse in MLflow:  {Path('.venv/bin/mlflow')} ui --backend-store-uri "
           f"{tracking_uri(layout.root)} --host 127.0.0.1 --port 5000")

@@ -150,18 +150,39 @@ def _log_grid_run(client, parent, rec: dict, results_dir: Path) -> str:
     return parent
 
 
+# SQLite refuses a writer while another holds the lock longer than its busy timeout: measured
+# (bench/tracking.py) with 128 steps logging at once. Retrying is safe: a step's logging first
+# replaces any run of the same step, so a half-logged attempt leaves nothing behind.
+LOCK_RETRIES = 5
+
+
+def _transient(err: Exception) -> bool:
+    return "database is locked" in str(err) or \
+        getattr(err, "error_code", "") == "TEMPORARILY_UNAVAILABLE"
+
+
 def _reported(what: str, results_dir: Path, log) -> str | None:
-    """Run `log()`; on any failure print what was not logged and where, and return None."""
-    try:
-        return log()
-    except Exception as err:  # noqa: BLE001 - tracking must never cost a result
-        print(f"WARNING: MLflow tracking failed for {what} "
-              f"(tracking URI {tracking_uri(results_dir)}): {type(err).__name__}: {err}\n"
-              f"The step's results are complete on disk; `make resync` (python -m "
-              f"knowledge_recovery.resync) logs them once the store answers again.",
-              file=sys.stderr)
-        traceback.print_exc(file=sys.stderr)
-        return None
+    """Run `log()`, again after a transient store error (a locked SQLite file); on any other
+    failure, or the last, print what was not logged and where, and return None."""
+    import random
+
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return log()
+        except Exception as err:  # noqa: BLE001 - tracking must never cost a result
+            if attempt + 1 < LOCK_RETRIES and _transient(err):
+                time.sleep(random.uniform(0.5, 2.0) * 2 ** attempt)
+                continue
+            _warn(what, results_dir, err)
+            return None
+
+
+def _warn(what: str, results_dir: Path, err: Exception) -> None:
+    print(f"WARNING: MLflow tracking failed for {what} "
+          f"(tracking URI {tracking_uri(results_dir)}): {type(err).__name__}: {err}\n"
+          f"The step's results are complete on disk; `make resync` (python -m "
+          f"knowledge_recovery.resync) logs them once the store answers again.", file=sys.stderr)
+    traceback.print_exception(err, file=sys.stderr)
 
 
 def log_step(results_dir, experiment: str, rec: dict) -> str | None:

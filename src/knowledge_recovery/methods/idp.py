@@ -287,6 +287,7 @@ register_recovery_method(RecoveryMethod(
     save=lambda model, path: model.save_pretrained(path),
     load=DynamicPromptModel.from_pretrained,
     fit_setting="score_layers",
+    side="input",
     eval_only={"selection": "attention"},
     # the prompt is chosen from every token of the input: padding must be masked
     padding_aware=True,

@@ -10,7 +10,7 @@ from ..recovery import sample_vocab_embeddings
 from ..registry import RecoveryMethod, register_recovery_method
 
 
-def register_peft(name: str, config_class: str, config_kwargs, settings, id_format,
+def register_peft(name: str, config_class: str, config_kwargs, settings, id_format, side: str,
                   fit_setting: str = "method", after_build=None) -> None:
     """Register a peft method: `config_kwargs(entry, peft)` gives the keyword arguments of the peft
     config class named `config_class`; `after_build(model, entry, seed)` initialises further."""
@@ -28,7 +28,7 @@ def register_peft(name: str, config_class: str, config_kwargs, settings, id_form
 
     register_recovery_method(RecoveryMethod(
         name=name, settings=frozenset(settings), id_format=id_format, build=build, save=_save,
-        load=_load, fit_setting=fit_setting))
+        load=_load, fit_setting=fit_setting, side=side))
 
 
 def _save(model, path) -> None:
@@ -78,20 +78,21 @@ LORA_SETTINGS = {"r", "alpha", "dropout", "target_modules"}
 register_peft("prompt_tuning", "PromptTuningConfig",
               lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"],
                                    prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB),
-              {"num_virtual_tokens"}, lambda e: f"prompt-n{e['num_virtual_tokens']}")
+              {"num_virtual_tokens"}, lambda e: f"prompt-n{e['num_virtual_tokens']}", side="input")
 register_peft("prefix_tuning", "PrefixTuningConfig",
               lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"]),
               {"num_virtual_tokens", "prefix_init"}, lambda e: f"prefix-n{e['num_virtual_tokens']}",
-              after_build=_prefix_init)
+              side="input", after_build=_prefix_init)
 register_peft("lora", "LoraConfig", _lora_kwargs, LORA_SETTINGS, lambda e: f"lora-r{e['r']}",
-              fit_setting="target_modules")
+              side="weights", fit_setting="target_modules")
 # DoRA (Liu et al. 2024): LoRA with the weight's magnitude and direction trained apart.
 register_peft("dora", "LoraConfig", lambda e, peft: _lora_kwargs(e, peft, use_dora=True),
-              LORA_SETTINGS, lambda e: f"dora-r{e['r']}", fit_setting="target_modules")
+              LORA_SETTINGS, lambda e: f"dora-r{e['r']}", side="weights",
+              fit_setting="target_modules")
 # (IA)^3 (Liu et al. 2022): learned vectors that rescale keys, values and feed-forward inputs.
 register_peft("ia3", "IA3Config",
               lambda e, peft: dict(target_modules=e["target_modules"],
                                    feedforward_modules=e["feedforward_modules"]),
               {"target_modules", "feedforward_modules"},
               lambda e: "ia3-" + ".".join(m.removesuffix("_proj") for m in e["target_modules"]),
-              fit_setting="target_modules")
+              side="weights", fit_setting="target_modules")

@@ -1,0 +1,174 @@
+"""The displacement analysis at the level of single questions, from the samples files: which
+questions compression lost (the dense model right, the compressed one wrong), which of them each
+recovery brings back, which questions it breaks (the compressed model right, the recovered one
+wrong), whether the methods bring back the same questions, and a short reading per model and
+compression of what the evidence favours: knowledge forgotten, or displaced and recoverable from
+the input side. Intervals come from the paired comparisons (`aggregate.compare`)."""
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+
+from .aggregate import correctness
+from .registry import recovery_method
+
+
+def _right(samples_file) -> dict[tuple, int]:
+    return {(task, doc): r for task, (docs, rs) in correctness(samples_file).items()
+            for doc, r in zip(docs, rs)}
+
+
+def _side(cell) -> str:
+    return recovery_method(cell.settings["method"]).side or ""
+
+
+def example_level(cells: list, samples_files: list, trains, is_baseline) -> tuple[pd.DataFrame, dict]:
+    """One row per trained cell on a compressed model whose dense and untrained compressed cells
+    are in the grid: questions lost by compression and the share this cell recovers; questions
+    the compressed model answers and the share this cell breaks. Also returns, by cell id, the
+    set of lost questions it recovers (for `overlap`)."""
+    right = {c.id: _right(f) for c, f in zip(cells, samples_files)}
+    untrained: dict = {}
+    for c in cells:
+        if not trains(c):
+            untrained.setdefault((c.model, c.compression), c)
+    dense = {c.model: c for c in untrained.values() if is_baseline(c)}
+    rows, recovered_sets = [], {}
+    for c in cells:
+        base = untrained.get((c.model, c.compression))
+        if not trains(c) or base is None or is_baseline(base) or c.model not in dense:
+            continue
+        d, b, r = right[dense[c.model].id], right[base.id], right[c.id]
+        common = d.keys() & b.keys() & r.keys()
+        lost = {q for q in common if d[q] and not b[q]}
+        kept = {q for q in common if b[q]}
+        recovered = {q for q in lost if r[q]}
+        broken = {q for q in kept if not r[q]}
+        recovered_sets[c.id] = recovered
+        rows.append({"model": c.model, "compression": c.compression, "compressed": base.id,
+                     "cell": c.id,
+                     "method": c.settings["method"], "side": _side(c), "questions": len(common),
+                     "lost": len(lost), "recovered": len(recovered),
+                     "recovered_share": len(recovered) / len(lost) if lost else None,
+                     "kept": len(kept), "broken": len(broken),
+                     "broken_share": len(broken) / len(kept) if kept else None})
+    return pd.DataFrame(rows, columns=["model", "compression", "compressed", "cell", "method",
+                                       "side",
+                                       "questions", "lost", "recovered", "recovered_share",
+                                       "kept", "broken", "broken_share"]), recovered_sets
+
+
+def overlap(rows: pd.DataFrame, recovered_sets: dict) -> pd.DataFrame:
+    """For each two recovered cells of one model and compression: the lost questions both bring
+    back, each alone, and the Jaccard index (both / either)."""
+    out = []
+    for (model, comp), group in rows.groupby(["model", "compression"], sort=False):
+        for a, b in itertools.combinations(group.cell, 2):
+            sa, sb = recovered_sets[a], recovered_sets[b]
+            either = len(sa | sb)
+            out.append({"model": model, "compression": comp, "a": a, "b": b,
+                        "both": len(sa & sb), "only_a": len(sa - sb), "only_b": len(sb - sa),
+                        "jaccard": len(sa & sb) / either if either else None})
+    return pd.DataFrame(out, columns=["model", "compression", "a", "b", "both", "only_a",
+                                      "only_b", "jaccard"])
+
+
+def _mean_row(compared: pd.DataFrame, kind: str, other: str):
+    """The mean-over-tasks row of one comparison of `other` (or its only task's)."""
+    sel = compared[(compared.comparison == kind) & (compared.other == other)]
+    mean = sel[sel.task == "mean"]
+    return mean.iloc[0] if not mean.empty else (sel.iloc[0] if len(sel) == 1 else None)
+
+
+def _diff(row) -> str:
+    return (f"{row.difference:+.3f} [{row.low:+.3f}, {row.high:+.3f}]"
+            + (" *" if row.significant else ""))
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or pd.isna(x) else f"{x:.0%}"
+
+
+def reading(rows: pd.DataFrame, pairs: pd.DataFrame, compared: pd.DataFrame,
+            confidence: float, reference: str) -> str:
+    """Markdown: per model and compression, the example-level table, the overlap, and which
+    reading the evidence favours, with the numbers it rests on."""
+    out = [f"# Forgotten or displaced?\n\nPer model and compression, from the same questions "
+           f"answered by every cell. Differences in mean accuracy over tasks (other - base) with "
+           f"their {confidence:.0%} paired bootstrap interval; * the interval excludes zero. "
+           f"*lost*: the dense model right, the compressed one wrong; *recovered*: of those, the "
+           f"recovered model right; *broken*: the compressed model right, the recovered one "
+           f"wrong. Recovery ratio: (recovered - compressed) / (dense - compressed).\n"]
+    if rows.empty:
+        return "\n".join(out) + "\nNo trained recovery of a compressed model in this grid.\n"
+    for (model, comp), group in rows.groupby(["model", "compression"], sort=False):
+        drop = _mean_row(compared, "compressed vs dense", group.compressed.iloc[0])
+        out.append(f"## {model} / {comp}\n")
+        lost = int(group.lost.iloc[0])
+        if drop is not None:
+            out.append(f"Compression: {_diff(drop)} against dense over "
+                       f"{int(group.questions.iloc[0])} questions; it lost {lost} of them.\n")
+        table = []
+        for r in group.itertuples():
+            gain = _mean_row(compared, "recovered vs compressed", r.cell)
+            ratio = (gain.difference / -drop.difference
+                     if gain is not None and drop is not None and drop.significant
+                     and drop.difference < 0 else None)
+            vs_ref = _mean_row(compared, f"vs {reference}", r.cell)
+            table.append({"recovery": r.cell.split("/", 2)[2], "side": r.side,
+                          "recovered of lost": f"{r.recovered}/{r.lost} ({_pct(r.recovered_share)})",
+                          "broken of kept": f"{r.broken}/{r.kept} ({_pct(r.broken_share)})",
+                          # an evaluation variant (IDP's oracle) is compared with its own
+                          # selection, not the compressed model: it is not evidence here
+                          "vs compressed": _diff(gain) if gain is not None else "n/a (variant)",
+                          f"vs {reference}": _diff(vs_ref) if vs_ref is not None else "",
+                          "recovery ratio": "n/a" if ratio is None else f"{ratio:.2f}"})
+        out.append(pd.DataFrame(table).to_markdown(index=False, disable_numparse=True) + "\n")
+        sub = pairs[(pairs.model == model) & (pairs.compression == comp)]
+        if not sub.empty:
+            out.append("Do the methods bring back the same questions? (Jaccard: both / either)\n")
+            out.append("\n".join(f"- {p.a.split('/', 2)[2]} and {p.b.split('/', 2)[2]}: "
+                                 f"{p.both} both, {p.only_a} / {p.only_b} only one; Jaccard "
+                                 f"{'n/a' if p.jaccard is None or pd.isna(p.jaccard) else f'{p.jaccard:.2f}'}"
+                                 for p in sub.itertuples()) + "\n")
+        out.append("**Reading.** " + _verdict(group, drop, compared, reference) + "\n")
+    return "\n".join(out)
+
+
+def _verdict(group: pd.DataFrame, drop, compared: pd.DataFrame, reference: str) -> str:
+    if drop is None:
+        return "No untrained compressed row to compare with: no reading."
+    if not drop.significant:
+        return (f"Compression cost no measurable accuracy here ({_diff(drop)}): there is nothing "
+                f"to tell forgotten from displaced at this level.")
+    gains = {r.cell: _mean_row(compared, "recovered vs compressed", r.cell)
+             for r in group.itertuples()}
+    sides = dict(zip(group.cell, group.side))
+    up = {c: g for c, g in gains.items() if g is not None and g.significant and g.difference > 0}
+    inputs = sorted((c for c in up if sides[c] == "input"), key=lambda c: -up[c].difference)
+    weights = sorted((c for c in up if sides[c] == "weights"), key=lambda c: -up[c].difference)
+    if inputs:
+        best = inputs[0]
+        text = (f"Displaced rather than forgotten: recovery from the input side "
+                f"({best.split('/', 2)[2]}, weights untouched) brings back accuracy the "
+                f"compression lost ({_diff(up[best])} over the compressed model).")
+        vs_ref = _mean_row(compared, f"vs {reference}", best)
+        if vs_ref is not None:
+            how = ("no measurable difference: the input side recovers as much as the weights"
+                   if vs_ref.low <= 0 <= vs_ref.high else
+                   "it recovers measurably less" if vs_ref.high < 0 else
+                   "it recovers measurably more")
+            text += (f" Against {reference} on the same compressed model: {_diff(vs_ref)}, "
+                     f"{how}.")
+        return text
+    if weights:
+        best = weights[0]
+        return (f"Recovered by changing the weights ({best.split('/', 2)[2]}: "
+                f"{_diff(up[best])}) but not measurably from the input side: on this grid the "
+                f"lost knowledge needs the weights (closer to forgotten for prompting).")
+    widest = max((g.high - g.low) / 2 for g in gains.values() if g is not None) \
+        if any(g is not None for g in gains.values()) else float("nan")
+    return (f"No recovery is distinguishable from zero (every interval includes 0, half-width "
+            f"up to {widest:.3f}): this grid cannot tell forgotten from displaced; evaluate more "
+            f"questions or train longer.")
