@@ -5,6 +5,7 @@ from pathlib import Path
 
 from knowledge_recovery import aggregate, artifacts, displacement, tracking
 from knowledge_recovery.grid import by_id
+from knowledge_recovery.jobs import Jobs
 from knowledge_recovery.registry import compression_method, recovery_method
 from knowledge_recovery.step import record, results_root, step
 
@@ -28,6 +29,14 @@ with step(smk):
     artifacts.write_text(smk.output.markdown, aggregate.markdown(df))
     aggregate.plot(df, Path(smk.output.plot), chance_level=aggregate.chance(smk.input.samples),
                    dense_cells=[c.id for c in cells if is_baseline(c) and not trains(c)])
+    info = {key: aggregate.compression_info(artifacts.read_json(path))
+            for key, path in Jobs(smk.config).model_manifests().items()}
+    groups = aggregate.result_groups(smk.config["tasks"], df.task.unique())
+    overview = aggregate.overview(df, cells, groups, info, trains, is_baseline)
+    with artifacts.atomic_path(smk.output.overview_csv) as tmp:
+        overview.to_csv(tmp, index=False)
+    artifacts.write_text(smk.output.overview_markdown, aggregate.overview_markdown(overview))
+    artifacts.write_text(smk.output.overview_latex, aggregate.overview_latex(overview))
     settings = smk.config["statistics"]
     compared = aggregate.compare(cells, smk.input.samples, settings, trains, is_baseline)
     with artifacts.atomic_path(smk.output.comparisons_csv) as tmp:
@@ -43,10 +52,12 @@ with step(smk):
         rows, pairs, compared, settings["confidence"], settings["reference"]))
     means = aggregate.table(df)["mean"]
     print(aggregate.markdown(df))
+    print(aggregate.overview_markdown(overview))
     print(aggregate.comparisons_markdown(compared, settings["confidence"]))
     print(open(smk.output.displacement_markdown).read())
     tables = [smk.output.csv, smk.output.markdown, smk.output.plot, smk.output.comparisons_csv,
-              smk.output.comparisons_markdown, smk.output.displacement_csv,
+              smk.output.comparisons_markdown, smk.output.overview_csv,
+              smk.output.overview_markdown, smk.output.overview_latex, smk.output.displacement_csv,
               smk.output.overlap_csv, smk.output.displacement_markdown]
     grid = record(smk, "aggregate", "grid", params={"versions": artifacts.versions(),
                                                     "git_commit": artifacts.git_commit()},

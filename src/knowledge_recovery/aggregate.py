@@ -147,3 +147,122 @@ def plot(df: pd.DataFrame, path: Path, metric: str = METRIC, chance_level: float
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+GROUP_ORDER = ["world knowledge", "commonsense", "reading", "language modelling", "other"]
+
+
+def result_groups(task_entries: list[dict], result_tasks) -> dict[str, str]:
+    """{task name in the results: its group}; lm-eval subtasks (`mmlu_anatomy`) belong to the
+    entry that named their group (`mmlu`)."""
+    from .grid import task_names
+    from .tasks import task_group
+
+    out = {}
+    for task in result_tasks:
+        entry = next((e for e in task_entries if task in task_names(e)
+                      or task.startswith(e["name"] + "_")), None)
+        out[task] = task_group(entry) if entry else "other"
+    return out
+
+
+def compression_info(manifest: dict) -> dict:
+    """Bits per weight, sparsity and packed size of a model, from its compress manifest; a
+    dense model is counted at the 16-bit baseline the compressed sizes are measured against."""
+    if "effective_bits_per_weight" in manifest:
+        return {"bits_per_weight": manifest["effective_bits_per_weight"],
+                "sparsity": manifest["sparsity"], "packed_bytes": manifest["packed_bytes"]}
+    return {"bits_per_weight": 16.0, "sparsity": 0.0, "packed_bytes": 2 * manifest["params"]}
+
+
+def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
+             is_baseline) -> pd.DataFrame:
+    """One row per model x compression x recovery, seeds pooled (mean, and the spread of the
+    overall mean over seeds): accuracy per task group and overall (mean over tasks), the drop
+    from dense, the recovery ratio (recovered - compressed) / (dense - compressed), trainable
+    parameters, adapter bytes, bits per weight, sparsity and packed bytes. `info` maps
+    (model, compression) to `compression_info`."""
+    sub = df[df.metric == METRIC].assign(group=lambda d: d.task.map(groups).fillna("other"))
+    by_group = sub.pivot_table(index="cell", columns="group", values="value", aggfunc="mean",
+                               sort=False)
+    names = [g for g in GROUP_ORDER if g in by_group] + sorted(set(by_group) - set(GROUP_ORDER))
+    overall = sub.groupby("cell", sort=False)["value"].mean()
+    extra = df.drop_duplicates("cell").set_index("cell")
+    rows = []
+    for c in cells:
+        if c.id not in overall.index:
+            continue
+        rows.append({"model": c.model, "compression": c.compression, "recovery": c.recovery,
+                     "trained": bool(trains(c)), "dense": bool(is_baseline(c)) and not trains(c),
+                     **{g: by_group.loc[c.id, g] for g in names}, "overall": overall[c.id],
+                     "trainable_params": extra.loc[c.id, "trainable_params"],
+                     "adapter_bytes": extra.loc[c.id, "adapter_bytes"]})
+    frame = pd.DataFrame(rows)
+    keys = ["model", "compression", "recovery"]
+    pooled = frame.groupby(keys, sort=False).agg(
+        {**{k: "first" for k in ("trained", "dense")}, **{g: "mean" for g in names},
+         "overall": ["mean", "std", "count"], "trainable_params": "mean", "adapter_bytes": "mean"})
+    pooled.columns = [f"overall_{b}" if a == "overall" else a for a, b in pooled.columns]
+    pooled = pooled.rename(columns={"overall_mean": "overall", "overall_std": "overall_sd",
+                                    "overall_count": "seeds"}).reset_index()
+    dense = {r.model: r.overall for r in pooled.itertuples() if r.dense}
+    untrained = {}
+    for r in pooled.itertuples():
+        if not r.trained:
+            untrained.setdefault((r.model, r.compression), r.overall)
+    pooled["drop_from_dense"] = [r.overall - dense[r.model] if r.model in dense else None
+                                 for r in pooled.itertuples()]
+
+    def ratio(r):
+        d, base = dense.get(r.model), untrained.get((r.model, r.compression))
+        if not r.trained or d is None or base is None or d - base <= 0:
+            return None
+        return (r.overall - base) / (d - base)
+    pooled["recovery_ratio"] = [ratio(r) for r in pooled.itertuples()]
+    for key in ("bits_per_weight", "sparsity", "packed_bytes"):
+        pooled[key] = [info[(r.model, r.compression)][key] for r in pooled.itertuples()]
+    columns = [*keys, "seeds", *names, "overall", "overall_sd", "drop_from_dense",
+               "recovery_ratio", "trainable_params", "adapter_bytes", "bits_per_weight",
+               "sparsity", "packed_bytes"]
+    return pooled[columns]
+
+
+_OVERVIEW_FIXED = {"model", "compression", "recovery", "seeds", "overall", "overall_sd",
+                   "drop_from_dense", "recovery_ratio", "trainable_params", "adapter_bytes",
+                   "bits_per_weight", "sparsity", "packed_bytes"}
+
+
+def overview_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The overview with readable numbers (for Markdown and LaTeX)."""
+    def num(v, fmt):
+        return "" if v is None or pd.isna(v) else format(v, fmt)
+    groups = [c for c in table.columns if c not in _OVERVIEW_FIXED]
+    out = table[["model", "compression", "recovery", "seeds"]].copy()
+    for g in groups:
+        out[g] = [num(v, ".3f") for v in table[g]]
+    out["overall"] = [num(v, ".3f") + (f" ± {sd:.3f}" if n > 1 and pd.notna(sd) else "")
+                      for v, sd, n in zip(table.overall, table.overall_sd, table.seeds)]
+    out["drop from dense"] = [num(v, "+.3f") for v in table.drop_from_dense]
+    out["recovery ratio"] = [num(v, ".2f") for v in table.recovery_ratio]
+    out["trainable params"] = [num(v, ",.0f") for v in table.trainable_params]
+    out["adapter kB"] = [num(v / 1e3, ",.1f") if v else "" for v in table.adapter_bytes]
+    out["bits/weight"] = [num(v, ".2f") for v in table.bits_per_weight]
+    out["sparsity"] = [num(v, ".0%") for v in table.sparsity]
+    out["packed MB"] = [num(v / 1e6, ",.1f") for v in table.packed_bytes]
+    return out
+
+
+def overview_markdown(table: pd.DataFrame) -> str:
+    head = (f"Mean {METRIC} per task group and over all tasks (± spread over seeds where there "
+            f"are several); drop from dense; recovery ratio (recovered - compressed) / (dense - "
+            f"compressed); trainable parameters and adapter size; bits per weight, sparsity and "
+            f"packed size of the compressed model (dense: the 16-bit baseline)\n\n")
+    return head + overview_shown(table).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def overview_latex(table: pd.DataFrame) -> str:
+    shown = overview_shown(table)
+    return shown.to_latex(index=False, escape=True, column_format="lll" + "r" * (shown.shape[1] - 3),
+                          caption=f"Mean {METRIC} per task group and overall, recovery ratio and "
+                                  f"model size per model, compression and recovery.",
+                          label="tab:overview").replace("±", r"$\pm$")

@@ -70,10 +70,16 @@ class Jobs:
         """By cell id, for the cells that evaluate a trained adapter."""
         return {c.id: self.train_manifest(c) for c in self.cells if c.train_unit}
 
+    def model_manifests(self) -> dict[tuple[str, str], str]:
+        """By (model, compression) of the cells: the manifest of the model they evaluate."""
+        return {(c.model, c.compression): self.paths.model_manifest(c.model, c.compression)
+                for c in self.cells}
+
     def aggregate_inputs(self) -> dict:
         return {"results": [self.eval_results(c) for c in self.cells],
                 "samples": [self.eval_samples(c) for c in self.cells],
-                "train_manifests": list(self.train_manifests().values())}
+                "train_manifests": list(self.train_manifests().values()),
+                "model_manifests": list(self.model_manifests().values())}
 
     def packed_outputs(self) -> list[str]:
         """Packed low-bit exports of the entries that ask for one, for every model."""

@@ -87,6 +87,10 @@ class Layout:
                 "plot": f"{self.root}/summary/mean_acc.png",
                 "comparisons_csv": f"{self.root}/summary/comparisons.csv",
                 "comparisons_markdown": f"{self.root}/summary/comparisons.md",
+                # per model x compression x recovery: task groups, recovery ratio, sizes
+                "overview_csv": f"{self.root}/summary/overview.csv",
+                "overview_markdown": f"{self.root}/summary/overview.md",
+                "overview_latex": f"{self.root}/summary/overview.tex",
                 # question-level displacement: recovered / broken per cell, overlap, reading
                 "displacement_csv": f"{self.root}/summary/displacement.csv",
                 "overlap_csv": f"{self.root}/summary/overlap.csv",

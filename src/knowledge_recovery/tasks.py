@@ -257,6 +257,29 @@ def lm_eval_task_problem(name: str) -> str | None:
     return f"lm-eval has no task {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
 
 
+# The summary's task groups, for lm-eval names starting with these (a task entry's `group`
+# overrides). As in the LLaMA paper's grouping, except that tasks read from a given passage
+# (BoolQ, RACE, SQuAD, DROP) are "reading".
+TASK_GROUPS = {
+    "world knowledge": ("triviaqa", "nq_open", "naturalquestions", "mmlu", "webqs"),
+    "commonsense": ("arc_", "piqa", "hellaswag", "winogrande", "openbookqa", "siqa", "social_iqa",
+                    "copa"),
+    "reading": ("boolq", "race", "squad", "drop"),
+    "language modelling": ("wikitext", "lambada", "pile", "c4"),
+}
+
+
+def task_group(entry: dict) -> str:
+    """The summary group of a task entry: its `group`, else world knowledge for the probes,
+    else by its lm-eval name (TASK_GROUPS), else "other"."""
+    if entry.get("group"):
+        return entry["group"]
+    if entry["type"] == "probes":
+        return "world knowledge"
+    name = entry["name"].lower()
+    return next((g for g, prefixes in TASK_GROUPS.items() if name.startswith(prefixes)), "other")
+
+
 def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
                  final_dir: Path | None = None) -> dict:
     """Write the lm-eval folder for one task entry into out_dir; its YAMLs point at final_dir,

@@ -1,0 +1,70 @@
+"""The overview table: task groups, seeds pooled, drop from dense, recovery ratio, sizes."""
+import pandas as pd
+import pytest
+
+from knowledge_recovery import aggregate
+from knowledge_recovery.grid import Cell
+
+TASKS = {"knowledge_country_capital": "world knowledge", "arc_easy": "commonsense",
+         "boolq": "reading"}
+
+
+def _cells():
+    lora = {"method": "lora", "id": "lora-r2", "train_id": "lora-r2"}
+    return [Cell("m", "dense", "none", settings={"method": "none", "id": "none"}),
+            Cell("m", "rtn-w4", "none", settings={"method": "none", "id": "none"}),
+            Cell("m", "rtn-w4", "lora-r2", 0, settings=lora),
+            Cell("m", "rtn-w4", "lora-r2", 1, settings=lora)]
+
+
+def _frame(accs: dict) -> pd.DataFrame:
+    rows = []
+    for cell in _cells():
+        for task, acc in zip(TASKS, accs[cell.id]):
+            trained = cell.seed is not None
+            rows.append({"cell": cell.id, **cell.axes, "task": task, "metric": "acc",
+                         "value": acc, "stderr": 0.01, "documents": 100,
+                         "trainable_params": 1000 if trained else 0,
+                         "adapter_bytes": 4000 if trained else 0})
+    return pd.DataFrame(rows)
+
+
+def test_groups_pooled_seeds_drop_ratio_and_sizes():
+    accs = {"m/dense/none": [0.8, 0.6, 0.7], "m/rtn-w4/none": [0.5, 0.6, 0.4],
+            "m/rtn-w4/lora-r2/seed0": [0.7, 0.6, 0.5], "m/rtn-w4/lora-r2/seed1": [0.6, 0.6, 0.6]}
+    info = {("m", "dense"): aggregate.compression_info({"params": 1_000_000}),
+            ("m", "rtn-w4"): aggregate.compression_info(
+                {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000})}
+    groups = aggregate.result_groups(
+        [{"name": "knowledge", "type": "probes", "relations": ["country_capital"]},
+         {"name": "arc_easy", "type": "lm_eval"},
+         {"name": "boolq", "type": "lm_eval"}], TASKS)
+    assert groups == TASKS
+    table = aggregate.overview(_frame(accs), _cells(), groups, info,
+                               trains=lambda c: c.seed is not None,
+                               is_baseline=lambda c: c.compression == "dense")
+    assert list(table.recovery) == ["none", "none", "lora-r2"]  # seeds pooled into one row
+    dense, compressed, lora = (table.iloc[i] for i in range(3))
+    assert dense.overall == pytest.approx(0.7) and dense.bits_per_weight == 16.0
+    assert dense.packed_bytes == 2_000_000 and compressed.bits_per_weight == 4.25
+    assert compressed.drop_from_dense == pytest.approx(-0.2)
+    assert lora.seeds == 2 and lora.overall == pytest.approx(0.6)
+    assert lora.overall_sd == pytest.approx(0.0)  # both seeds average 0.6
+    assert lora["world knowledge"] == pytest.approx(0.65) and lora.reading == pytest.approx(0.55)
+    assert lora.recovery_ratio == pytest.approx((0.6 - 0.5) / (0.7 - 0.5))
+    assert pd.isna(compressed.recovery_ratio) and lora.trainable_params == 1000
+    md = aggregate.overview_markdown(table)
+    assert "world knowledge" in md and "0.600" in md and "4.25" in md
+    tex = aggregate.overview_latex(table)
+    assert "\\begin{table}" in tex and "\\label{tab:overview}" in tex and "rtn-w4" in tex
+
+
+def test_task_groups_by_name_and_override():
+    from knowledge_recovery.tasks import task_group
+
+    assert task_group({"name": "triviaqa", "type": "lm_eval"}) == "world knowledge"
+    assert task_group({"name": "wikitext", "type": "lm_eval"}) == "language modelling"
+    assert task_group({"name": "mine", "type": "local"}) == "other"
+    assert task_group({"name": "mine", "type": "local", "group": "reading"}) == "reading"
+    assert aggregate.result_groups([{"name": "mmlu", "type": "lm_eval"}],
+                                   ["mmlu_anatomy"]) == {"mmlu_anatomy": "world knowledge"}
