@@ -137,6 +137,63 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
     assert {"results.csv", "results.md", "mean_acc.png"} <= artifacts
 
 
+def _browser() -> str:
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
+                 None)
+    if found is None:
+        if os.environ.get("KR_REQUIRE_BROWSER"):
+            pytest.fail("KR_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium to load the MLflow UI with (apt-get install chromium)")
+    return found
+
+
+def _page_text(browser: str, url: str, profile: Path) -> str:
+    """The text of a page as a headless browser renders it, its JavaScript run."""
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
+    """The runs table a researcher opens (the URL `make run` prints), in headless chromium: every
+    run listed, all of them finished, the parent included, the evaluate runs found by their
+    metric."""
+    from urllib.parse import quote
+
+    from knowledge_recovery.mlflow_server import free_port, wait_until_up
+
+    browser = _browser()
+    workdir, _, _ = finished
+    store = f"sqlite:///{workdir / 'results' / 'smoke' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base, proc=ui)
+        table = f"{base}/#/experiments/{exp.experiment_id}/runs"
+
+        def shown(search: str = "") -> str:
+            return _page_text(browser, table + (f"?searchFilter={quote(search)}" if search else ""),
+                              tmp_path / "profile")
+        page = shown()
+        assert "smoke" in page and "Training runs" in page, page[-2000:]
+        assert f"{len(runs)} matching runs" in page and " grid " in page, page[-2000:]
+        assert f"{len(runs)} matching runs" in shown("attributes.status = 'FINISHED'")
+        evaluated = EXPECTED_JOBS["evaluate"]
+        # a child run is listed under its parent: the parent row is counted with them
+        assert f"{evaluated + 1} matching runs" in shown("metrics.mean_acc >= 0")
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+
+
 def test_rerun_executes_nothing_and_logs_nothing(finished):
     workdir, config, _ = finished
     db = workdir / "results" / "smoke" / "mlflow.db"
