@@ -68,3 +68,30 @@ def test_task_groups_by_name_and_override():
     assert task_group({"name": "mine", "type": "local", "group": "reading"}) == "reading"
     assert aggregate.result_groups([{"name": "mmlu", "type": "lm_eval"}],
                                    ["mmlu_anatomy"]) == {"mmlu_anatomy": "world knowledge"}
+
+
+def test_the_summary_plots_are_drawn(tmp_path):
+    cells = _cells()
+    accs = {"m/dense/none": [0.8, 0.6, 0.7], "m/rtn-w4/none": [0.5, 0.6, 0.4],
+            "m/rtn-w4/lora-r2/seed0": [0.7, 0.6, 0.5], "m/rtn-w4/lora-r2/seed1": [0.6, 0.6, 0.6]}
+    info = {("m", "dense"): aggregate.compression_info({"params": 1_000_000}),
+            ("m", "rtn-w4"): aggregate.compression_info(
+                {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000})}
+
+    def trains(c):
+        return c.seed is not None
+
+    def is_baseline(c):
+        return c.compression == "dense"
+    df = _frame(accs)
+    table = aggregate.overview(df, cells, TASKS, info, trains, is_baseline)
+    ratios = aggregate.task_recovery_ratios(df, cells, trains, is_baseline)
+    row = ratios.iloc[0]
+    # knowledge: (0.65 - 0.5) / 0.3; arc_easy lost nothing (blank); boolq: (0.55 - 0.4) / 0.3
+    assert row["knowledge_country_capital"] == pytest.approx(0.5)
+    assert pd.isna(row["arc_easy"]) and row["boolq"] == pytest.approx(0.5)
+    for draw, data in ((aggregate.plot_accuracy_vs_compression, table),
+                       (aggregate.plot_recovery_heatmap, ratios), (aggregate.plot_pareto, table)):
+        path = tmp_path / f"{draw.__name__}.png"
+        draw(data, path)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

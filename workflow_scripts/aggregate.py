@@ -37,6 +37,15 @@ with step(smk):
         overview.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.overview_markdown, aggregate.overview_markdown(overview))
     artifacts.write_text(smk.output.overview_latex, aggregate.overview_latex(overview))
+    ratios = aggregate.task_recovery_ratios(df, cells, trains, is_baseline)
+    with artifacts.atomic_path(smk.output.recovery_ratio_csv) as tmp:
+        ratios.to_csv(tmp, index=False)
+    for draw, data, path in ((aggregate.plot_accuracy_vs_compression, overview,
+                              smk.output.accuracy_vs_compression_plot),
+                             (aggregate.plot_recovery_heatmap, ratios, smk.output.recovery_ratio_plot),
+                             (aggregate.plot_pareto, overview, smk.output.pareto_plot)):
+        with artifacts.atomic_path(path) as tmp:
+            draw(data, tmp)
     settings = smk.config["statistics"]
     compared = aggregate.compare(cells, smk.input.samples, settings, trains, is_baseline)
     with artifacts.atomic_path(smk.output.comparisons_csv) as tmp:
@@ -57,7 +66,9 @@ with step(smk):
     print(open(smk.output.displacement_markdown).read())
     tables = [smk.output.csv, smk.output.markdown, smk.output.plot, smk.output.comparisons_csv,
               smk.output.comparisons_markdown, smk.output.overview_csv,
-              smk.output.overview_markdown, smk.output.overview_latex, smk.output.displacement_csv,
+              smk.output.overview_markdown, smk.output.overview_latex,
+              smk.output.accuracy_vs_compression_plot, smk.output.recovery_ratio_csv,
+              smk.output.recovery_ratio_plot, smk.output.pareto_plot, smk.output.displacement_csv,
               smk.output.overlap_csv, smk.output.displacement_markdown]
     grid = record(smk, "aggregate", "grid", params={"versions": artifacts.versions(),
                                                     "git_commit": artifacts.git_commit()},

@@ -99,6 +99,13 @@ def table(df: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     return wide
 
 
+def mean_stderr(rows: pd.DataFrame) -> pd.Series:
+    """Per cell, the standard error of its mean over tasks, from the tasks' (independent
+    question sets)."""
+    return rows.groupby("cell", sort=False)["stderr"].apply(
+        lambda e: (e.fillna(0) ** 2).sum() ** 0.5 / len(e))
+
+
 def markdown(df: pd.DataFrame, metric: str = METRIC) -> str:
     wide = table(df, metric)
     err = df[df.metric == metric].pivot_table(index="cell", columns="task", values="stderr",
@@ -123,10 +130,7 @@ def plot(df: pd.DataFrame, path: Path, metric: str = METRIC, chance_level: float
     from matplotlib.patches import Patch
 
     wide = table(df, metric)
-    sub = df[df.metric == metric]
-    # the mean's standard error, from the tasks' (independent question sets)
-    err = sub.groupby("cell", sort=False)["stderr"].apply(
-        lambda e: (e.fillna(0) ** 2).sum() ** 0.5 / len(e)).reindex(wide.index)
+    err = mean_stderr(df[df.metric == metric]).reindex(wide.index)
     recovery_of = df.drop_duplicates("cell").set_index("cell")["recovery"].reindex(wide.index)
     codes, names = pd.factorize(recovery_of)
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(wide) + 3) + 3, 5))
@@ -187,6 +191,7 @@ def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
                                sort=False)
     names = [g for g in GROUP_ORDER if g in by_group] + sorted(set(by_group) - set(GROUP_ORDER))
     overall = sub.groupby("cell", sort=False)["value"].mean()
+    stderr = mean_stderr(sub)
     extra = df.drop_duplicates("cell").set_index("cell")
     rows = []
     for c in cells:
@@ -195,14 +200,17 @@ def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
         rows.append({"model": c.model, "compression": c.compression, "recovery": c.recovery,
                      "trained": bool(trains(c)), "dense": bool(is_baseline(c)) and not trains(c),
                      **{g: by_group.loc[c.id, g] for g in names}, "overall": overall[c.id],
+                     "overall_se": stderr[c.id],
                      "trainable_params": extra.loc[c.id, "trainable_params"],
                      "adapter_bytes": extra.loc[c.id, "adapter_bytes"]})
     frame = pd.DataFrame(rows)
     keys = ["model", "compression", "recovery"]
     pooled = frame.groupby(keys, sort=False).agg(
         {**{k: "first" for k in ("trained", "dense")}, **{g: "mean" for g in names},
-         "overall": ["mean", "std", "count"], "trainable_params": "mean", "adapter_bytes": "mean"})
+         "overall": ["mean", "std", "count"], "overall_se": "mean", "trainable_params": "mean",
+         "adapter_bytes": "mean"})
     pooled.columns = [f"overall_{b}" if a == "overall" else a for a, b in pooled.columns]
+    # seeds pooled: overall_se is their mean standard error, overall_sd their spread
     pooled = pooled.rename(columns={"overall_mean": "overall", "overall_std": "overall_sd",
                                     "overall_count": "seeds"}).reset_index()
     dense = {r.model: r.overall for r in pooled.itertuples() if r.dense}
@@ -221,13 +229,13 @@ def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
     pooled["recovery_ratio"] = [ratio(r) for r in pooled.itertuples()]
     for key in ("bits_per_weight", "sparsity", "packed_bytes"):
         pooled[key] = [info[(r.model, r.compression)][key] for r in pooled.itertuples()]
-    columns = [*keys, "seeds", *names, "overall", "overall_sd", "drop_from_dense",
+    columns = [*keys, "seeds", *names, "overall", "overall_se", "overall_sd", "drop_from_dense",
                "recovery_ratio", "trainable_params", "adapter_bytes", "bits_per_weight",
                "sparsity", "packed_bytes"]
     return pooled[columns]
 
 
-_OVERVIEW_FIXED = {"model", "compression", "recovery", "seeds", "overall", "overall_sd",
+_OVERVIEW_FIXED = {"model", "compression", "recovery", "seeds", "overall", "overall_se", "overall_sd",
                    "drop_from_dense", "recovery_ratio", "trainable_params", "adapter_bytes",
                    "bits_per_weight", "sparsity", "packed_bytes"}
 
@@ -266,3 +274,127 @@ def overview_latex(table: pd.DataFrame) -> str:
                           caption=f"Mean {METRIC} per task group and overall, recovery ratio and "
                                   f"model size per model, compression and recovery.",
                           label="tab:overview").replace("±", r"$\pm$")
+
+
+def _figure(path: Path, draw, panels: int, title: str, width: float = 5.0) -> None:
+    """One PNG of `panels` side-by-side axes; `draw(ax, i)` fills each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(width * max(panels, 1) + 1.5, 4.5),
+                             squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        draw(ax, i)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")  # written to a temporary name: say the format
+    plt.close(fig)
+
+
+def plot_accuracy_vs_compression(table: pd.DataFrame, path: Path) -> None:
+    """Per model: overall accuracy against bits per weight (the storage cost, which counts
+    pruning and quantization alike), one line per recovery, interval bars: the standard error
+    of the mean over tasks (and its spread over seeds, where larger)."""
+    models = list(dict.fromkeys(table.model))
+
+    def draw(ax, i):
+        sub = table[table.model == models[i]]
+        for k, (rec, rows) in enumerate(sub.groupby("recovery", sort=False)):
+            rows = rows.sort_values("bits_per_weight")
+            err = rows[["overall_se", "overall_sd"]].max(axis=1).fillna(0)
+            ax.errorbar(rows.bits_per_weight, rows.overall, yerr=err, marker="o", capsize=3,
+                        color=f"C{k}", label=rec)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bits per weight (16 = dense)")
+        ax.set_ylabel(f"mean {METRIC} over tasks")
+        ax.set_title(models[i])
+        ax.legend(fontsize=7, title="recovery", title_fontsize=7)
+    _figure(path, draw, len(models), "Accuracy against compression level")
+
+
+def task_recovery_ratios(df: pd.DataFrame, cells: list, trains, is_baseline) -> pd.DataFrame:
+    """Per trained recovery of a compressed model (seeds averaged) and task: (recovered -
+    compressed) / (dense - compressed); empty where the task lost nothing to compression."""
+    acc = df[df.metric == METRIC].pivot_table(index="cell", columns="task", values="value",
+                                              sort=False)
+    dense = {c.model: c.id for c in cells if is_baseline(c) and not trains(c)}
+    untrained = {}
+    for c in cells:
+        if not trains(c):
+            untrained.setdefault((c.model, c.compression), c.id)
+    rows = []
+    for c in cells:
+        base = untrained.get((c.model, c.compression))
+        if not trains(c) or c.model not in dense or base is None or base == dense[c.model] \
+                or c.id not in acc.index:
+            continue
+        lost = acc.loc[dense[c.model]] - acc.loc[base]
+        ratio = ((acc.loc[c.id] - acc.loc[base]) / lost).where(lost > 0)
+        rows.append({"model": c.model, "compression": c.compression, "recovery": c.recovery,
+                     **ratio.to_dict()})
+    if not rows:
+        return pd.DataFrame(columns=["model", "compression", "recovery"])
+    return pd.DataFrame(rows).groupby(["model", "compression", "recovery"], sort=False).mean() \
+        .reset_index()
+
+
+def plot_recovery_heatmap(ratios: pd.DataFrame, path: Path) -> None:
+    """Recovery ratio per task (columns) and recovery (rows), one panel per model and
+    compression; blank where the task lost nothing."""
+    import numpy as np
+
+    units = list(dict.fromkeys(zip(ratios.model, ratios.compression)))
+    tasks = [c for c in ratios.columns if c not in ("model", "compression", "recovery")]
+
+    def draw(ax, i):
+        if not units:
+            ax.text(0.5, 0.5, "no trained recovery of a compressed model", ha="center")
+            ax.axis("off")
+            return
+        model, comp = units[i]
+        sub = ratios[(ratios.model == model) & (ratios.compression == comp)]
+        values = sub[tasks].to_numpy(dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=-1, vmax=1.5,
+                          aspect="auto")
+        for (r, t), v in np.ndenumerate(values):
+            if not np.isnan(v):
+                ax.text(t, r, f"{v:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(sub)), sub.recovery, fontsize=7)
+        ax.set_title(f"{model} / {comp}", fontsize=9)
+        ax.figure.colorbar(image, ax=ax, label="recovery ratio (1 = back to dense)")
+    _figure(path, draw, len(units), "Recovery ratio per task (blank: the task lost nothing)",
+            width=max(4.0, 0.6 * len(tasks) + 2))
+
+
+def plot_pareto(table: pd.DataFrame, path: Path) -> None:
+    """Per compressed model: accuracy against the recovery's trainable parameters (untrained
+    rows at 0), the frontier drawn through the rows no other beats on both."""
+    units = [u for u in dict.fromkeys(zip(table.model, table.compression))
+             if (table[(table.model == u[0]) & (table.compression == u[1])].trainable_params > 0).any()]
+
+    def draw(ax, i):
+        if not units:
+            ax.text(0.5, 0.5, "no trained recovery", ha="center")
+            ax.axis("off")
+            return
+        model, comp = units[i]
+        sub = table[(table.model == model) & (table.compression == comp)].sort_values(
+            "trainable_params")
+        x = sub.trainable_params.clip(lower=1)
+        for k, r in enumerate(sub.itertuples()):
+            ax.scatter(max(r.trainable_params, 1), r.overall, color=f"C{k}", label=r.recovery)
+        best, frontier = -1.0, []
+        for xv, yv in zip(x, sub.overall):
+            if yv > best:
+                frontier.append((xv, yv))
+                best = yv
+        ax.step(*zip(*frontier), where="post", color="grey", linewidth=1, alpha=0.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (untrained at 1)")
+        ax.set_ylabel(f"mean {METRIC} over tasks")
+        ax.set_title(f"{model} / {comp}", fontsize=9)
+        ax.legend(fontsize=7)
+    _figure(path, draw, len(units), "Accuracy against extra parameters")

@@ -91,6 +91,10 @@ class Layout:
                 "overview_csv": f"{self.root}/summary/overview.csv",
                 "overview_markdown": f"{self.root}/summary/overview.md",
                 "overview_latex": f"{self.root}/summary/overview.tex",
+                "accuracy_vs_compression_plot": f"{self.root}/summary/accuracy_vs_compression.png",
+                "recovery_ratio_csv": f"{self.root}/summary/recovery_ratio.csv",
+                "recovery_ratio_plot": f"{self.root}/summary/recovery_ratio.png",
+                "pareto_plot": f"{self.root}/summary/pareto.png",
                 # question-level displacement: recovered / broken per cell, overlap, reading
                 "displacement_csv": f"{self.root}/summary/displacement.csv",
                 "overlap_csv": f"{self.root}/summary/overlap.csv",
