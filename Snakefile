@@ -18,6 +18,9 @@ prepare(config, check_models=workflow.is_main_process)
 
 include: "rules/common.smk"
 
+
+report: "report/workflow.rst"
+
 # One run per results folder: a killed run's stale locks are cleared, a live one elsewhere is not
 # disturbed (runlock.py). Only the main process decides; only a run that executes jobs claims.
 # Then damaged artifacts (missing, truncated, altered; integrity.py) and what was built from them

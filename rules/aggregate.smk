@@ -2,7 +2,7 @@ rule aggregate:
     input:
         **JOBS.aggregate_inputs(),
     output:
-        **paths.summary,
+        **reported(paths.summary),
     params:
         cells=CELLS,
         train_manifests=JOBS.train_manifests(),

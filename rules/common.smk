@@ -12,6 +12,17 @@ TASKS = JOBS.tasks
 CELLS = JOBS.cells
 CELL_BY_ID = {c.id: c for c in CELLS}
 TRAIN_UNIT = unit("{train_id}", "{seed}")  # the train rule's pattern of a unit
+# `snakemake --report`: summary outputs shown, by output key: (category, caption, label)
+REPORTED = {
+    "plot": ("Plots", "mean_acc", "mean accuracy per cell"),
+    "accuracy_vs_compression_plot": ("Plots", "accuracy_vs_compression", "accuracy vs bits"),
+    "recovery_ratio_plot": ("Plots", "recovery_ratio", "recovery ratio per task"),
+    "pareto_plot": ("Plots", "pareto", "accuracy vs extra parameters"),
+    "overview_csv": ("Tables", "overview", "overview"),
+    "csv": ("Tables", "results", "every cell x task"),
+    "comparisons_csv": ("Comparisons", "comparisons", "paired comparisons"),
+    "displacement_markdown": ("Comparisons", "displacement", "forgotten or displaced"),
+}
 
 
 wildcard_constraints:
@@ -21,6 +32,13 @@ wildcard_constraints:
     seed=r"\d+",
     task=r"[^/]+",
     unit=r"[^/]+|[^/]+/seed\d+",
+
+
+def reported(outputs):
+    """The summary outputs, those in REPORTED marked for the report with their captions."""
+    return {key: report(path, caption=f"../report/{REPORTED[key][1]}.rst",
+                        category=REPORTED[key][0], labels={"output": REPORTED[key][2]})
+            if key in REPORTED else path for key, path in outputs.items()}
 
 
 def compress_inputs(wildcards):

@@ -194,6 +194,19 @@ def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
         ui.wait(timeout=30)
 
 
+def test_the_report_holds_every_captioned_summary_output(finished, tmp_path):
+    """`snakemake --report`: one self-contained HTML file with the tables, plots and summary,
+    each with its caption (report/*.rst), without rendering warnings."""
+    workdir, config, _ = finished
+    out = snakemake(workdir, config, "--report", str(tmp_path / "report.html"))
+    assert "WARNING" not in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    for caption in (REPO / "report").glob("*.rst"):
+        first_words = " ".join(caption.read_text().split()[:6])
+        assert first_words in html, caption.name
+    assert html.count("data:image/png") >= 1 and "Comparisons" in html
+
+
 def test_rerun_executes_nothing_and_logs_nothing(finished):
     workdir, config, _ = finished
     db = workdir / "results" / "smoke" / "mlflow.db"
