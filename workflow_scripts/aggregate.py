@@ -3,6 +3,8 @@ question (summary/comparisons.*), analyse which questions each recovery brings b
 (summary/displacement.*, overlap.csv); attach them to MLflow."""
 from pathlib import Path
 
+import yaml
+
 from knowledge_recovery import aggregate, artifacts, displacement, tracking
 from knowledge_recovery.grid import by_id
 from knowledge_recovery.jobs import Jobs
@@ -64,7 +66,8 @@ with step(smk):
     print(aggregate.overview_markdown(overview))
     print(aggregate.comparisons_markdown(compared, settings["confidence"]))
     print(open(smk.output.displacement_markdown).read())
-    tables = [smk.output.csv, smk.output.markdown, smk.output.plot, smk.output.comparisons_csv,
+    artifacts.write_text(smk.output.config, yaml.safe_dump(dict(smk.config), sort_keys=False))
+    tables = [smk.output.config, smk.output.csv, smk.output.markdown, smk.output.plot, smk.output.comparisons_csv,
               smk.output.comparisons_markdown, smk.output.overview_csv,
               smk.output.overview_markdown, smk.output.overview_latex,
               smk.output.accuracy_vs_compression_plot, smk.output.recovery_ratio_csv,

@@ -99,6 +99,8 @@ class Layout:
                 "displacement_csv": f"{self.root}/summary/displacement.csv",
                 "overlap_csv": f"{self.root}/summary/overlap.csv",
                 "displacement_markdown": f"{self.root}/summary/displacement.md",
+                # the config as the run read it (defaults filled in), for the parent MLflow run
+                "config": f"{self.root}/summary/config.yaml",
                 # written last: the others' hashes and the grid's tracking record
                 "manifest": f"{self.root}/summary/manifest.json"}
 
