@@ -4,6 +4,11 @@ import mlflow
 from knowledge_recovery import tracking
 
 
+# set by MLflow itself, per store (the user, the run's own name tag, its parent's id)
+VOLATILE_TAGS = {"mlflow.user", "mlflow.runName", "mlflow.parentRunId", "mlflow.source.name",
+                 "mlflow.source.type"}
+
+
 def snapshot(uri: str, experiment: str) -> dict:
     """{step key or 'grid': status, times, tags, params, metric histories, artifact files}
     of the live runs; run ids replaced by what they name, so two stores compare equal when
@@ -16,7 +21,7 @@ def snapshot(uri: str, experiment: str) -> dict:
     for r in runs:
         key = r.data.tags.get(tracking.KEY_TAG, "grid")
         assert key not in out, f"two runs for {key}"
-        tags = {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")}
+        tags = {k: v for k, v in r.data.tags.items() if k not in VOLATILE_TAGS}
         if "mlflow.parentRunId" in r.data.tags:
             tags["parent is the grid run"] = str(r.data.tags["mlflow.parentRunId"] in parent)
         out[key] = {

@@ -125,3 +125,15 @@ def test_a_locked_sqlite_file_is_retried_other_errors_are_not(store, monkeypatch
     calls.clear()
     assert tracking._reported("evaluate cell", store, broken) is None and len(calls) == 1
     assert "MLflow tracking failed for evaluate cell" in capsys.readouterr().err
+
+
+def test_the_grid_is_logged_again_after_a_rerun_with_other_tags(store):
+    """The parent run outlives re-runs: a second aggregate (another commit) updates it."""
+    first = tracking.record(store, "aggregate", "grid", tags={"mlflow.source.git.commit": "a"},
+                            metrics={"mean_acc.c": 0.5})
+    second = dict(first, tags={"mlflow.source.git.commit": "b"}, metrics={"mean_acc.c": 0.6})
+    assert tracking.log_grid(store, "exp", first) and tracking.log_grid(store, "exp", second)
+    parent = snapshot(tracking.tracking_uri(store), "exp")["grid"]
+    assert parent["tags"]["mlflow.source.git.commit"] == "b"
+    assert parent["metrics"]["mean_acc.c"][-1] == (0, 0.6)
+    assert tracking.resync(store, "exp", [], second)["current"] == ["aggregate:grid"]

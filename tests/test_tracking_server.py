@@ -62,7 +62,8 @@ def assert_grid_tracked(folder: Path, uri: str, monkeypatch) -> dict:
 
 @pytest.fixture()
 def server(tmp_path):
-    srv = Server(tmp_path / "server").start()
+    """A tracking server whose database and artifacts live in the grid's results folder."""
+    srv = Server(tmp_path / "grid" / "results" / EXPERIMENT / "mlflow-server").start()
     yield srv
     srv.stop()
 

@@ -67,15 +67,13 @@ with step(smk):
     print(aggregate.comparisons_markdown(compared, settings["confidence"]))
     print(open(smk.output.displacement_markdown).read())
     artifacts.write_text(smk.output.config, yaml.safe_dump(dict(smk.config), sort_keys=False))
-    tables = [smk.output.config, smk.output.csv, smk.output.markdown, smk.output.plot, smk.output.comparisons_csv,
-              smk.output.comparisons_markdown, smk.output.overview_csv,
-              smk.output.overview_markdown, smk.output.overview_latex,
-              smk.output.accuracy_vs_compression_plot, smk.output.recovery_ratio_csv,
-              smk.output.recovery_ratio_plot, smk.output.pareto_plot, smk.output.displacement_csv,
-              smk.output.overlap_csv, smk.output.displacement_markdown]
-    grid = record(smk, "aggregate", "grid", params={"versions": artifacts.versions(),
-                                                    "git_commit": artifacts.git_commit()},
-                  metrics={f"mean_acc.{cell}": v for cell, v in means.items()}, artifacts=tables)
+    # every summary file goes onto the parent run; the manifest, written last, records them
+    tables = [path for key, path in smk.output.items() if key != "manifest"]
+    # tags, not params: the parent run outlives re-runs, and MLflow never changes a param
+    grid = record(smk, "aggregate", "grid", tags={
+        "mlflow.source.git.commit": artifacts.git_commit(),
+        **{f"versions.{k}": v for k, v in artifacts.versions().items()}},
+        metrics={f"mean_acc.{cell}": v for cell, v in means.items()}, artifacts=tables)
     artifacts.write_manifest(smk.output.manifest, artifacts.manifest(
         "aggregate", settings, cells=[c.id for c in cells], **{tracking.RECORD_KEY: grid}), tables)
     tracking.log_grid(results_root(smk), smk.config["experiment"], grid)

@@ -94,7 +94,8 @@ def reading(rows: pd.DataFrame, pairs: pd.DataFrame, compared: pd.DataFrame,
             confidence: float, reference: str) -> str:
     """Markdown: per model and compression, the example-level table, the overlap, and which
     reading the evidence favours, with the numbers it rests on."""
-    out = [f"# Forgotten or displaced?\n\nPer model and compression, from the same questions "
+    # bold lines, not headings: the file is also shown inside the README's sections
+    out = [f"**Forgotten or displaced?** Per model and compression, from the same questions "
            f"answered by every cell. Differences in mean accuracy over tasks (other - base) with "
            f"their {confidence:.0%} paired bootstrap interval; * the interval excludes zero. "
            f"*lost*: the dense model right, the compressed one wrong; *recovered*: of those, the "
@@ -104,7 +105,7 @@ def reading(rows: pd.DataFrame, pairs: pd.DataFrame, compared: pd.DataFrame,
         return "\n".join(out) + "\nNo trained recovery of a compressed model in this grid.\n"
     for (model, comp), group in rows.groupby(["model", "compression"], sort=False):
         drop = _mean_row(compared, "compressed vs dense", group.compressed.iloc[0])
-        out.append(f"## {model} / {comp}\n")
+        out.append(f"**{model} / {comp}**\n")
         lost = int(group.lost.iloc[0])
         if drop is not None:
             out.append(f"Compression: {_diff(drop)} against dense over "

@@ -140,7 +140,10 @@ def _log_step_run(client, exp_id, parent, rec: dict, results_dir: Path) -> str:
 
 def _log_grid_run(client, parent, rec: dict, results_dir: Path) -> str:
     """The grid's summary onto the parent run, which then ends (a later run's steps reopen
-    nothing)."""
+    nothing). The parent outlives re-runs of the grid and MLflow refuses to change a param:
+    a grid record carries tags and metrics, not params."""
+    if rec["params"]:
+        raise ValueError("a grid record has no params (the parent run's would be frozen)")
     _log_values(client, parent, rec, results_dir)
     kill_point("tracking:aggregate")
     for k, v in rec["tags"].items():
