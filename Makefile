@@ -6,7 +6,7 @@ CONFIG ?= config.yaml
 # Extra Snakemake arguments, e.g. SMK_ARGS="--forceall" or "--dry-run".
 SMK_ARGS ?=
 
-.PHONY: run test lint venv verify resync
+.PHONY: run test lint venv verify resync readme
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ verify: venv
 # or copy a finished grid into another store: MLFLOW_TRACKING_URI=http://host:5000 make resync
 resync: venv
 	$(BIN)/python -m knowledge_recovery.resync --configfile $(CONFIG)
+
+# The README's results blocks from a finished run of CONFIG (docs/results/<experiment>/)
+readme: venv
+	$(BIN)/python -m knowledge_recovery.readme --configfile $(CONFIG)
 
 test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)

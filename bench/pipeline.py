@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pipeline.py                       # smoke grid (tiny model)
     .venv/bin/python bench/pipeline.py --config config.yaml  # the default grid (~15 min)
+    .venv/bin/python bench/pipeline.py --config config.yaml --keep /tmp/default-run  # keep it
 
 Runs in a fresh temporary folder, so nothing cached is reused. Prints wall time beside the CPU
 time of all child processes (the machine is noisy: CPU time shows contention), the number of
@@ -10,6 +11,7 @@ jobs each run executed, and the per-rule wall/CPU times from Snakemake's benchma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import re
@@ -63,10 +65,15 @@ def per_rule(results: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(REPO / "config" / "smoke.yaml"))
+    parser.add_argument("--keep", metavar="DIR", help="run in this new folder and keep it (then "
+                        "`python -m knowledge_recovery.readme --configfile DIR/config.yaml`)")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
-    with tempfile.TemporaryDirectory(prefix="kr-bench-") as tmp:
-        workdir = Path(tmp)
+    if args.keep:
+        Path(args.keep).mkdir(parents=True)  # new: nothing cached may be reused
+    with contextlib.nullcontext(args.keep) if args.keep else \
+            tempfile.TemporaryDirectory(prefix="kr-bench-") as tmp:
+        workdir = Path(tmp).resolve()
         config["results_dir"] = str(workdir / "results")
         cfg_path = workdir / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(config))

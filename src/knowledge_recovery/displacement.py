@@ -165,9 +165,13 @@ def _verdict(group: pd.DataFrame, drop, compared: pd.DataFrame, reference: str) 
         return text
     if weights:
         best = weights[0]
+        tried = [c for c in gains if sides[c] == "input" and gains[c] is not None]
+        shown = "; ".join(f"{c.split('/', 2)[2]}: {_diff(gains[c])}" for c in tried)
         return (f"Recovered by changing the weights ({best.split('/', 2)[2]}: "
-                f"{_diff(up[best])}) but not measurably from the input side: on this grid the "
-                f"lost knowledge needs the weights (closer to forgotten for prompting).")
+                f"{_diff(up[best])}) but not measurably from the input side"
+                + (f" ({shown})" if shown else " (no input-side method in this grid)")
+                + ": for these methods and training budgets the evidence favours knowledge "
+                  "forgotten (needing the weights) over displaced.")
     widest = max((g.high - g.low) / 2 for g in gains.values() if g is not None) \
         if any(g is not None for g in gains.values()) else float("nan")
     return (f"No recovery is distinguishable from zero (every interval includes 0, half-width "
