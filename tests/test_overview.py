@@ -34,7 +34,8 @@ def test_groups_pooled_seeds_drop_ratio_and_sizes():
             "m/rtn-w4/lora-r2/seed0": [0.7, 0.6, 0.5], "m/rtn-w4/lora-r2/seed1": [0.6, 0.6, 0.6]}
     info = {("m", "dense"): aggregate.compression_info({"params": 1_000_000}),
             ("m", "rtn-w4"): aggregate.compression_info(
-                {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000})}
+                {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000,
+                 "settings": {"method": "rtn"}})}
     groups = aggregate.result_groups(
         [{"name": "knowledge", "type": "probes", "relations": ["country_capital"]},
          {"name": "arc_easy", "type": "lm_eval"},
@@ -76,7 +77,8 @@ def test_the_summary_plots_are_drawn(tmp_path):
             "m/rtn-w4/lora-r2/seed0": [0.7, 0.6, 0.5], "m/rtn-w4/lora-r2/seed1": [0.6, 0.6, 0.6]}
     info = {("m", "dense"): aggregate.compression_info({"params": 1_000_000}),
             ("m", "rtn-w4"): aggregate.compression_info(
-                {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000})}
+                {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000,
+                 "settings": {"method": "rtn"}})}
 
     def trains(c):
         return c.seed is not None

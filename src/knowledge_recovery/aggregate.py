@@ -174,9 +174,11 @@ def compression_info(manifest: dict) -> dict:
     """Bits per weight, sparsity and packed size of a model, from its compress manifest; a
     dense model is counted at the 16-bit baseline the compressed sizes are measured against."""
     if "effective_bits_per_weight" in manifest:
-        return {"bits_per_weight": manifest["effective_bits_per_weight"],
+        return {"method": manifest["settings"]["method"],
+                "bits_per_weight": manifest["effective_bits_per_weight"],
                 "sparsity": manifest["sparsity"], "packed_bytes": manifest["packed_bytes"]}
-    return {"bits_per_weight": 16.0, "sparsity": 0.0, "packed_bytes": 2 * manifest["params"]}
+    return {"method": "dense", "bits_per_weight": 16.0, "sparsity": 0.0,
+            "packed_bytes": 2 * manifest["params"]}
 
 
 def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
@@ -227,17 +229,19 @@ def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
             return None
         return (r.overall - base) / (d - base)
     pooled["recovery_ratio"] = [ratio(r) for r in pooled.itertuples()]
-    for key in ("bits_per_weight", "sparsity", "packed_bytes"):
+    for key in ("method", "bits_per_weight", "sparsity", "packed_bytes"):
         pooled[key] = [info[(r.model, r.compression)][key] for r in pooled.itertuples()]
-    columns = [*keys, "seeds", *names, "overall", "overall_se", "overall_sd", "drop_from_dense",
-               "recovery_ratio", "trainable_params", "adapter_bytes", "bits_per_weight",
-               "sparsity", "packed_bytes"]
+    pooled = pooled.rename(columns={"method": "compression_method"})
+    columns = [*keys, "compression_method", "seeds", *names, "overall", "overall_se",
+               "overall_sd", "drop_from_dense", "recovery_ratio", "trainable_params",
+               "adapter_bytes", "bits_per_weight", "sparsity", "packed_bytes"]
     return pooled[columns]
 
 
-_OVERVIEW_FIXED = {"model", "compression", "recovery", "seeds", "overall", "overall_se", "overall_sd",
-                   "drop_from_dense", "recovery_ratio", "trainable_params", "adapter_bytes",
-                   "bits_per_weight", "sparsity", "packed_bytes"}
+_OVERVIEW_FIXED = {"model", "compression", "compression_method", "recovery", "seeds", "overall",
+                   "overall_se", "overall_sd", "drop_from_dense", "recovery_ratio",
+                   "trainable_params", "adapter_bytes", "bits_per_weight", "sparsity",
+                   "packed_bytes"}
 
 
 def overview_shown(table: pd.DataFrame) -> pd.DataFrame:
@@ -295,22 +299,38 @@ def _figure(path: Path, draw, panels: int, title: str, width: float = 5.0) -> No
 
 def plot_accuracy_vs_compression(table: pd.DataFrame, path: Path) -> None:
     """Per model: overall accuracy against bits per weight (the storage cost, which counts
-    pruning and quantization alike), one line per recovery, interval bars: the standard error
-    of the mean over tasks (and its spread over seeds, where larger)."""
+    pruning and quantization alike); colour: recovery, marker: compression method, lines only
+    between levels of one method; the dense model as a dashed line. Interval bars: the standard
+    error of the mean over tasks (or the spread over seeds, where larger)."""
+    from matplotlib.lines import Line2D
+
     models = list(dict.fromkeys(table.model))
+    markers = "osD^vP*X"
 
     def draw(ax, i):
         sub = table[table.model == models[i]]
-        for k, (rec, rows) in enumerate(sub.groupby("recovery", sort=False)):
+        colours = {r: f"C{k}" for k, r in enumerate(dict.fromkeys(sub.recovery))}
+        methods = {m: markers[k % len(markers)] for k, m in
+                   enumerate(dict.fromkeys(sub.compression_method[sub.compression_method != "dense"]))}
+        for (rec, method), rows in sub.groupby(["recovery", "compression_method"], sort=False):
+            if method == "dense":
+                ax.axhline(rows.overall.iloc[0], color="k", linestyle="--", linewidth=1)
+                continue
             rows = rows.sort_values("bits_per_weight")
             err = rows[["overall_se", "overall_sd"]].max(axis=1).fillna(0)
-            ax.errorbar(rows.bits_per_weight, rows.overall, yerr=err, marker="o", capsize=3,
-                        color=f"C{k}", label=rec)
+            # recoveries side by side at one level (a small offset on the log axis)
+            shift = 2 ** (0.03 * (list(colours).index(rec) - (len(colours) - 1) / 2))
+            ax.errorbar(rows.bits_per_weight * shift, rows.overall, yerr=err, marker=methods[method],
+                        capsize=3, color=colours[rec], linestyle="-" if len(rows) > 1 else "none")
+        handles = [Line2D([], [], color=c, marker="o", label=r) for r, c in colours.items()]
+        handles += [Line2D([], [], color="grey", marker=m, linestyle="none", label=name)
+                    for name, m in methods.items()]
+        handles.append(Line2D([], [], color="k", linestyle="--", label="dense"))
+        ax.legend(handles=handles, fontsize=7, title="recovery / compression", title_fontsize=7)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("bits per weight (16 = dense)")
+        ax.set_xlabel("bits per weight (16-bit baseline)")
         ax.set_ylabel(f"mean {METRIC} over tasks")
         ax.set_title(models[i])
-        ax.legend(fontsize=7, title="recovery", title_fontsize=7)
     _figure(path, draw, len(models), "Accuracy against compression level")
 
 
