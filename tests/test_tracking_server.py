@@ -126,3 +126,39 @@ def test_a_server_outage_mid_grid_costs_no_result_and_resync_restores_every_run(
     out = run_resync(folder, server.uri)
     assert "0 run(s) were logged" in out and "0 run(s) were replaced" in out, out
     assert snapshot(server.uri, EXPERIMENT) == restored
+
+
+def test_the_cluster_server_answers_jobs_that_name_its_host(tmp_path):
+    """`python -m knowledge_recovery.mlflow_server` (the README's recipe): MLflow 3 refuses a
+    request whose Host header is a host name unless told to accept it; jobs on other nodes send
+    this host's name."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from knowledge_recovery.mlflow_server import free_port, wait_until_up
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "knowledge_recovery.mlflow_server", "--store",
+                             str(tmp_path / "store"), "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", proc=proc)
+
+        def status(host: str) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1",
+                headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    return reply.status
+            except urllib.error.HTTPError as err:
+                return err.code
+        assert status(f"{socket.gethostname()}:{port}") == 200
+        assert status(f"10.1.2.3:{port}") == 200
+        assert status("elsewhere.example.com") == 403
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    assert f":{port}" in proc.stdout.read().splitlines()[0]  # the export line

@@ -26,11 +26,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(store: Path, host: str, port: int, workers: int) -> list[str]:
+def command(store: Path, host: str, port: int, workers: int,
+            allowed_hosts: str | None = None) -> list[str]:
     store = Path(store).resolve()
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
             "--workers", str(workers), "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", str(store / "mlartifacts")]
+            "--artifacts-destination", str(store / "mlartifacts"),
+            *(["--allowed-hosts", allowed_hosts] if allowed_hosts else [])]
+
+
+def cluster_hosts(port: int) -> str:
+    """The Host headers jobs on other nodes send: this host's names (MLflow 3 answers only
+    localhost and private IPs by default, and refuses a host name with 403), and the private
+    address ranges."""
+    names = {socket.getfqdn(), socket.gethostname(), "localhost", "127.0.0.1"}
+    return ",".join([*(f"{n}{p}" for n in sorted(names) for p in ("", f":{port}")),
+                     "10.*", "172.*", "192.168.*"])
 
 
 def wait_until_up(uri: str, timeout: float = 120, proc=None) -> None:
@@ -92,10 +103,15 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other nodes")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--allowed-hosts", help="Host headers to answer (default: this host's "
+                        "names and private addresses)")
     args = parser.parse_args(argv)
     Path(args.store).mkdir(parents=True, exist_ok=True)
-    print(f"export MLFLOW_TRACKING_URI=http://{socket.getfqdn()}:{args.port}", flush=True)
-    os.execv(sys.executable, command(Path(args.store), args.host, args.port, args.workers))
+    name = socket.getfqdn()
+    name = socket.gethostname() if name.startswith("localhost") else name
+    print(f"export MLFLOW_TRACKING_URI=http://{name}:{args.port}", flush=True)
+    os.execv(sys.executable, command(Path(args.store), args.host, args.port, args.workers,
+                                     args.allowed_hosts or cluster_hosts(args.port)))
 
 
 if __name__ == "__main__":
