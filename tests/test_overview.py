@@ -17,6 +17,15 @@ def _cells():
             Cell("m", "rtn-w4", "lora-r2", 1, settings=lora)]
 
 
+# accuracy per task (in TASKS order) of each cell, and its model's compress manifest
+ACCS = {"m/dense/none": [0.8, 0.6, 0.7], "m/rtn-w4/none": [0.5, 0.6, 0.4],
+        "m/rtn-w4/lora-r2/seed0": [0.7, 0.6, 0.5], "m/rtn-w4/lora-r2/seed1": [0.6, 0.6, 0.6]}
+INFO = {("m", "dense"): aggregate.compression_info({"params": 1_000_000}),
+        ("m", "rtn-w4"): aggregate.compression_info(
+            {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000,
+             "settings": {"method": "rtn"}})}
+
+
 def _frame(accs: dict) -> pd.DataFrame:
     rows = []
     for cell in _cells():
@@ -30,18 +39,12 @@ def _frame(accs: dict) -> pd.DataFrame:
 
 
 def test_groups_pooled_seeds_drop_ratio_and_sizes():
-    accs = {"m/dense/none": [0.8, 0.6, 0.7], "m/rtn-w4/none": [0.5, 0.6, 0.4],
-            "m/rtn-w4/lora-r2/seed0": [0.7, 0.6, 0.5], "m/rtn-w4/lora-r2/seed1": [0.6, 0.6, 0.6]}
-    info = {("m", "dense"): aggregate.compression_info({"params": 1_000_000}),
-            ("m", "rtn-w4"): aggregate.compression_info(
-                {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000,
-                 "settings": {"method": "rtn"}})}
     groups = aggregate.result_groups(
         [{"name": "knowledge", "type": "probes", "relations": ["country_capital"]},
          {"name": "arc_easy", "type": "lm_eval"},
          {"name": "boolq", "type": "lm_eval"}], TASKS)
     assert groups == TASKS
-    table = aggregate.overview(_frame(accs), _cells(), groups, info,
+    table = aggregate.overview(_frame(ACCS), _cells(), groups, INFO,
                                trains=lambda c: c.seed is not None,
                                is_baseline=lambda c: c.compression == "dense")
     assert list(table.recovery) == ["none", "none", "lora-r2"]  # seeds pooled into one row
@@ -73,20 +76,14 @@ def test_task_groups_by_name_and_override():
 
 def test_the_summary_plots_are_drawn(tmp_path):
     cells = _cells()
-    accs = {"m/dense/none": [0.8, 0.6, 0.7], "m/rtn-w4/none": [0.5, 0.6, 0.4],
-            "m/rtn-w4/lora-r2/seed0": [0.7, 0.6, 0.5], "m/rtn-w4/lora-r2/seed1": [0.6, 0.6, 0.6]}
-    info = {("m", "dense"): aggregate.compression_info({"params": 1_000_000}),
-            ("m", "rtn-w4"): aggregate.compression_info(
-                {"effective_bits_per_weight": 4.25, "sparsity": 0.0, "packed_bytes": 600_000,
-                 "settings": {"method": "rtn"}})}
 
     def trains(c):
         return c.seed is not None
 
     def is_baseline(c):
         return c.compression == "dense"
-    df = _frame(accs)
-    table = aggregate.overview(df, cells, TASKS, info, trains, is_baseline)
+    df = _frame(ACCS)
+    table = aggregate.overview(df, cells, TASKS, INFO, trains, is_baseline)
     ratios = aggregate.task_recovery_ratios(df, cells, trains, is_baseline)
     row = ratios.iloc[0]
     # knowledge: (0.65 - 0.5) / 0.3; arc_easy lost nothing (blank); boolq: (0.55 - 0.4) / 0.3

@@ -280,8 +280,10 @@ def overview_latex(table: pd.DataFrame) -> str:
                           label="tab:overview").replace("±", r"$\pm$")
 
 
-def _figure(path: Path, draw, panels: int, title: str, width: float = 5.0) -> None:
-    """One PNG of `panels` side-by-side axes; `draw(ax, i)` fills each."""
+def _figure(path: Path, draw, panels: int, title: str, width: float = 5.0,
+            empty: str = "nothing to draw") -> None:
+    """One PNG of `panels` side-by-side axes; `draw(ax, i)` fills each. With no panel, one axes
+    that says `empty`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,7 +292,11 @@ def _figure(path: Path, draw, panels: int, title: str, width: float = 5.0) -> No
     fig, axes = plt.subplots(1, max(panels, 1), figsize=(width * max(panels, 1) + 1.5, 4.5),
                              squeeze=False)
     for i, ax in enumerate(axes[0]):
-        draw(ax, i)
+        if panels:
+            draw(ax, i)
+        else:
+            ax.text(0.5, 0.5, empty, ha="center")
+            ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")  # written to a temporary name: say the format
@@ -339,19 +345,17 @@ def task_recovery_ratios(df: pd.DataFrame, cells: list, trains, is_baseline) -> 
     compressed) / (dense - compressed); empty where the task lost nothing to compression."""
     acc = df[df.metric == METRIC].pivot_table(index="cell", columns="task", values="value",
                                               sort=False)
-    dense = {c.model: c.id for c in cells if is_baseline(c) and not trains(c)}
-    untrained = {}
-    for c in cells:
-        if not trains(c):
-            untrained.setdefault((c.model, c.compression), c.id)
+    from .stats import baselines
+
+    dense, untrained = baselines(cells, trains, is_baseline)
     rows = []
     for c in cells:
         base = untrained.get((c.model, c.compression))
-        if not trains(c) or c.model not in dense or base is None or base == dense[c.model] \
+        if not trains(c) or c.model not in dense or base is None or base is dense[c.model] \
                 or c.id not in acc.index:
             continue
-        lost = acc.loc[dense[c.model]] - acc.loc[base]
-        ratio = ((acc.loc[c.id] - acc.loc[base]) / lost).where(lost > 0)
+        lost = acc.loc[dense[c.model].id] - acc.loc[base.id]
+        ratio = ((acc.loc[c.id] - acc.loc[base.id]) / lost).where(lost > 0)
         rows.append({"model": c.model, "compression": c.compression, "recovery": c.recovery,
                      **ratio.to_dict()})
     if not rows:
@@ -369,10 +373,6 @@ def plot_recovery_heatmap(ratios: pd.DataFrame, path: Path) -> None:
     tasks = [c for c in ratios.columns if c not in ("model", "compression", "recovery")]
 
     def draw(ax, i):
-        if not units:
-            ax.text(0.5, 0.5, "no trained recovery of a compressed model", ha="center")
-            ax.axis("off")
-            return
         model, comp = units[i]
         sub = ratios[(ratios.model == model) & (ratios.compression == comp)]
         values = sub[tasks].to_numpy(dtype=float)
@@ -386,7 +386,7 @@ def plot_recovery_heatmap(ratios: pd.DataFrame, path: Path) -> None:
         ax.set_title(f"{model} / {comp}", fontsize=9)
         ax.figure.colorbar(image, ax=ax, label="recovery ratio (1 = back to dense)")
     _figure(path, draw, len(units), "Recovery ratio per task (blank: the task lost nothing)",
-            width=max(4.0, 0.6 * len(tasks) + 2))
+            width=max(4.0, 0.6 * len(tasks) + 2), empty="no trained recovery of a compressed model")
 
 
 def plot_pareto(table: pd.DataFrame, path: Path) -> None:
@@ -396,10 +396,6 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
              if (table[(table.model == u[0]) & (table.compression == u[1])].trainable_params > 0).any()]
 
     def draw(ax, i):
-        if not units:
-            ax.text(0.5, 0.5, "no trained recovery", ha="center")
-            ax.axis("off")
-            return
         model, comp = units[i]
         sub = table[(table.model == model) & (table.compression == comp)].sort_values(
             "trainable_params")
@@ -417,4 +413,4 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel(f"mean {METRIC} over tasks")
         ax.set_title(f"{model} / {comp}", fontsize=9)
         ax.legend(fontsize=7)
-    _figure(path, draw, len(units), "Accuracy against extra parameters")
+    _figure(path, draw, len(units), "Accuracy against extra parameters", empty="no trained recovery")

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .aggregate import correctness
 from .registry import recovery_method
+from .stats import baselines
 
 
 def _right(samples_file) -> dict[tuple, int]:
@@ -29,11 +30,7 @@ def example_level(cells: list, samples_files: list, trains, is_baseline) -> tupl
     the compressed model answers and the share this cell breaks. Also returns, by cell id, the
     set of lost questions it recovers (for `overlap`)."""
     right = {c.id: _right(f) for c, f in zip(cells, samples_files)}
-    untrained: dict = {}
-    for c in cells:
-        if not trains(c):
-            untrained.setdefault((c.model, c.compression), c)
-    dense = {c.model: c for c in untrained.values() if is_baseline(c)}
+    dense, untrained = baselines(cells, trains, is_baseline)
     rows, recovered_sets = [], {}
     for c in cells:
         base = untrained.get((c.model, c.compression))

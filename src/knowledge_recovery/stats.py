@@ -51,6 +51,17 @@ def mcnemar_exact(a, b) -> float:
     return min(1.0, 2 * tail / 2 ** n)
 
 
+def baselines(cells: list, trains, is_baseline) -> tuple[dict, dict]:
+    """({model: its dense untrained cell}, {(model, compression): its untrained cell}): the
+    rows every comparison and recovery figure is measured from (the first of each, in grid
+    order)."""
+    untrained: dict = {}
+    for c in cells:
+        if not trains(c):
+            untrained.setdefault((c.model, c.compression), c)
+    return {c.model: c for c in untrained.values() if is_baseline(c)}, untrained
+
+
 def comparisons(cells: list, reference: str, trains, is_baseline) -> list[tuple]:
     """The comparisons the study makes, as (kind, base cell, other cell), other minus base:
     compressed vs dense (the untrained rows); each trained recovery vs its compressed model;
@@ -58,11 +69,7 @@ def comparisons(cells: list, reference: str, trains, is_baseline) -> list[tuple]
     seed; an evaluation-only variant (an entry evaluating another entry's adapter, such as IDP's
     random and oracle selection) vs that entry. `trains(cell)`, `is_baseline(cell)`: whether its
     recovery method trains, whether its compression is the dense baseline."""
-    untrained: dict = {}
-    for c in cells:
-        if not trains(c):
-            untrained.setdefault((c.model, c.compression), c)
-    dense = {c.model: c for c in untrained.values() if is_baseline(c)}
+    dense, untrained = baselines(cells, trains, is_baseline)
     out = [("compressed vs dense", dense[c.model], c) for c in untrained.values()
            if not is_baseline(c) and c.model in dense]
 
