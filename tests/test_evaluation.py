@@ -116,18 +116,20 @@ def test_idp_batches_give_what_single_requests_give(tiny):
     requests = [Instance("loglikelihood", {}, (t, " x"), i) for i, t in enumerate(texts)]
     single = [HFLM(pretrained=model, tokenizer=tok, batch_size=1).loglikelihood([r])[0][0]
               for r in requests]
-    lm = evaluation.padding_aware_lm(pretrained=model, tokenizer=tok, batch_size=8)
+    lm = evaluation.harness_lm(True, pretrained=model, tokenizer=tok, batch_size=8)
     assert [r[0] for r in lm.loglikelihood(requests)] == pytest.approx(single, abs=1e-4)
     plain = HFLM(pretrained=model, tokenizer=tok, batch_size=8).loglikelihood(requests)
     assert [r[0] for r in plain] != pytest.approx(single, abs=1e-4)
 
 
 def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
+    """Selection on each whole (context, answer) sequence (`select_on: sequence`)."""
     model, base, tok = sharp_idp(tiny)
     manager = evaluation.task_manager([task_dir], need_builtin=False)
     results = evaluation.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
                                             {"batch_size": 4, "bootstrap_iters": 0}, seed=0,
-                                            entry={"method": "idp", "selection": "attention"})
+                                            entry={"method": "idp", "selection": "attention",
+                                                   "select_on": "sequence"})
     model.selection = "attention"
     # batches of 4 inputs of different lengths: the padding must not sway the choice
     logged = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
@@ -212,3 +214,64 @@ def test_a_killed_evaluation_keeps_its_finished_tasks(tiny, tmp_path, monkeypatc
     calls.clear()  # an input rebuilt since: its fingerprint differs, nothing is kept
     evaluation.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-2")
     assert calls == ["kp_country_capital", "kp_element_symbol"]
+
+
+def attached(tiny, method):
+    """A tiny model with `method` attached, its adapter moved off its no-op initialisation."""
+    if method == "idp":
+        return sharp_idp(tiny)[0], sharp_idp(tiny)[2]
+    base, tok = tiny(seed=3)
+    if method == "none":
+        return base, tok
+    entry = {"method": method, "num_virtual_tokens": 5, "r": 2, "alpha": 4, "dropout": 0.0,
+             "target_modules": ["q_proj", "v_proj"]}
+    if method == "ia3":
+        entry.update(target_modules=["k_proj", "v_proj", "down_proj"],
+                     feedforward_modules=["down_proj"])
+    model = recovery.attach(base, {k: v for k, v in entry.items()
+                                   if k in recovery.recovery_method(method).settings | {"method"}},
+                            seed=2)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if p.requires_grad and method in ("lora", "dora", "ia3"):
+            torch.nn.init.normal_(p, mean=float("magnitude" in name or method == "ia3"), std=0.5)
+    return model.eval(), tok
+
+
+@pytest.mark.parametrize("method", ["none", "prompt_tuning", "prefix_tuning", "lora", "dora",
+                                    "ia3", "idp"])
+def test_shared_context_scoring_equals_lm_eval(tiny, method):
+    """Each question's context scored once, its answers on the cached keys and values: the same
+    log-likelihoods and greedy flags as lm-eval's HFLM, request by request, for every recovery
+    method (IDP: its prompt chosen from the context, as HFLM sees it with that prompt fixed)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = attached(tiny, method)
+    requests = []
+    docs = [d for rel in ("country_capital", "element_symbol", "country_subregion")
+            for d in make_probes(rel, 5, 4, seed=0)]
+    contexts = [d["question"] + "\nAnswer:" for d in docs] + ["Paris", "Q:", "ab", "zzz", "Hi"]
+    for n, context in enumerate(contexts):  # of equal and of different lengths
+        doc = docs[n % len(docs)]
+        for choice in doc["choices"] + ["", doc["choices"][0] * 3]:
+            cont = " " + choice if choice else "x"  # answers of one token and of several
+            requests.append(Instance("loglikelihood", {}, (context, cont), len(requests)))
+    scorer = evaluation.ContextScorer.for_model(model) if method != "idp" else model.context_scorer()
+    shared = evaluation.harness_lm(method == "idp", scorer, pretrained=model, tokenizer=tok,
+                                   batch_size=5).loglikelihood(requests)
+    if method == "idp":  # the reference: HFLM with each question's chosen prompt fixed
+        chosen = {}
+        for r in requests:
+            ids = torch.tensor([tok(r.args[0])["input_ids"]])
+            chosen[r.args[0]] = int(model.select(ids)[0])
+        assert len(set(chosen.values())) > 1, "every question chose the same prompt"
+        plain = []
+        for r in requests:
+            model.selection = chosen[r.args[0]]
+            plain += HFLM(pretrained=model, tokenizer=tok, batch_size=1).loglikelihood([r])
+        model.selection = "attention"
+    else:
+        plain = HFLM(pretrained=model, tokenizer=tok, batch_size=5).loglikelihood(requests)
+    assert [s[0] for s in shared] == pytest.approx([p[0] for p in plain], abs=1e-4)
+    assert [s[1] for s in shared] == [p[1] for p in plain]

@@ -4,6 +4,7 @@ from knowledge_recovery import artifacts, evaluation, models, recovery
 from knowledge_recovery.grid import task_names
 from knowledge_recovery.paths import Layout
 from knowledge_recovery.step import finish, record, results_root, step
+from knowledge_recovery.tasks import from_hub
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 cell = smk.params.cell
@@ -14,7 +15,7 @@ with step(smk):
         model = recovery.load(model, cell.settings, smk.input.adapter)
     tasks = [{"name": n, "limit": t.get("limit")} for t in smk.params.tasks
              for n in task_names(t)]
-    manager = evaluation.task_manager(smk.input.tasks, any(t["type"] == "lm_eval" for t in smk.params.tasks))
+    manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, smk.params.tasks)))
     state = Layout(smk.config).eval_state(cell.model, cell.compression, cell.recovery_unit)
     key = artifacts.fingerprint(smk.input, {"cell": cell.settings, "evaluation": cfg,
                                             "tasks": smk.params.tasks, "seed": smk.config["seed"]})

@@ -6,7 +6,7 @@ from knowledge_recovery.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
-with step(smk, offline=spec["type"] != "lm_eval"):
+with step(smk, offline=not tasks.from_hub(spec)):
     with artifacts.Timer() as timer:
         with artifacts.atomic_dir(smk.output.tasks) as tmp:
             info = tasks.prepare_task(spec, Path(tmp), smk.params.seed,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from . import compression, grid, packing, recovery, tasks
+from . import compression, grid, packing, recovery, task_formats, tasks
 from .errors import ConfigError, ConfigFileError
 from .registry import recovery_methods
 
@@ -109,7 +109,7 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
             if path.suffix not in (".jsonl", ".json", ".csv", ".tsv"):
                 raise ConfigError(f"tasks[{i}].path", f"unsupported file type {path.suffix!r}")
             try:
-                rows = tasks.read_rows(path)
+                rows = task_formats.read_rows(path)
             except ValueError as err:
                 raise ConfigError(f"tasks[{i}].path", str(err)) from None
             for field in ("text", "choices", "target"):
@@ -125,6 +125,18 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                 if t["per_relation"] > facts:
                     raise ConfigError(f"tasks[{i}].per_relation", f"relation {rel!r} has only "
                                       f"{facts} facts, fewer than {t['per_relation']} questions")
+        if t["type"] == "lm_eval" and t.get("path"):
+            path = base / t["path"]
+            if not path.is_file():
+                raise ConfigError(f"tasks[{i}].path", f"no such task file: {t['path']}")
+
+
+            try:
+                task_formats.convert(t["name"], path, t.get("format"))
+            except ValueError as err:
+                raise ConfigError(f"tasks[{i}].path", str(err)) from None
+        if "format" in t and not (t["type"] == "lm_eval" and t.get("path")):
+            raise ConfigError(f"tasks[{i}].format", "only lm_eval tasks with a path have a format")
         if t["type"] != "probes" and "relations" in t:
             raise ConfigError(f"tasks[{i}].relations", "only 'probes' tasks have relations")
 

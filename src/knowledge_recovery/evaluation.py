@@ -19,19 +19,168 @@ def task_manager(task_dirs: list[str], need_builtin: bool):
                        include_defaults=need_builtin)
 
 
-def padding_aware_lm(**kwargs):
-    """lm-eval's HFLM, except that each log-likelihood batch reaches the model with an attention
-    mask. lm-eval right-pads a batch with zeros and passes no mask, which causal attention makes
-    harmless for the real tokens, but IDP scores its prompts by the attention of every input
-    token: it must know where each row ends. The lengths are taken from lm-eval's own padding
-    call (`pad_and_concat`), wrapped only while this model computes log-likelihoods."""
+class ContextScorer:
+    """How a model scores a batch of contexts once and answers on top of the contexts' cached
+    keys and values:
+    - `prefill(ids, mask, keep)` -> (logits of the last `keep` positions, cache); the contexts
+      are right-padded (mask 0);
+    - `extend(ids, cache, mask, positions)` -> logits of every position of ids; `mask` covers
+      the cache and ids, `positions` are the ids' position ids.
+    For a PeftModel with a prompt (prompt or prefix tuning) the prompt goes in with the context
+    and the answers run on the base model: peft would put the prompt in front of them again."""
+
+    def __init__(self, prefill, extend):
+        self.prefill, self.extend = prefill, extend
+
+    @classmethod
+    def for_model(cls, model) -> "ContextScorer":
+        peft_config = getattr(model, "active_peft_config", None)
+        answers = (model.get_base_model() if peft_config is not None
+                   and peft_config.is_prompt_learning else model)
+
+        def prefill(ids, mask, keep):
+            out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=keep)
+            return out.logits, out.past_key_values
+
+        def extend(ids, cache, mask, positions):
+            return answers(input_ids=ids, cache=cache, attention_mask=mask,
+                           position_ids=positions, use_cache=True).logits
+
+        return cls(prefill, extend)
+
+
+# A forward call costs about as much as this many more tokens (on a CPU, streaming the weights;
+# the same order on a GPU for a 7B model): what `padded_chunks` trades padding against.
+CALL_COST_TOKENS = 64
+
+
+def padded_chunks(widths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Split rows of these widths (longest first) into [start, end) chunks, each padded to its
+    first row, holding at most `budget` tokens (one row at least), at the least cost in padded
+    tokens plus CALL_COST_TOKENS a chunk (exact, by dynamic programming)."""
+    n = len(widths)
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(end - 1, -1, -1):
+            if (end - start) * widths[start] > budget and end - start > 1:
+                break
+            cost = best[start] + CALL_COST_TOKENS + (end - start) * widths[start]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    chunks, end = [], n
+    while end:
+        chunks.append((cut[end], end))
+        end = cut[end]
+    return chunks[::-1]
+
+
+def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None, **kwargs):
+    """lm-eval's HFLM, with two changes to how log-likelihoods are computed:
+
+    - `scorer`: requests that share a context (the choices of a question) are scored with the
+      context computed once and each continuation run on its cached keys and values
+      (`ContextScorer`), instead of one whole sequence per choice. Padding is masked and every
+      answer gets its own position ids, so the numbers equal HFLM's up to float rounding (the
+      tests check 1e-4). Rolling windows (perplexity) and sequences lm-eval would truncate go the
+      plain way.
+    - `padding_aware`: each plain batch reaches the model with an attention mask. lm-eval
+      right-pads a batch with zeros and passes no mask, which causal attention makes harmless
+      for the real tokens, but IDP scores its prompts by the attention of every input token:
+      it must know where each row ends. The lengths are taken from lm-eval's own padding call
+      (`pad_and_concat`), wrapped only while this model computes log-likelihoods."""
+    import copy
+
     import torch
+    import torch.nn.functional as F
     import lm_eval.models.huggingface as hf
 
-    class PaddingAwareLM(hf.HFLM):
+    class HarnessLM(hf.HFLM):
         _lengths = None
 
-        def _loglikelihood_tokens(self, *args, **kw):
+        def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
+            if scorer is None or self.backend != "causal":
+                return self._plain(requests, disable_tqdm, override_bs)
+            out: list = [None] * len(requests)
+            plain = [i for i, (key, ctx, cont) in enumerate(requests)
+                     if key is None or len(ctx) + len(cont) > self.max_length + 1]
+            if plain:
+                answers = self._plain([requests[i] for i in plain], disable_tqdm, override_bs)
+                for i, answer in zip(plain, answers):
+                    out[i] = answer
+            by_context: dict = {}
+            for i in sorted(set(range(len(requests))) - set(plain)):
+                by_context.setdefault(tuple(requests[i][1]), []).append(i)
+            size = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 16)
+            # longest first, so that a batch pads its contexts little
+            contexts = sorted(by_context, key=lambda c: (-len(c), c))
+            for b in range(0, len(contexts), size):
+                batch = contexts[b:b + size]
+                self._score_shared(batch, [by_context[c] for c in batch], requests, out, size)
+            return out
+
+        @torch.no_grad()
+        def _score_shared(self, contexts, members, requests, out, size):
+            device, lengths = self.device, [len(c) for c in contexts]
+            longest = lengths[0]
+            keep = longest - lengths[-1] + 1  # logits of the positions that end a context
+            ids = torch.zeros(len(contexts), longest, dtype=torch.long, device=device)
+            context_mask = torch.zeros_like(ids)
+            for c, context in enumerate(contexts):
+                ids[c, :len(context)] = torch.tensor(context)
+                context_mask[c, :len(context)] = 1
+            logits, cache = scorer.prefill(ids, context_mask, keep)
+            last = torch.tensor(lengths, device=device) - 1 - (longest - keep)
+            first = F.log_softmax(logits[torch.arange(len(contexts), device=device), last],
+                                  dim=-1, dtype=self.softmax_dtype)
+            # what the model put in front of the contexts (a prompt or prefix: always seen)
+            offset = cache.get_seq_length() - longest
+            context_mask = torch.cat([context_mask.new_ones(len(contexts), offset),
+                                      context_mask], dim=1)
+
+            def answer(i, c, later=None):  # later: log-probs after the continuation's 1st token
+                key, _, cont = requests[i]
+                logp = first[c:c + 1]
+                if later is not None:
+                    logp = torch.cat([logp, later[:len(cont) - 1]])
+                target = torch.tensor(cont, device=device)
+                out[i] = (float(logp.gather(1, target[:, None]).sum()),
+                          bool((logp.argmax(-1) == target).all()))
+                self.cache_hook.add_partial("loglikelihood", key, out[i])
+
+            rows = []  # (context, request) of the continuations longer than one token
+            for c, idx in enumerate(members):
+                for i in idx:
+                    if len(requests[i][2]) == 1:
+                        answer(i, c)
+                    else:
+                        rows.append((c, i))
+            rows.sort(key=lambda row: -len(requests[row[1]][2]))
+            chunks = padded_chunks([len(requests[i][2]) - 1 for _, i in rows], size * longest)
+            chunks = [rows[a:b] for a, b in chunks]
+            for n, chunk in enumerate(chunks):
+                width = len(requests[chunk[0][1]][2]) - 1
+                index = torch.tensor([c for c, _ in chunk], device=device)
+                cont_ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
+                cont_mask = torch.zeros_like(cont_ids)
+                for r, (_, i) in enumerate(chunk):
+                    cont = requests[i][2][:-1]
+                    cont_ids[r, :len(cont)] = torch.tensor(cont)
+                    cont_mask[r, :len(cont)] = 1
+                positions = (offset + torch.tensor(lengths, device=device)[index, None]
+                             + torch.arange(width, device=device))
+                # the chunk's rows of the context cache (a copy: the model appends to it)
+                rows_cache = cache if n == len(chunks) - 1 else copy.deepcopy(cache)
+                rows_cache.batch_select_indices(index)
+                logits = scorer.extend(cont_ids, rows_cache,
+                                       torch.cat([context_mask[index], cont_mask], dim=1),
+                                       positions)
+                logits = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+                for r, (c, i) in enumerate(chunk):
+                    answer(i, c, logits[r])
+
+        def _plain(self, requests, disable_tqdm, override_bs):
+            if not padding_aware:
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
             pad_and_concat = hf.pad_and_concat
 
             def recording(max_length, tensors, padding_side="right"):
@@ -40,7 +189,7 @@ def padding_aware_lm(**kwargs):
 
             hf.pad_and_concat = recording
             try:
-                return super()._loglikelihood_tokens(*args, **kw)
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
             finally:
                 hf.pad_and_concat = pad_and_concat
 
@@ -56,19 +205,19 @@ def padding_aware_lm(**kwargs):
             with torch.no_grad():
                 return self.model(input_ids=inps, attention_mask=mask).logits
 
-    return PaddingAwareLM(**kwargs)
+    return HarnessLM(**kwargs)
 
 
 def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
              bootstrap_iters: int, seed: int, log_samples: bool = False,
-             padding_aware: bool = False) -> dict:
+             padding_aware: bool = False, scorer: ContextScorer | None = None) -> dict:
     """Run lm-eval; `tasks` are {"name", "limit"} dicts. Returns {task: {metric: value}}, plus
-    with log_samples each document's choice log-likelihoods under "loglikelihoods"."""
+    with log_samples each document's choice log-likelihoods under "loglikelihoods". With a
+    `scorer`, each question's context is computed once (`harness_lm`)."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
-    lm = (padding_aware_lm if padding_aware else HFLM)(pretrained=model, tokenizer=tokenizer,
-                                                       batch_size=batch_size)
+    lm = harness_lm(padding_aware, scorer, pretrained=model, tokenizer=tokenizer,
+                    batch_size=batch_size)
     by_limit: dict = {}
     for task in tasks:  # one harness call per distinct limit: each call has a fixed setup cost
         by_limit.setdefault(task.get("limit"), []).append(task["name"])
@@ -125,14 +274,21 @@ def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, 
                        entry: dict) -> dict:
     """`evaluate` for a model recovered by a `recovery:` entry (method none: the plain model),
     with per-question records. The method's record says whether its batches need an attention
-    mask (`padding_aware_lm`) and may run its own evaluation (IDP's selection variants)."""
+    mask (`harness_lm`), how it scores a context once (default `ContextScorer.for_model`; used
+    unless `cfg["shared_context"]` is false) and may run its own evaluation (IDP's selection
+    variants)."""
     from .registry import recovery_method
 
     record = recovery_method(entry["method"])
+    scorer = None
+    if cfg.get("shared_context", True):
+        scorer = (record.context_scorer(model, entry) if record.context_scorer
+                  else ContextScorer.for_model(model))
 
     def run(log_samples: bool) -> dict:
         return evaluate(model, tokenizer, tasks, manager, cfg["batch_size"], cfg["bootstrap_iters"],
-                        seed, log_samples=log_samples, padding_aware=record.padding_aware)
+                        seed, log_samples=log_samples, padding_aware=record.padding_aware,
+                        scorer=scorer)
 
     return record.evaluate(model, entry, run) if record.evaluate else run(True)
 

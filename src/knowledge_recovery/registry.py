@@ -41,6 +41,9 @@ class RecoveryMethod:
     # in these share one trained adapter.
     eval_only: dict = field(default_factory=dict)
     padding_aware: bool = False  # lm-eval must pass it an attention mask (see evaluation.py)
+    # (model, entry) -> evaluation.ContextScorer, or None to score each (context, answer) whole;
+    # unset: evaluation.ContextScorer.for_model
+    context_scorer: Callable | None = None
     evaluate: Callable | None = None  # (model, entry, run) -> results; run(log_samples) runs lm-eval
     # Where it acts: "input" (learned tokens or keys/values before the input; the weights are
     # left alone) or "weights" (the model's weights or activations are changed). The study's

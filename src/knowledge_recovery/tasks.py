@@ -5,13 +5,15 @@ evaluate step registers with `TaskManager(include_path=...)`, so evaluation itse
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 from importlib import metadata
 from pathlib import Path
 
 import yaml
+
+from . import task_formats
+from .task_formats import read_rows
 
 # ---------------------------------------------------------------- knowledge probes
 # Each relation: (packages it reads, question template, fact source).
@@ -168,40 +170,6 @@ def _write_jsonl(path: Path, rows) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The documents of a local task file (.jsonl, .json list or {"data": list}, .csv, .tsv);
-    a ValueError names the file and, for JSON, the line and column at fault."""
-    try:
-        if path.suffix == ".jsonl":
-            rows = []
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path} line {n} is not valid JSON: {err.msg} "
-                                         f"(column {err.colno})") from None
-                    if not isinstance(rows[-1], dict):
-                        raise ValueError(f"{path} line {n} is not a JSON object")
-        elif path.suffix == ".json":
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON: {err.msg} (line {err.lineno}, "
-                                 f"column {err.colno})") from None
-            rows = data.get("data") if isinstance(data, dict) else data
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise ValueError(f"{path} must hold a list of objects, or {{\"data\": [...]}}")
-        else:
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if not rows:
-        raise ValueError(f"{path} has no documents")
-    return rows
-
-
 def template_fields(source: str) -> set[str]:
     """The document fields a Jinja template reads."""
     from jinja2 import Environment, meta
@@ -280,6 +248,11 @@ def task_group(entry: dict) -> str:
     return next((g for g, prefixes in TASK_GROUPS.items() if name.startswith(prefixes)), "other")
 
 
+def from_hub(entry: dict) -> bool:
+    """Whether a task entry's documents come from the hub (a lm-eval task without a path)."""
+    return entry["type"] == "lm_eval" and not entry.get("path")
+
+
 def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
                  final_dir: Path | None = None) -> dict:
     """Write the lm-eval folder for one task entry into out_dir; its YAMLs point at final_dir,
@@ -308,7 +281,18 @@ def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
                              entry["choices"], entry["target"], {"source_file": str(src)})
         (out_dir / f"{entry['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         return {entry["name"]: {"documents": len(rows), "source_file": str(src)}}
-    # A harness task: building it downloads its dataset into the datasets cache.
+    if entry.get("path"):  # a harness task, its documents from a local file
+        src = Path(base_dir, entry["path"])
+        fmt, docs = task_formats.convert(entry["name"], src, entry.get("format"))
+        builtin = task_formats.builtin_task(entry["name"])
+        _write_jsonl(out_dir / f"{entry['name']}.jsonl", docs)
+        spec = task_formats.local_task_yaml(entry["name"], builtin.yaml_path, builtin.cfg,
+                                            final_dir / f"{entry['name']}.jsonl")
+        (out_dir / f"{entry['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        return {entry["name"]: {"documents": len(docs), "source_file": str(src),
+                                "format": fmt.name, "lm_eval_yaml": str(builtin.yaml_path),
+                                **({"differs_from_hub": fmt.note} if fmt.note else {})}}
+    # A harness task from the hub: building it downloads its dataset into the datasets cache.
     from lm_eval.tasks import TaskManager, get_task_dict
 
     get_task_dict([entry["name"]], TaskManager())

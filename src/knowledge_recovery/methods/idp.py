@@ -15,8 +15,9 @@ The paper leaves the scoring layers and the training of the pool unstated; choic
 - `selection` at inference: attention (the method), random (a deterministic hash of the input:
   the same input always gets the same prompt, whatever the batch), or a fixed index (used to
   build the oracle, the best prompt per example, from one evaluation per prompt).
-The input that is scored is the whole token sequence given to the model (for a lm-eval
-log-likelihood request: context plus continuation).
+The input that is scored, `select_on`: the context alone (default: the question, one prompt for
+all its answers, as a deployed selector sees only the input), or each whole token sequence given
+to the model (for a lm-eval log-likelihood request: context plus continuation).
 """
 from __future__ import annotations
 
@@ -222,6 +223,23 @@ class DynamicPromptModel(nn.Module):
         chosen = self.select(input_ids, attention_mask)
         return self._run(self.prompts[chosen], input_ids, attention_mask, labels)
 
+    def context_scorer(self):
+        """Select from the context alone and score the answers on the cached (prompt, context):
+        one prompt for every answer of a question."""
+        from ..evaluation import ContextScorer
+
+        def prefill(ids, mask, keep):
+            embeds, full_mask = self._prepend(self.prompts[self.select(ids, mask)], ids, mask)
+            out = self.base(inputs_embeds=embeds, attention_mask=full_mask, use_cache=True,
+                            logits_to_keep=keep)
+            return out.logits, out.past_key_values
+
+        def extend(ids, cache, mask, positions):
+            return self.base(input_ids=ids, cache=cache, attention_mask=mask,
+                             position_ids=positions, use_cache=True).logits
+
+        return ContextScorer(prefill, extend)
+
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, **kwargs):
         """Select once from the input, then decode with that prompt in front (its keys and
@@ -277,10 +295,12 @@ def _evaluate(model, entry: dict, run) -> dict:
 register_recovery_method(RecoveryMethod(
     name="idp",
     settings=frozenset({"num_virtual_tokens", "pool_size", "score_layers", "scheme",
-                        "balance_weight", "selection"}),
+                        "balance_weight", "selection", "select_on"}),
     id_format=lambda e: (f"idp-m{e['pool_size']}-n{e['num_virtual_tokens']}-{e['scheme']}"
                          + ("" if e.get("selection", "attention") == "attention"
-                            else f"-{e['selection']}")),
+                            else f"-{e['selection']}")
+                         + ("" if e.get("select_on", "context") == "context"
+                            else f"-{e['select_on']}")),
     build=lambda base, e, seed, init: DynamicPromptModel(
         base, e["pool_size"], e["num_virtual_tokens"], e["score_layers"], e["scheme"],
         e["balance_weight"], seed=seed),
@@ -288,7 +308,9 @@ register_recovery_method(RecoveryMethod(
     load=DynamicPromptModel.from_pretrained,
     fit_setting="score_layers",
     side="input",
-    eval_only={"selection": "attention"},
+    eval_only={"selection": "attention", "select_on": "context"},
     # the prompt is chosen from every token of the input: padding must be masked
     padding_aware=True,
+    context_scorer=lambda model, e: (model.context_scorer()
+                                     if e.get("select_on", "context") == "context" else None),
     evaluate=_evaluate))
