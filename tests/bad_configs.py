@@ -30,6 +30,13 @@ def _append(section, entry):
     return lambda config, _folder: config[section].append(copy.deepcopy(entry))
 
 
+def _lm_eval_file(lines: str, task="arc_easy"):
+    def change(config, folder):
+        Path(folder, "docs.jsonl").write_text(lines)
+        config["tasks"].append({"name": task, "type": "lm_eval", "path": "docs.jsonl"})
+    return change
+
+
 def _local_task(lines: str, name="task.jsonl", **template):
     def change(config, folder):
         Path(folder, name).write_text(lines)
@@ -130,6 +137,11 @@ CASES = [
      "tasks[1].text", "may not"),
     ("task file of an unknown type", _local_task(ROW, name="task.xml"),
      "tasks[1].path", "unsupported file type"),
+    ("lm-eval task file of an unknown shape", _lm_eval_file(
+        '{"stem": "Why?", "options": ["a", "b"], "key": 0}\n'), "tasks[1].path",
+     "its rows have key, options, stem"),
+    ("lm-eval task with no local converter", _lm_eval_file(ROW, task="sciq"), "tasks[1].path",
+     "no converter for lm-eval task 'sciq'"),
     ("unknown lm-eval task", _append("tasks", {"name": "arc_easyy", "type": "lm_eval"}),
      "tasks[1].name", "arc_easy"),
     ("relations on a non-probe task", lambda c, f: c["tasks"].append(

