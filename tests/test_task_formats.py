@@ -152,3 +152,33 @@ def test_dense_smollm2_scores_the_paper_tasks_as_plain_lm_eval(shared_benchmarks
             zip(results["boolq"]["loglikelihoods"], results["boolq"]["target"])]
     got["boolq"] = (got["boolq"][0], round(sum(norm) / len(norm), 3))
     assert got == {"arc_easy": (0.503, 0.453), "piqa": (0.650, 0.663), "boolq": (0.383, 0.517)}
+
+
+@pytest.mark.parametrize("method", ["none", "prompt_tuning", "prefix_tuning", "lora", "dora",
+                                    "ia3", "idp"])
+def test_every_output_type_runs_for_every_recovery_method(method, tiny, shared_benchmarks,
+                                                           tmp_path):
+    """Log-likelihood (LAMBADA), generation (NQ-open, exact match after lm-eval's filters) and
+    rolling log-likelihood (WikiText perplexity), from local files, through evaluate_recovered
+    as the evaluate step calls it."""
+    import math
+
+    from test_evaluation import attached
+
+    names = ["lambada_openai", "nq_open", "wikitext"]
+    for n in names:
+        tasks.prepare_task({"name": n, "type": "lm_eval", "path": str(shared_benchmarks / FILES[n])},
+                           tmp_path / n, seed=0)
+    manager = evaluation.task_manager([tmp_path / n for n in names], need_builtin=False)
+    model, tok = attached(tiny, method)
+    entry = {"method": method, "selection": "attention"} if method == "idp" else {"method": method}
+    limits = {"lambada_openai": 3, "nq_open": 2, "wikitext": 1}
+    results = evaluation.evaluate_recovered(
+        model, tok, [{"name": n, "limit": limits[n]} for n in names], manager,
+        {"batch_size": 4, "bootstrap_iters": 0}, 0, entry)
+    assert results["lambada_openai"]["documents"] == 3
+    assert 0 <= results["lambada_openai"]["acc"] <= 1
+    assert len(results["lambada_openai"]["loglikelihoods"]) == 3
+    assert results["nq_open"]["documents"] == 2 and results["nq_open"]["exact_match"] in (0, 0.5, 1)
+    assert math.isfinite(results["wikitext"]["word_perplexity"])
+    assert results["wikitext"]["word_perplexity"] > 1
