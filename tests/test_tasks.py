@@ -48,3 +48,12 @@ def test_local_task_from_shared_arc_easy(tmp_path, shared_benchmarks):
     assert info["arc_easy_local"]["documents"] == 2376
     first = json.loads((tmp_path / "arc_easy_local.jsonl").open().readline())
     assert first["question"]["stem"]
+
+
+def test_per_relation_all_asks_every_fact_and_extends_a_smaller_set():
+    from knowledge_recovery.tasks import make_probes, relation_size
+
+    every = make_probes("element_symbol", "all", 4, seed=0)
+    assert len(every) == relation_size("element_symbol")[0]
+    assert len({q["subject"] for q in every}) == len(every)
+    assert every[:40] == make_probes("element_symbol", 40, 4, seed=0)  # a superset, same questions

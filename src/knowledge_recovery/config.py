@@ -122,7 +122,7 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                 if t["num_choices"] > answers:
                     raise ConfigError(f"tasks[{i}].num_choices", f"relation {rel!r} has only "
                                       f"{answers} distinct answers, fewer than {t['num_choices']}")
-                if t["per_relation"] > facts:
+                if t["per_relation"] != "all" and t["per_relation"] > facts:
                     raise ConfigError(f"tasks[{i}].per_relation", f"relation {rel!r} has only "
                                       f"{facts} facts, fewer than {t['per_relation']} questions")
         if t["type"] == "lm_eval" and t.get("path"):

@@ -111,15 +111,18 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
             for i in sorted(set(range(len(requests))) - set(plain)):
                 by_context.setdefault(tuple(requests[i][1]), []).append(i)
             size = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 16)
-            # longest first, so that a batch pads its contexts little
+            # Longest first, in batches of at most the tokens of lm-eval's first batch (size x
+            # the longest sequence): short contexts go many to a call, padded little.
             contexts = sorted(by_context, key=lambda c: (-len(c), c))
-            for b in range(0, len(contexts), size):
-                batch = contexts[b:b + size]
-                self._score_shared(batch, [by_context[c] for c in batch], requests, out, size)
+            budget = size * max(len(requests[i][1]) + len(requests[i][2])
+                                for idx in by_context.values() for i in idx)
+            for a, b in padded_chunks([len(c) for c in contexts], budget):
+                batch = contexts[a:b]
+                self._score_shared(batch, [by_context[c] for c in batch], requests, out, budget)
             return out
 
         @torch.no_grad()
-        def _score_shared(self, contexts, members, requests, out, size):
+        def _score_shared(self, contexts, members, requests, out, budget):
             device, lengths = self.device, [len(c) for c in contexts]
             longest = lengths[0]
             keep = longest - lengths[-1] + 1  # logits of the positions that end a context
@@ -155,7 +158,7 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
                     else:
                         rows.append((c, i))
             rows.sort(key=lambda row: -len(requests[row[1]][2]))
-            chunks = padded_chunks([len(requests[i][2]) - 1 for _, i in rows], size * longest)
+            chunks = padded_chunks([len(requests[i][2]) - 1 for _, i in rows], budget)
             chunks = [rows[a:b] for a, b in chunks]
             for n, chunk in enumerate(chunks):
                 width = len(requests[chunk[0][1]][2]) - 1

@@ -85,8 +85,9 @@ RELATIONS = {
 }
 
 
-def make_probes(relation: str, per_relation: int, num_choices: int, seed: int) -> list[dict]:
-    """Deterministic multiple-choice questions; distractors are other answers of the same relation."""
+def make_probes(relation: str, per_relation: int | str, num_choices: int, seed: int) -> list[dict]:
+    """Deterministic multiple-choice questions; distractors are other answers of the same relation.
+    per_relation "all": a question for every fact."""
     _, template, source = RELATIONS[relation]
     facts = source()
     answers = sorted(set(facts.values()))
@@ -96,7 +97,7 @@ def make_probes(relation: str, per_relation: int, num_choices: int, seed: int) -
     subjects = sorted(facts)
     rng.shuffle(subjects)
     rows = []
-    for subject in subjects[:per_relation]:
+    for subject in subjects[:None if per_relation == "all" else per_relation]:
         gold = facts[subject]
         choices = rng.sample([a for a in answers if a != gold], num_choices - 1)
         choices.insert(rng.randrange(num_choices), gold)
