@@ -90,5 +90,11 @@ def test_no_loss_and_no_recovery_readings(tmp_path):
     assert "cost no measurable accuracy" in _analyse(tmp_path, no_loss)[2]
     nothing_back = _answers(300, 100, 0, {"lora-r2": (0, 3), "idp-m2-n4-routed": (0, 2)}, {})
     assert "cannot tell forgotten from displaced" in _analyse(tmp_path, nothing_back)[2]
+    # a method that breaks what the compressed model knew is reported as worse, not as "zero"
+    harmful = _answers(300, 100, 0, {"lora-r2": (0, 3), "idp-m2-n4-routed": (0, 2)},
+                       {"idp-m2-n4-routed": (100, 160)})
+    text = _analyse(tmp_path, harmful)[2]
+    assert "No recovery measurably improves" in text
+    assert "idp-m2-n4-routed/seed0 made it measurably worse" in text
     weights_only = _answers(300, 100, 0, {"lora-r2": (0, 90), "idp-m2-n4-routed": (0, 2)}, {})
     assert "Recovered by changing the weights" in _analyse(tmp_path, weights_only)[2]

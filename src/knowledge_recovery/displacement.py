@@ -169,8 +169,11 @@ def _verdict(group: pd.DataFrame, drop, compared: pd.DataFrame, reference: str) 
                 + (f" ({shown})" if shown else " (no input-side method in this grid)")
                 + ": for these methods and training budgets the evidence favours knowledge "
                   "forgotten (needing the weights) over displaced.")
-    widest = max((g.high - g.low) / 2 for g in gains.values() if g is not None) \
-        if any(g is not None for g in gains.values()) else float("nan")
-    return (f"No recovery is distinguishable from zero (every interval includes 0, half-width "
-            f"up to {widest:.3f}): this grid cannot tell forgotten from displaced; evaluate more "
-            f"questions or train longer.")
+    shown = "; ".join(f"{c.split('/', 2)[2]}: {_diff(g)}" for c, g in gains.items()
+                      if g is not None)
+    worse = [c.split("/", 2)[2] for c, g in gains.items()
+             if g is not None and g.significant and g.difference < 0]
+    return (f"No recovery measurably improves on the compressed model ({shown or 'none trained'})"
+            + (f"; {', '.join(worse)} made it measurably worse" if worse else "")
+            + ": this grid cannot tell forgotten from displaced at these training budgets; "
+              "evaluate more questions or train longer.")
