@@ -110,6 +110,8 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
             by_context: dict = {}
             for i in sorted(set(range(len(requests))) - set(plain)):
                 by_context.setdefault(tuple(requests[i][1]), []).append(i)
+            if not by_context:  # rolling windows only (perplexity)
+                return out
             size = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 16)
             # Longest first, in batches of at most the tokens of lm-eval's first batch (size x
             # the longest sequence): short contexts go many to a call, padded little.
