@@ -219,7 +219,8 @@ def test_a_killed_evaluation_keeps_its_finished_tasks(tiny, tmp_path, monkeypatc
 def attached(tiny, method):
     """A tiny model with `method` attached, its adapter moved off its no-op initialisation."""
     if method == "idp":
-        return sharp_idp(tiny)[0], sharp_idp(tiny)[2]
+        model, _, tok = sharp_idp(tiny)
+        return model, tok
     base, tok = tiny(seed=3)
     if method == "none":
         return base, tok

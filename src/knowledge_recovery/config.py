@@ -103,9 +103,7 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                 problem = tasks.template_problem(t[field])
                 if problem:
                     raise ConfigError(f"tasks[{i}].{field}", problem)
-            path = base / t["path"]
-            if not path.is_file():
-                raise ConfigError(f"tasks[{i}].path", f"no such task file: {t['path']}")
+            path = _task_file(t, i, base)
             if path.suffix not in (".jsonl", ".json", ".csv", ".tsv"):
                 raise ConfigError(f"tasks[{i}].path", f"unsupported file type {path.suffix!r}")
             try:
@@ -126,13 +124,8 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                     raise ConfigError(f"tasks[{i}].per_relation", f"relation {rel!r} has only "
                                       f"{facts} facts, fewer than {t['per_relation']} questions")
         if t["type"] == "lm_eval" and t.get("path"):
-            path = base / t["path"]
-            if not path.is_file():
-                raise ConfigError(f"tasks[{i}].path", f"no such task file: {t['path']}")
-
-
             try:
-                task_formats.convert(t["name"], path, t.get("format"))
+                task_formats.convert(t["name"], _task_file(t, i, base), t.get("format"))
             except ValueError as err:
                 raise ConfigError(f"tasks[{i}].path", str(err)) from None
         if "format" in t and not (t["type"] == "lm_eval" and t.get("path")):
@@ -193,6 +186,14 @@ def load_config(config: dict | str | os.PathLike, base_dir=".", check_models: bo
     config = copy.deepcopy(config)
     validate_schema(config)
     return prepare(config, base_dir, check_models)
+
+
+def _task_file(entry: dict, i: int, base: Path) -> Path:
+    """The file a task entry reads (`path`, relative to the config's folder), which must exist."""
+    path = base / entry["path"]
+    if not path.is_file():
+        raise ConfigError(f"tasks[{i}].path", f"no such task file: {entry['path']}")
+    return path
 
 
 def _check_text_length(config: dict, base: Path) -> None:

@@ -101,15 +101,16 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
             if scorer is None or self.backend != "causal":
                 return self._plain(requests, disable_tqdm, override_bs)
             out: list = [None] * len(requests)
-            plain = [i for i, (key, ctx, cont) in enumerate(requests)
-                     if key is None or len(ctx) + len(cont) > self.max_length + 1]
+            plain, by_context = [], {}  # rolling windows and truncated sequences go plain
+            for i, (key, ctx, cont) in enumerate(requests):
+                if key is None or len(ctx) + len(cont) > self.max_length + 1:
+                    plain.append(i)
+                else:
+                    by_context.setdefault(tuple(ctx), []).append(i)
             if plain:
                 answers = self._plain([requests[i] for i in plain], disable_tqdm, override_bs)
                 for i, answer in zip(plain, answers):
                     out[i] = answer
-            by_context: dict = {}
-            for i in sorted(set(range(len(requests))) - set(plain)):
-                by_context.setdefault(tuple(requests[i][1]), []).append(i)
             if not by_context:  # rolling windows only (perplexity)
                 return out
             size = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 16)

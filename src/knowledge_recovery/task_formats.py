@@ -57,7 +57,6 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-
 @dataclass(frozen=True)
 class TaskFormat:
     name: str
@@ -65,6 +64,7 @@ class TaskFormat:
     fields: frozenset  # fields every row has (after `read`)
     convert: Callable[[list[dict], Path], list[dict]]  # (rows, path) -> rows in the task's schema
     read: Callable[[Path], list[dict]] = read_rows
+    suffixes: tuple = (".jsonl", ".json", ".csv", ".tsv")  # the files `read` takes
     note: str = ""  # what differs from the hub's documents, if anything
 
     def serves(self, task: str) -> bool:
@@ -251,20 +251,12 @@ for record in [
     TaskFormat("lambada-llm-foundry", ("lambada_openai", "lambada_standard"),
                frozenset({"context", "continuation"}), _lambada_foundry),
     TaskFormat("wikitext-raw", ("wikitext",), frozenset({"text"}), _wikitext_raw, read=_read_text,
+               suffixes=(".raw", ".txt", ".bz2", ".tokens"),
                note="pages split at top-level headings; blank lines the file lacks stay absent"),
     TaskFormat("mmlu-csv", ("mmlu_",), frozenset({"question", "A", "B", "C", "D", "answer"}),
-               _mmlu_csv, read=_read_headerless_csv),
+               _mmlu_csv, read=_read_headerless_csv, suffixes=(".csv",)),
 ]:
     register_format(record)
-
-
-def _reads(fmt: TaskFormat, path: Path) -> bool:
-    """Whether the file is of the kind this format's reader takes (text, headerless CSV, rows)."""
-    if fmt.read is _read_text:
-        return path.suffix in (".raw", ".txt", ".bz2", ".tokens")
-    if fmt.read is _read_headerless_csv:
-        return path.suffix == ".csv"
-    return path.suffix in (".jsonl", ".json", ".csv", ".tsv")
 
 
 def find_format(task: str, path: Path, name: str | None = None) -> tuple[TaskFormat, list[dict]]:
@@ -281,13 +273,17 @@ def find_format(task: str, path: Path, name: str | None = None) -> tuple[TaskFor
             raise ValueError(f"format {name!r} does not serve task {task!r} (formats that do: "
                              f"{', '.join(f.name for f in candidates)})")
         candidates = [FORMATS[name]]
-    found = None
+    found, read = None, {}  # rows by reader: formats sharing one read the file once
     for fmt in candidates:
-        if not _reads(fmt, path):
+        if path.suffix not in fmt.suffixes:
             continue
-        try:
-            rows = fmt.read(path)
-        except (ValueError, OSError, UnicodeDecodeError):
+        if fmt.read not in read:
+            try:
+                read[fmt.read] = fmt.read(path)
+            except (ValueError, OSError, UnicodeDecodeError):
+                read[fmt.read] = None
+        rows = read[fmt.read]
+        if rows is None:
             continue
         if all(fmt.fields <= set(r) for r in rows):
             return fmt, rows

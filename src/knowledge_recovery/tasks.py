@@ -13,7 +13,6 @@ from pathlib import Path
 import yaml
 
 from . import task_formats
-from .task_formats import read_rows
 
 # ---------------------------------------------------------------- knowledge probes
 # Each relation: (packages it reads, question template, fact source).
@@ -275,7 +274,7 @@ def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
         return info
     if kind == "local":
         src = Path(base_dir, entry["path"])
-        rows = read_rows(src)
+        rows = task_formats.read_rows(src)
         # Copied as JSONL so the task no longer depends on the file's format or location.
         _write_jsonl(out_dir / f"{entry['name']}.jsonl", rows)
         spec = _mc_task_yaml(entry["name"], final_dir / f"{entry['name']}.jsonl", entry["text"],
