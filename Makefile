@@ -6,7 +6,7 @@ CONFIG ?= config.yaml
 # Extra Snakemake arguments, e.g. SMK_ARGS="--forceall" or "--dry-run".
 SMK_ARGS ?=
 
-.PHONY: run test lint venv verify resync readme
+.PHONY: run test lint venv verify resync readme report
 
 venv: $(VENV)/.installed
 
@@ -23,7 +23,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: venv
 	$(BIN)/python -m knowledge_recovery.config $(CONFIG)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --configfile $(CONFIG) $(SMK_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m knowledge_recovery.report --if-finished --configfile $(CONFIG)
 	@$(BIN)/python -m knowledge_recovery.show --configfile $(CONFIG)
+
+# The grid's Snakemake report (summary/report.html), attached to the parent MLflow run
+report: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m knowledge_recovery.report --configfile $(CONFIG)
 
 # Check every artifact of a results folder against its manifest (file hashes); what is damaged
 # is listed, and the next `make run` sets it aside and rebuilds it.

@@ -134,7 +134,11 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
     history = client.get_metric_history(train_run.info.run_id, "train_loss")
     assert len(history) == 6
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.csv", "results.md", "mean_acc.png"} <= artifacts
+    assert {"results.csv", "results.md", "mean_acc.png", "logs"} <= artifacts
+    # each step's log on its run: what the step printed, as far as it had when it logged
+    (log,) = client.list_artifacts(run.info.run_id, "logs")
+    text = Path(client.download_artifacts(run.info.run_id, log.path, str(workdir / "dl"))).read_text()
+    assert "kp_country_capital" in text
 
 
 def _browser() -> str:
@@ -194,17 +198,26 @@ def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
         ui.wait(timeout=30)
 
 
-def test_the_report_holds_every_captioned_summary_output(finished, tmp_path):
-    """`snakemake --report`: one self-contained HTML file with the tables, plots and summary,
-    each with its caption (report/*.rst), without rendering warnings."""
+def test_the_report_holds_every_captioned_summary_output(finished):
+    """`snakemake --report` through `knowledge_recovery.report` (what `make run` ends with): one
+    self-contained HTML file with the tables, plots and summary, each with its caption
+    (report/*.rst), without rendering warnings, attached to the parent MLflow run."""
     workdir, config, _ = finished
-    out = snakemake(workdir, config, "--report", str(tmp_path / "report.html"))
-    assert "WARNING" not in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
-    html = (tmp_path / "report.html").read_text()
+    out = subprocess.run([sys.executable, "-m", "knowledge_recovery.report", "--configfile",
+                          str(config), "--", "--snakefile", str(REPO / "Snakefile")],
+                         cwd=workdir, capture_output=True, text=True)
+    assert out.returncode == 0 and "WARNING" not in out.stdout + out.stderr, \
+        (out.stdout + out.stderr)[-3000:]
+    report = workdir / "results" / "smoke" / "summary" / "report.html"
+    html = report.read_text()
     for caption in (REPO / "report").glob("*.rst"):
         first_words = " ".join(caption.read_text().split()[:6])
         assert first_words in html, caption.name
     assert html.count("data:image/png") >= 1 and "Comparisons" in html
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'results' / 'smoke' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`kr.role` = 'grid'")
+    assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_rerun_executes_nothing_and_logs_nothing(finished):

@@ -104,6 +104,12 @@ class Layout:
                 # written last: the others' hashes and the grid's tracking record
                 "manifest": f"{self.root}/summary/manifest.json"}
 
+    @property
+    def report(self) -> str:
+        """`snakemake --report` of the grid (knowledge_recovery.report), outside the summary's
+        manifest: it is built after the run, from it."""
+        return f"{self.root}/summary/report.html"
+
     def log(self, rule, name) -> str:
         return f"{self.root}/logs/{rule}/{name}.log"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import integrity, runlock, tracking
 from .artifacts import read_json
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
         print(f"error: the MLflow store at {uri} cannot be synced: {type(err).__name__}: {err}",
               file=sys.stderr)
         return 2
+    if Path(Layout(config).report).is_file() and not args.dry_run:
+        tracking.log_report(root, config["experiment"], Layout(config).report)
     verb = "would be" if args.dry_run else "were"
     print(f"MLflow store {uri}, experiment '{config['experiment']}':")
     print(f"  {len(outcome['current'])} run(s) already current")

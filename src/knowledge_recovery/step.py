@@ -54,5 +54,6 @@ def finish(smk, manifest_path, manifest: dict, outputs, record: dict) -> None:
 
 
 def record(smk, step_name: str, unit: str, **fields) -> dict:
-    """`tracking.record` for this step's results folder."""
-    return tracking.record(results_root(smk), step_name, unit, **fields)
+    """`tracking.record` for this step's results folder, with the rule's log attached (as far
+    as it is written when the record is logged: everything but the step's last lines)."""
+    return tracking.record(results_root(smk), step_name, unit, logs=list(smk.log), **fields)

@@ -58,11 +58,11 @@ def _number(v) -> bool:
 
 def record(results_dir, step: str, unit: str, *, tags: dict | None = None,
            params: dict | None = None, metrics: dict | None = None, series: dict | None = None,
-           artifacts=()) -> dict:
+           artifacts=(), logs=()) -> dict:
     """What one step of one unit logs, as plain JSON: flattened params, numeric metrics, metric
-    series [(step, value)], files relative to the results folder, and the step's real start
-    and end. No empty tag values; metric names never contain '/' (MLflow's chart view splits
-    names at '/' into sections)."""
+    series [(step, value)], files relative to the results folder (`logs`: the step's log files,
+    under the run's logs/ folder), and the step's real start and end. No empty tag values;
+    metric names never contain '/' (MLflow's chart view splits names at '/' into sections)."""
     root = Path(results_dir).resolve()
     return {
         "step": step, "unit": unit,
@@ -73,6 +73,7 @@ def record(results_dir, step: str, unit: str, *, tags: dict | None = None,
         "series": {name.replace("/", "."): [[int(s), float(v)] for s, v in values]
                    for name, values in (series or {}).items()},
         "artifacts": [os.path.relpath(Path(p).resolve(), root) for p in artifacts],
+        "logs": [os.path.relpath(Path(p).resolve(), root) for p in logs],
         "start_ms": STEP_STARTED_MS, "end_ms": int(1000 * time.time()),
     }
 
@@ -120,6 +121,9 @@ def _log_values(client, run_id, rec: dict, results_dir: Path) -> None:
         client.log_batch(run_id, metrics=everything[i: i + 900])
     for rel in rec["artifacts"]:
         client.log_artifact(run_id, str(results_dir / rel))
+    for rel in rec.get("logs", []):  # records written before logs were attached have none
+        if (results_dir / rel).is_file():  # a log is not an output: it may have been cleaned
+            client.log_artifact(run_id, str(results_dir / rel), artifact_path="logs")
 
 
 def _log_step_run(client, exp_id, parent, rec: dict, results_dir: Path) -> str:
@@ -211,6 +215,18 @@ def log_grid(results_dir, experiment: str, rec: dict) -> str | None:
         return parent
 
     return _reported("the grid summary", results_dir, log)
+
+
+def log_report(results_dir, experiment: str, report) -> str | None:
+    """Attach the grid's report file to the parent run (again: the file is replaced)."""
+    results_dir = Path(results_dir)
+
+    def log():
+        client, _, parent = _setup(results_dir, experiment)
+        client.log_artifact(parent, str(report))
+        return parent
+
+    return _reported("the grid report", results_dir, log)
 
 
 def _purge_replaced(client, exp_id: str, results_dir: Path) -> None:
