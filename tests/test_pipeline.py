@@ -98,7 +98,8 @@ def test_every_output_exists_with_real_values(finished):
         int(max(range(4), key=ll.__getitem__) == t)
         for ll, t in zip(record["loglikelihoods"], record["target"])]
     compared = pd.read_csv(res / "summary" / "comparisons.csv")
-    assert set(compared.comparison) == {"compressed vs dense", "recovered vs compressed", "vs lora",
+    assert set(compared.comparison) == {"compressed vs dense", "recovered vs compressed",
+                                        "vs lora at matched budget",
                                         "variant vs the adapter's own selection"}
     assert len(compared) == 5 * 3  # five pairs x (two tasks + their mean)
     assert (compared.low <= compared.difference + 1e-12).all()

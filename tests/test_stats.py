@@ -56,7 +56,49 @@ def test_the_comparisons_the_study_makes():
         ("compressed vs dense", "none", "none"),
         ("recovered vs compressed", "none", "idp-m2-n4-routed/seed0"),
         ("recovered vs compressed", "none", "lora-r2/seed0"),
-        ("vs lora", "lora-r2/seed0", "idp-m2-n4-routed/seed0"),
+        ("vs lora at matched budget", "lora-r2/seed0", "idp-m2-n4-routed/seed0"),
         ("variant vs the adapter's own selection", "idp-m2-n4-routed/seed0",
          "idp-m2-n4-routed-oracle/seed0"),
     }
+
+
+def _paper_grid():
+    config = load_config(yaml.safe_load((REPO / "config" / "paper.yaml").read_text()),
+                         check_models=False)
+    compression = by_id(config["compression"])
+    return (cells(config), lambda c: recovery_method(c.settings["method"]).trains,
+            lambda c: compression_method(compression[c.compression]["method"]).family == "none")
+
+
+def test_each_recovery_meets_the_lora_entry_nearest_its_budget():
+    """paper.yaml: three LoRA ranks; each other recovery is compared with the one whose
+    trainable parameters are nearest its own (log scale), not with all three."""
+    grid, trains, is_baseline = _paper_grid()
+    # a stand-in count per entry: its max_params (what each entry's budget is checked against)
+    found = stats.comparisons(grid, "lora", trains, is_baseline,
+                              budget=lambda c: c.settings.get("max_params"))
+    matched = {other.settings["id"]: base.settings["id"] for kind, base, other in found
+               if kind == "vs lora at matched budget" and other.model == "llama-7b"
+               and other.compression == grid[1].compression and other.seed == 0}
+    assert matched["prompt-n25"] == "lora-r4"    # 102,400 params: the smallest LoRA
+    assert matched["prefix-n8"] == "lora-r4"     # 2,097,152: equal to r4
+    assert matched["dora-r8"] == "lora-r8" and matched["dora-r16"] == "lora-r16"
+    assert matched["ia3-all"] == "lora-r4"
+    # without counts: every LoRA entry
+    everything = stats.comparisons(grid, "lora", trains, is_baseline)
+    assert len([1 for k, *_ in everything if k.startswith("vs lora")]) == 3 * len(
+        [1 for k, *_ in found if k.startswith("vs lora")])
+
+
+def test_pooling_over_seeds_counts_the_spread_between_seeds():
+    base = {"t": [0] * 200}
+    agree = [(base, {"t": [1] * 60 + [0] * 140})] * 3           # three seeds, the same answers
+    differ = [(base, {"t": [1] * k + [0] * (200 - k)}) for k in (20, 60, 100)]  # same mean
+    one = stats.paired_bootstrap(*agree[0], resamples=2000, seed=0)["t"]
+    same = stats.pooled_bootstrap(agree, resamples=2000, seed=0)["t"]
+    spread = stats.pooled_bootstrap(differ, resamples=2000, seed=0)["t"]
+    assert one["difference"] == same["difference"] == spread["difference"] == pytest.approx(0.3)
+    # identical seeds add nothing; seeds that disagree widen the interval
+    assert same["high"] - same["low"] == pytest.approx(one["high"] - one["low"], abs=0.02)
+    assert spread["high"] - spread["low"] > 1.5 * (same["high"] - same["low"])
+    assert spread["questions"] == 200 and spread["significant"]

@@ -49,7 +49,9 @@ with step(smk):
         with artifacts.atomic_path(path) as tmp:
             draw(data, tmp)
     settings = smk.config["statistics"]
-    compared = aggregate.compare(cells, smk.input.samples, settings, trains, is_baseline)
+    params = df.drop_duplicates("cell").set_index("cell")["trainable_params"]
+    compared = aggregate.compare(cells, smk.input.samples, settings, trains, is_baseline,
+                                 budget=lambda c: params.get(c.id) or None)
     with artifacts.atomic_path(smk.output.comparisons_csv) as tmp:
         compared.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.comparisons_markdown,

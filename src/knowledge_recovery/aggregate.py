@@ -47,27 +47,46 @@ def chance(samples_files) -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
-def compare(cells: list, samples_files: list, settings: dict, trains, is_baseline) -> pd.DataFrame:
+def compare(cells: list, samples_files: list, settings: dict, trains, is_baseline,
+            budget=None) -> pd.DataFrame:
     """Every comparison of `stats.comparisons`, paired on the same questions: per task and on
-    the mean over tasks, the difference, its interval, whether it excludes zero, McNemar's p."""
+    the mean over tasks, the difference, its interval, whether it excludes zero, McNemar's p.
+    Where an entry was trained with several seeds, its comparisons are also pooled over them
+    (`stats.pooled_bootstrap`; base and other named without the seed, `seeds` > 1).
+    `budget(cell)`: its trainable parameters (the reference comparison's matched budget)."""
     from . import stats
 
     records = {c.id: correctness(f) for c, f in zip(cells, samples_files)}
-    rows = []
-    for kind, base, other in stats.comparisons(cells, settings["reference"], trains, is_baseline):
+    rows, pooled = [], {}
+    for kind, base, other in stats.comparisons(cells, settings["reference"], trains, is_baseline,
+                                               budget):
         a, b = records[base.id], records[other.id]
         tasks = [t for t in a if t in b]
         for t in tasks:
             if a[t][0] != b[t][0]:
                 raise ValueError(f"cells {base.id} and {other.id} were scored on different "
                                  f"documents of {t}: they cannot be compared question by question")
-        result = stats.paired_bootstrap({t: a[t][1] for t in tasks}, {t: b[t][1] for t in tasks},
-                                        settings["resamples"], settings["seed"],
+        pair = ({t: a[t][1] for t in tasks}, {t: b[t][1] for t in tasks})
+        pooled.setdefault((kind, _entry(base), _entry(other)), []).append(pair)
+        result = stats.paired_bootstrap(*pair, settings["resamples"], settings["seed"],
                                         settings["confidence"])
-        rows += [{"comparison": kind, "base": base.id, "other": other.id, "task": task, **r}
-                 for task, r in result.items()]
-    return pd.DataFrame(rows, columns=["comparison", "base", "other", "task", "difference", "low",
-                                       "high", "significant", "mcnemar_p", "questions"])
+        rows += [{"comparison": kind, "base": base.id, "other": other.id, "seeds": 1,
+                  "task": task, **r} for task, r in result.items()]
+    for (kind, base, other), pairs in pooled.items():
+        if len(pairs) < 2:
+            continue
+        result = stats.pooled_bootstrap(pairs, settings["resamples"], settings["seed"],
+                                        settings["confidence"])
+        rows += [{"comparison": kind, "base": base, "other": other, "seeds": len(pairs),
+                  "task": task, **r} for task, r in result.items()]
+    return pd.DataFrame(rows, columns=["comparison", "base", "other", "seeds", "task",
+                                       "difference", "low", "high", "significant", "mcnemar_p",
+                                       "questions"])
+
+
+def _entry(cell) -> str:
+    """A cell's id without its seed: the entry its seeds are pooled under."""
+    return f"{cell.model}/{cell.compression}/{cell.recovery}"
 
 
 def comparisons_markdown(df: pd.DataFrame, confidence: float) -> str:
@@ -75,18 +94,20 @@ def comparisons_markdown(df: pd.DataFrame, confidence: float) -> str:
     where the interval excludes zero; the CSV has every task."""
     head = (f"Paired differences in {METRIC} (other - base) on the same questions, mean over "
             f"tasks, {confidence:.0%} bootstrap interval; * the interval excludes zero; "
-            f"McNemar: exact two-sided p\n\n")
+            f"McNemar: exact two-sided p; seeds: training seeds pooled (a row without a seed in "
+            f"its ids: seeds and questions resampled)\n\n")
     if df.empty:
         return head + "No comparisons: no cells with per-question records.\n"
-    per_pair = df.groupby(["comparison", "base", "other"], sort=False)
+    per_pair = df.groupby(["comparison", "base", "other", "seeds"], sort=False)
     lines = []
-    for (kind, base, other), rows in per_pair:
+    for (kind, base, other, seeds), rows in per_pair:
         row = rows[rows.task == "mean"].iloc[0] if (rows.task == "mean").any() else rows.iloc[0]
         mark = " *" if row.significant else ""
         lines.append({"comparison": kind, "other": other, "base": base,
                       "difference": f"{row.difference:+.3f}{mark}",
                       "interval": f"[{row.low:+.3f}, {row.high:+.3f}]",
-                      "McNemar p": f"{row.mcnemar_p:.3g}", "questions": int(row.questions)})
+                      "McNemar p": f"{row.mcnemar_p:.3g}", "questions": int(row.questions),
+                      "seeds": int(seeds)})
     return head + pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True) + "\n"
 
 

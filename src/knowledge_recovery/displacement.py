@@ -12,7 +12,7 @@ import pandas as pd
 
 from .aggregate import correctness
 from .registry import recovery_method
-from .stats import baselines
+from .stats import baselines, reference_kind
 
 
 def _right(samples_file) -> dict[tuple, int]:
@@ -113,7 +113,7 @@ def reading(rows: pd.DataFrame, pairs: pd.DataFrame, compared: pd.DataFrame,
             ratio = (gain.difference / -drop.difference
                      if gain is not None and drop is not None and drop.significant
                      and drop.difference < 0 else None)
-            vs_ref = _mean_row(compared, f"vs {reference}", r.cell)
+            vs_ref = _mean_row(compared, reference_kind(reference), r.cell)
             table.append({"recovery": r.cell.split("/", 2)[2], "side": r.side,
                           "recovered of lost": f"{r.recovered}/{r.lost} ({_pct(r.recovered_share)})",
                           "broken of kept": f"{r.broken}/{r.kept} ({_pct(r.broken_share)})",
@@ -151,13 +151,14 @@ def _verdict(group: pd.DataFrame, drop, compared: pd.DataFrame, reference: str) 
         text = (f"Displaced rather than forgotten: recovery from the input side "
                 f"({best.split('/', 2)[2]}, weights untouched) brings back accuracy the "
                 f"compression lost ({_diff(up[best])} over the compressed model).")
-        vs_ref = _mean_row(compared, f"vs {reference}", best)
+        vs_ref = _mean_row(compared, reference_kind(reference), best)
         if vs_ref is not None:
             how = ("no measurable difference: the input side recovers as much as the weights"
                    if vs_ref.low <= 0 <= vs_ref.high else
                    "it recovers measurably less" if vs_ref.high < 0 else
                    "it recovers measurably more")
-            text += (f" Against {reference} on the same compressed model: {_diff(vs_ref)}, "
+            text += (f" Against {reference} at the nearest parameter budget "
+                     f"({vs_ref.base.split('/', 2)[2]}) on the same compressed model: {_diff(vs_ref)}, "
                      f"{how}.")
         return text
     if weights:

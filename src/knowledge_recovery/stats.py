@@ -16,19 +16,40 @@ def paired_bootstrap(base: dict, other: dict, resamples: int, seed: int,
     """Accuracy of `other` minus `base`, per task and on the mean over tasks, with percentile
     intervals from resampling each task's questions (the same draw for both cells).
     `base`, `other`: {task: [0/1 per question]} over the same questions in the same order."""
+    return pooled_bootstrap([(base, other)], resamples, seed, confidence)
+
+
+def pooled_bootstrap(pairs: list[tuple[dict, dict]], resamples: int, seed: int,
+                     confidence: float = 0.95) -> dict:
+    """`paired_bootstrap` pooled over training seeds: `pairs` holds one (base, other) per seed,
+    all over the same questions. The difference is the mean over seeds; each resample draws the
+    seeds with replacement and each task's questions (one draw for every seed: they answered the
+    same questions), so the interval counts both seed-to-seed and question-to-question spread.
+    McNemar's test, a cross-check, pools every (seed, question) pair."""
     rng = np.random.default_rng(seed)
     tail = (1 - confidence) / 2
+    tasks = list(pairs[0][0])
+    # one seed: no seed draw, so that a single pair's intervals are the plain paired bootstrap's
+    seeds = rng.integers(0, len(pairs), (resamples, len(pairs))) if len(pairs) > 1 else \
+        np.zeros((resamples, 1), dtype=int)
     out, draws = {}, []
-    for task in base:
-        diff = np.asarray(other[task], float) - np.asarray(base[task], float)
-        boots = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+    for task in tasks:
+        diff = np.stack([np.asarray(o[task], float) - np.asarray(b[task], float)
+                         for b, o in pairs])  # seeds x questions
+        questions = rng.integers(0, diff.shape[1], (resamples, diff.shape[1]))
+        boots = np.concatenate([  # in chunks: seeds x questions x resamples can be large
+            diff[seeds[i:i + 100, :, None], questions[i:i + 100, None, :]].mean(axis=(1, 2))
+            for i in range(0, resamples, 100)])
         draws.append(boots)
-        out[task] = _summary(diff.mean(), boots, tail, len(diff), base[task], other[task])
-    if len(base) > 1:
-        point = float(np.mean([out[t]["difference"] for t in base]))
-        flat_a = [x for t in base for x in base[t]]
-        flat_b = [x for t in base for x in other[t]]
-        out["mean"] = _summary(point, np.mean(draws, axis=0), tail, len(flat_a), flat_a, flat_b)
+        a = [x for b, _ in pairs for x in b[task]]
+        b_ = [x for _, o in pairs for x in o[task]]
+        out[task] = _summary(diff.mean(), boots, tail, diff.shape[1], a, b_)
+    if len(tasks) > 1:
+        point = float(np.mean([out[t]["difference"] for t in tasks]))
+        flat_a = [x for t in tasks for b, _ in pairs for x in b[t]]
+        flat_b = [x for t in tasks for _, o in pairs for x in o[t]]
+        questions = sum(out[t]["questions"] for t in tasks)
+        out["mean"] = _summary(point, np.mean(draws, axis=0), tail, questions, flat_a, flat_b)
     return out
 
 
@@ -62,19 +83,32 @@ def baselines(cells: list, trains, is_baseline) -> tuple[dict, dict]:
     return {c.model: c for c in untrained.values() if is_baseline(c)}, untrained
 
 
-def comparisons(cells: list, reference: str, trains, is_baseline) -> list[tuple]:
+def reference_kind(reference: str) -> str:
+    """The comparison of a recovery with the reference method (`comparisons`)."""
+    return f"vs {reference} at matched budget"
+
+
+def comparisons(cells: list, reference: str, trains, is_baseline, budget=None) -> list[tuple]:
     """The comparisons the study makes, as (kind, base cell, other cell), other minus base:
     compressed vs dense (the untrained rows); each trained recovery vs its compressed model;
-    each recovery vs every entry of the `reference` method on the same model, compression and
-    seed; an evaluation-only variant (an entry evaluating another entry's adapter, such as IDP's
-    random and oracle selection) vs that entry. `trains(cell)`, `is_baseline(cell)`: whether its
-    recovery method trains, whether its compression is the dense baseline."""
+    each recovery vs the entry of the `reference` method on the same model, compression and seed
+    whose trainable parameters (`budget(cell)`) are nearest its own, on a log scale (all of
+    them where a count is unknown); an evaluation-only variant (an entry evaluating another
+    entry's adapter, such as IDP's random and oracle selection) vs that entry. `trains(cell)`,
+    `is_baseline(cell)`: whether its recovery method trains, whether its compression is the
+    dense baseline."""
     dense, untrained = baselines(cells, trains, is_baseline)
     out = [("compressed vs dense", dense[c.model], c) for c in untrained.values()
            if not is_baseline(c) and c.model in dense]
 
     def same_unit(a, b):
         return a.model == b.model and a.compression == b.compression and a.seed == b.seed
+
+    def nearest(c, candidates):
+        size = budget(c) if budget else None
+        if not size or not all(budget(d) for d in candidates):
+            return candidates
+        return [min(candidates, key=lambda d: (abs(math.log(budget(d) / size)), budget(d)))]
 
     for c in cells:
         if not trains(c):
@@ -86,7 +120,9 @@ def comparisons(cells: list, reference: str, trains, is_baseline) -> list[tuple]
         if (c.model, c.compression) in untrained:
             out.append(("recovered vs compressed", untrained[(c.model, c.compression)], c))
         if c.settings["method"] != reference:
-            out += [(f"vs {reference}", d, c) for d in cells if trains(d) and same_unit(c, d)
-                    and d.settings["method"] == reference
-                    and d.settings["train_id"] == d.settings["id"]]
+            references = [d for d in cells if trains(d) and same_unit(c, d)
+                          and d.settings["method"] == reference
+                          and d.settings["train_id"] == d.settings["id"]]
+            if references:
+                out += [(reference_kind(reference), d, c) for d in nearest(c, references)]
     return out
