@@ -48,6 +48,7 @@ include: "rules/download.smk"
 include: "rules/compress.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/displacement.smk"
 include: "rules/aggregate.smk"
 
 

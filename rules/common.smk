@@ -22,6 +22,8 @@ REPORTED = {
     "csv": ("Tables", "results", "every cell x task"),
     "comparisons_csv": ("Comparisons", "comparisons", "paired comparisons"),
     "displacement_markdown": ("Comparisons", "displacement", "forgotten or displaced"),
+    "cka_plot": ("Plots", "cka", "representation vs dense per layer"),
+    "latency_plot": ("Plots", "accuracy_vs_latency", "accuracy vs latency"),
 }
 
 
@@ -65,3 +67,7 @@ def cell_of(wildcards):
 
 def eval_inputs(wildcards):
     return JOBS.eval_inputs(cell_of(wildcards))
+
+
+def represent_inputs(wildcards):
+    return JOBS.represent_inputs(cell_of(wildcards))

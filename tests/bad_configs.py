@@ -158,6 +158,8 @@ CASES = [
     ("evaluation batch of zero", _set(("evaluation", "batch_size"), 0),
      "evaluation.batch_size", "0"),
     ("zero threads", _set(("threads",), 0), "threads", "0"),
+    ("a one-input representation sample", _set(("displacement",), {"inputs": 1}),
+     "displacement.inputs", "1"),
     ("YAML syntax error", "experiment: x\nmodels:\n  - name: a\n   source: b\n", None,
      "not valid JSON or YAML"),
     ("a key given twice", (REPO / "config" / "smoke.yaml").read_text() + "\nseed: 1\n",

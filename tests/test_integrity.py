@@ -99,7 +99,7 @@ def test_what_is_rebuilt_is_the_damaged_job_and_what_was_built_from_it():
     states = [_state(j, "damaged" if j.name == compress else "ok") for j in graph]
     rebuild = integrity.to_rebuild(states, {})
     expected = {compress, "aggregate aggregate"} | {
-        n for n in names if n.startswith(("train", "evaluate")) and "/dense/" not in n}
+        n for n in names if n.startswith(("train", "evaluate", "represent")) and "/dense/" not in n}
     assert set(rebuild) == expected
 
     # a deleted results.json: only the summary was built from it

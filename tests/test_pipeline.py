@@ -20,7 +20,8 @@ pytestmark = pytest.mark.e2e
 SNAKEMAKE_BASE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 SNAKEMAKE = [*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "default")]
 EXPECTED_JOBS = {"download_model": 1, "download_text": 1, "prepare_task": 1, "compress": 1,
-                 "train": 2, "evaluate": 5, "aggregate": 1}  # IDP and its oracle share an adapter
+                 "train": 2, "evaluate": 5, "sample_inputs": 1, "represent": 3,
+                 "aggregate": 1}  # IDP and its oracle share an adapter
 
 
 def smoke_config(workdir: Path, **changes) -> Path:
@@ -298,7 +299,8 @@ def test_damaged_artifacts_are_found_and_exactly_their_cells_rebuilt(tmp_path, f
     assert verify.returncode == 1
     for words in ("results.json: edited", "manifest.json: missing", "truncated"):
         assert words in verify.stdout
-    assert _run_jobs(workdir, config) == {"train": 2, "evaluate": 5, "aggregate": 1}
+    # the representations of the rebuilt adapters' cells too (the other cells' are unchanged)
+    assert _run_jobs(workdir, config) == {"train": 2, "evaluate": 5, "represent": 2, "aggregate": 1}
     assert (res / "summary" / "results.csv").read_bytes() == original
     assert weights.read_bytes() == reference
     kept = next((res / "set_aside").iterdir())
@@ -333,7 +335,8 @@ def test_an_altered_checkpoint_is_refused_then_rebuilt(tmp_path, finished):
     verify = subprocess.run([sys.executable, "-m", "knowledge_recovery.verify", "--configfile",
                              str(config)], cwd=workdir, capture_output=True, text=True)
     assert verify.returncode == 1 and "model.safetensors: altered" in verify.stdout
-    assert _run_jobs(workdir, config) == {"compress": 1, "train": 2, "evaluate": 4, "aggregate": 1}
+    assert _run_jobs(workdir, config) == {"compress": 1, "train": 2, "evaluate": 4, "represent": 3,
+                                          "aggregate": 1}
     assert weights.read_bytes() == reference
     summary = (res / "summary" / "results.csv").read_bytes()
     assert summary == (finished[0] / "results" / "smoke" / "summary" / "results.csv").read_bytes()
@@ -353,7 +356,7 @@ def test_changing_one_setting_reruns_only_what_it_affects(finished):
     changed = workdir / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     out = snakemake(workdir, changed, "--dry-run")
-    assert job_counts(out.stdout) == {"train": 1, "evaluate": 1, "aggregate": 1}
+    assert job_counts(out.stdout) == {"train": 1, "evaluate": 1, "represent": 1, "aggregate": 1}
 
 
 def test_a_packed_export_adds_only_the_pack_job(finished):
@@ -432,7 +435,7 @@ def test_every_method_runs_on_two_architectures(tmp_path):
     out = snakemake(tmp_path, path)
     counts = job_counts(out.stdout + out.stderr)
     assert counts["compress"] == 2 and counts["pack"] == 2 and counts["train"] == 2 * 6
-    assert counts["evaluate"] == 2 * (2 + 6)
+    assert counts["evaluate"] == 2 * (2 + 6) and counts["represent"] == 2 * (1 + 6)
     res = tmp_path / "results" / "smoke"
     df = pd.read_csv(res / "summary" / "results.csv")
     acc = df[df.metric == "acc"]

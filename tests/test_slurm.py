@@ -50,7 +50,7 @@ def slurm_command(folder: Path) -> list[str]:
             "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
             "--default-resources", "mem_mb=1000", "runtime=30",
             "--set-resources", "compress:mem_mb=1500", "train:mem_mb=1500", "evaluate:mem_mb=1500",
-            "--jobs", "2", "--latency-wait", "10"]
+            "represent:mem_mb=1500", "--jobs", "2", "--latency-wait", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,10 @@ def test_smoke_grid_runs_through_the_slurm_profile(tmp_path, local_results):
     res = tmp_path / "results" / "smoke"
     for cell in ("dense/none", "magnitude-s0.5/none", "magnitude-s0.5/lora-r2/seed0"):
         assert (res / "eval" / "tiny-llama" / cell / "results.json").is_file()
-    # The compute rules really went through sbatch (1 compress, 1 train, 3 evaluate); the local
-    # rules (downloads, aggregate) did not.
+    # The compute rules really went through sbatch (1 compress, 1 train, 3 evaluate, 2
+    # represent); the local rules (downloads, aggregate) did not.
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+", output)
-    assert len(submitted) == 5, output[-4000:]
+    assert len(submitted) == 7, output[-4000:]
     assert (res / "summary" / "results.csv").read_bytes() == local_results
 
 

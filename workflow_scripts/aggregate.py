@@ -1,6 +1,8 @@
 """Collect every cell's results into a CSV, a Markdown table and a plot, compare cells question by
 question (summary/comparisons.*), analyse which questions each recovery brings back or breaks
-(summary/displacement.*, overlap.csv); attach them to MLflow."""
+(summary/displacement.*, overlap.csv), where each moves the representation (per layer CKA and
+attention, from the represent steps); attach them to MLflow."""
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -34,7 +36,11 @@ with step(smk):
     info = {key: aggregate.compression_info(artifacts.read_json(path))
             for key, path in Jobs(smk.config).model_manifests().items()}
     groups = aggregate.result_groups(smk.config["tasks"], df.task.unique())
-    overview = aggregate.overview(df, cells, groups, info, trains, is_baseline)
+    layers = displacement.layer_table(Jobs(smk.config).represented(), smk.input.representations)
+    with artifacts.atomic_path(smk.output.layers_csv) as tmp:
+        layers.to_csv(tmp, index=False)
+    latency = dict(zip(layers.cell, layers.latency_over_dense))
+    overview = aggregate.overview(df, cells, groups, info, trains, is_baseline, latency)
     with artifacts.atomic_path(smk.output.overview_csv) as tmp:
         overview.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.overview_markdown, aggregate.overview_markdown(overview))
@@ -45,7 +51,11 @@ with step(smk):
     for draw, data, path in ((aggregate.plot_accuracy_vs_compression, overview,
                               smk.output.accuracy_vs_compression_plot),
                              (aggregate.plot_recovery_heatmap, ratios, smk.output.recovery_ratio_plot),
-                             (aggregate.plot_pareto, overview, smk.output.pareto_plot)):
+                             (aggregate.plot_pareto, overview, smk.output.pareto_plot),
+                             (partial(aggregate.plot_pareto, x="latency_over_dense"), overview,
+                              smk.output.latency_plot),
+                             (displacement.plot_cka, layers,
+                              smk.output.cka_plot)):
         with artifacts.atomic_path(path) as tmp:
             draw(data, tmp)
     settings = smk.config["statistics"]
@@ -62,7 +72,8 @@ with step(smk):
         with artifacts.atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.displacement_markdown, displacement.reading(
-        rows, pairs, compared, settings["confidence"], settings["reference"]))
+        rows, pairs, compared, settings["confidence"], settings["reference"])
+        + "\n" + displacement.layer_summary(layers))
     means = aggregate.table(df)["mean"]
     print(aggregate.markdown(df))
     print(aggregate.overview_markdown(overview))

@@ -203,12 +203,13 @@ def compression_info(manifest: dict) -> dict:
 
 
 def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
-             is_baseline) -> pd.DataFrame:
+             is_baseline, latency: dict | None = None) -> pd.DataFrame:
     """One row per model x compression x recovery, seeds pooled (mean, and the spread of the
     overall mean over seeds): accuracy per task group and overall (mean over tasks), the drop
     from dense, the recovery ratio (recovered - compressed) / (dense - compressed), trainable
-    parameters, adapter bytes, bits per weight, sparsity and packed bytes. `info` maps
-    (model, compression) to `compression_info`."""
+    parameters, adapter bytes, bits per weight, sparsity and packed bytes, and forward latency
+    over the dense model's. `info` maps (model, compression) to `compression_info`; `latency`
+    maps cell id to its measured latency over the dense model's (the dense model: 1)."""
     sub = df[df.metric == METRIC].assign(group=lambda d: d.task.map(groups).fillna("other"))
     by_group = sub.pivot_table(index="cell", columns="group", values="value", aggfunc="mean",
                                sort=False)
@@ -225,13 +226,15 @@ def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
                      **{g: by_group.loc[c.id, g] for g in names}, "overall": overall[c.id],
                      "overall_se": stderr[c.id],
                      "trainable_params": extra.loc[c.id, "trainable_params"],
-                     "adapter_bytes": extra.loc[c.id, "adapter_bytes"]})
+                     "adapter_bytes": extra.loc[c.id, "adapter_bytes"],
+                     "latency_over_dense": 1.0 if is_baseline(c) and not trains(c) and latency
+                     else (latency or {}).get(c.id, float("nan"))})
     frame = pd.DataFrame(rows)
     keys = ["model", "compression", "recovery"]
     pooled = frame.groupby(keys, sort=False).agg(
         {**{k: "first" for k in ("trained", "dense")}, **{g: "mean" for g in names},
          "overall": ["mean", "std", "count"], "overall_se": "mean", "trainable_params": "mean",
-         "adapter_bytes": "mean"})
+         "adapter_bytes": "mean", "latency_over_dense": "mean"})
     pooled.columns = [f"overall_{b}" if a == "overall" else a for a, b in pooled.columns]
     # seeds pooled: overall_se is their mean standard error, overall_sd their spread
     pooled = pooled.rename(columns={"overall_mean": "overall", "overall_std": "overall_sd",
@@ -255,14 +258,14 @@ def overview(df: pd.DataFrame, cells: list, groups: dict, info: dict, trains,
     pooled = pooled.rename(columns={"method": "compression_method"})
     columns = [*keys, "compression_method", "seeds", *names, "overall", "overall_se",
                "overall_sd", "drop_from_dense", "recovery_ratio", "trainable_params",
-               "adapter_bytes", "bits_per_weight", "sparsity", "packed_bytes"]
+               "adapter_bytes", "bits_per_weight", "sparsity", "packed_bytes", "latency_over_dense"]
     return pooled[columns]
 
 
 _OVERVIEW_FIXED = {"model", "compression", "compression_method", "recovery", "seeds", "overall",
                    "overall_se", "overall_sd", "drop_from_dense", "recovery_ratio",
                    "trainable_params", "adapter_bytes", "bits_per_weight", "sparsity",
-                   "packed_bytes"}
+                   "packed_bytes", "latency_over_dense"}
 
 
 def overview_shown(table: pd.DataFrame) -> pd.DataFrame:
@@ -282,6 +285,7 @@ def overview_shown(table: pd.DataFrame) -> pd.DataFrame:
     out["bits/weight"] = [num(v, ".2f") for v in table.bits_per_weight]
     out["sparsity"] = [num(v, ".0%") for v in table.sparsity]
     out["packed MB"] = [num(v / 1e6, ",.1f") for v in table.packed_bytes]
+    out["latency / dense"] = [num(v, ".2f") for v in table.latency_over_dense]
     return out
 
 
@@ -289,7 +293,9 @@ def overview_markdown(table: pd.DataFrame) -> str:
     head = (f"Mean {METRIC} per task group and over all tasks (± spread over seeds where there "
             f"are several); drop from dense; recovery ratio (recovered - compressed) / (dense - "
             f"compressed); trainable parameters and adapter size; bits per weight, sparsity and "
-            f"packed size of the compressed model (dense: the 16-bit baseline)\n\n")
+            f"packed size of the compressed model (dense: the 16-bit baseline); forward latency "
+            f"at batch 1 over the dense model's, measured side by side (fake-quantized weights "
+            f"run as float: this is what recovery adds, not what compression saves)\n\n")
     return head + overview_shown(table).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
@@ -301,7 +307,7 @@ def overview_latex(table: pd.DataFrame) -> str:
                           label="tab:overview").replace("±", r"$\pm$")
 
 
-def _figure(path: Path, draw, panels: int, title: str, width: float = 5.0,
+def figure(path: Path, draw, panels: int, title: str, width: float = 5.0,
             empty: str = "nothing to draw") -> None:
     """One PNG of `panels` side-by-side axes; `draw(ax, i)` fills each. With no panel, one axes
     that says `empty`."""
@@ -358,7 +364,7 @@ def plot_accuracy_vs_compression(table: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("bits per weight (16-bit baseline)")
         ax.set_ylabel(f"mean {METRIC} over tasks")
         ax.set_title(models[i])
-    _figure(path, draw, len(models), "Accuracy against compression level")
+    figure(path, draw, len(models), "Accuracy against compression level")
 
 
 def task_recovery_ratios(df: pd.DataFrame, cells: list, trains, is_baseline) -> pd.DataFrame:
@@ -406,32 +412,43 @@ def plot_recovery_heatmap(ratios: pd.DataFrame, path: Path) -> None:
         ax.set_yticks(range(len(sub)), sub.recovery, fontsize=7)
         ax.set_title(f"{model} / {comp}", fontsize=9)
         ax.figure.colorbar(image, ax=ax, label="recovery ratio (1 = back to dense)")
-    _figure(path, draw, len(units), "Recovery ratio per task (blank: the task lost nothing)",
+    figure(path, draw, len(units), "Recovery ratio per task (blank: the task lost nothing)",
             width=max(4.0, 0.6 * len(tasks) + 2), empty="no trained recovery of a compressed model")
 
 
-def plot_pareto(table: pd.DataFrame, path: Path) -> None:
-    """Per compressed model: accuracy against the recovery's trainable parameters (untrained
-    rows at 0), the frontier drawn through the rows no other beats on both."""
+def plot_pareto(table: pd.DataFrame, path: Path, x: str = "trainable_params") -> None:
+    """Per compressed model: accuracy against a cost, the frontier drawn through the rows no
+    cheaper row beats. `x`: "trainable_params" (the recovery's; untrained rows at 1) or
+    "latency_over_dense" (forward latency over the dense model's, measured side by side)."""
+    label, title, log = {
+        "trainable_params": ("trainable parameters (untrained at 1)",
+                             "Accuracy against extra parameters", True),
+        "latency_over_dense": ("forward latency at batch 1 / dense model's",
+                               "Accuracy against measured latency", False)}[x]
+    costs = table[x].clip(lower=1) if x == "trainable_params" else table[x]
+    table = table.assign(cost=costs)
+    wanted = (table.trainable_params > 0) if x == "trainable_params" else table.cost.notna()
     units = [u for u in dict.fromkeys(zip(table.model, table.compression))
-             if (table[(table.model == u[0]) & (table.compression == u[1])].trainable_params > 0).any()]
+             if wanted[(table.model == u[0]) & (table.compression == u[1])].any()]
 
     def draw(ax, i):
         model, comp = units[i]
-        sub = table[(table.model == model) & (table.compression == comp)].sort_values(
-            "trainable_params")
-        x = sub.trainable_params.clip(lower=1)
+        sub = table[(table.model == model) & (table.compression == comp)
+                    & table.cost.notna()].sort_values("cost")
         for k, r in enumerate(sub.itertuples()):
-            ax.scatter(max(r.trainable_params, 1), r.overall, color=f"C{k}", label=r.recovery)
+            ax.scatter(r.cost, r.overall, color=f"C{k}", label=r.recovery)
         best, frontier = -1.0, []
-        for xv, yv in zip(x, sub.overall):
+        for xv, yv in zip(sub.cost, sub.overall):
             if yv > best:
                 frontier.append((xv, yv))
                 best = yv
         ax.step(*zip(*frontier), where="post", color="grey", linewidth=1, alpha=0.6)
-        ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters (untrained at 1)")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
         ax.set_ylabel(f"mean {METRIC} over tasks")
         ax.set_title(f"{model} / {comp}", fontsize=9)
         ax.legend(fontsize=7)
-    _figure(path, draw, len(units), "Accuracy against extra parameters", empty="no trained recovery")
+    figure(path, draw, len(units), title,
+            empty="no trained recovery" if x == "trainable_params" else
+            "no latency measured (displacement.enabled: false)")

@@ -10,7 +10,7 @@ import itertools
 
 import pandas as pd
 
-from .aggregate import correctness
+from .aggregate import correctness, figure
 from .registry import recovery_method
 from .stats import baselines, reference_kind
 
@@ -178,3 +178,80 @@ def _verdict(group: pd.DataFrame, drop, compared: pd.DataFrame, reference: str) 
             + (f"; {', '.join(worse)} made it measurably worse" if worse else "")
             + ": this grid cannot tell forgotten from displaced at these training budgets; "
               "evaluate more questions or train longer.")
+
+
+# ---------------------------------------------------------------- layer level (represent step)
+LAYER_COLUMNS = ["model", "compression", "recovery", "seed", "cell", "side", "layer", "cka",
+                 "attention_to_prompt", "latency_over_dense", "latency_ms", "dense_latency_ms"]
+
+
+def layer_table(cells: list, files: list) -> pd.DataFrame:
+    """One row per traced cell x layer (0: the input embeddings): CKA with the dense model,
+    attention mass on prompt tokens (from layer 1; empty for methods without prompt tokens) and
+    the cell's latency over the dense model's (repeated on each of its rows)."""
+    from .artifacts import read_json
+
+    rows = []
+    for c, path in zip(cells, files):
+        found = read_json(path)
+        mass = [None] + (found["attention_to_prompt"] or [None] * (len(found["layers"]) - 1))
+        lat = found["latency"]
+        rows += [{**c.axes, "cell": c.id, "side": _side(c), "layer": layer, "cka": cka,
+                  "attention_to_prompt": m, "latency_over_dense": lat["cell_over_dense"],
+                  "latency_ms": lat["cell_ms"], "dense_latency_ms": lat["dense_ms"]}
+                 for layer, cka, m in zip(found["layers"], found["cka"], mass)]
+    return pd.DataFrame(rows, columns=LAYER_COLUMNS)
+
+
+def layer_summary(layers: pd.DataFrame) -> str:
+    """Markdown: per model and compression, each recovery's CKA with the dense model (mean over
+    layers, and at the last layer) and its mean attention mass on prompt tokens."""
+    if layers.empty:
+        return ""
+    out = ["**Where the representation moves.** Linear CKA of the input tokens' hidden states "
+           "with the dense model's on a fixed sample of evaluation inputs (1 = the dense "
+           "model's representation up to rotation and scale); attention: mean mass the input's "
+           "tokens put on prompt tokens; latency: forward at batch 1 over the dense model's, "
+           "measured side by side (summary/displacement_layers.csv, cka.png).\n"]
+    for (model, comp), group in layers.groupby(["model", "compression"], sort=False):
+        table = []
+        for rec, rows in group.groupby("recovery", sort=False):
+            last = rows[rows.layer == rows.layer.max()]
+            mass = rows.attention_to_prompt.dropna()
+            table.append({"recovery": rec, "CKA mean over layers": f"{rows.cka.mean():.3f}",
+                          "CKA last layer": f"{last.cka.mean():.3f}",
+                          "attention to prompt": f"{mass.mean():.2f}" if len(mass) else "",
+                          "latency / dense": f"{rows.latency_over_dense.mean():.2f}"})
+        out.append(f"*{model} / {comp}*\n")
+        out.append(pd.DataFrame(table).to_markdown(index=False, disable_numparse=True) + "\n")
+    return "\n".join(out)
+
+
+def plot_cka(layers: pd.DataFrame, path) -> None:
+    """Per model and compression, CKA with the dense model per layer, one curve per recovery
+    (seeds averaged; the untrained compressed model in black), attention mass on prompt tokens
+    dashed on the right axis."""
+    units = list(dict.fromkeys(zip(layers.model, layers.compression)))
+
+    def draw(ax, i):
+        model, comp = units[i]
+        sub = layers[(layers.model == model) & (layers.compression == comp)]
+        twin = None
+        for k, (rec, rows) in enumerate(sub.groupby("recovery", sort=False)):
+            mean = rows.groupby("layer").mean(numeric_only=True)
+            colour = "k" if rows.side.iloc[0] == "" and not rows.seed.iloc[0] else f"C{k}"
+            ax.plot(mean.index, mean.cka, marker=".", color=colour, label=rec)
+            if mean.attention_to_prompt.notna().any():
+                twin = twin or ax.twinx()
+                twin.plot(mean.index, mean.attention_to_prompt, linestyle="--", color=colour,
+                          alpha=0.7)
+        if twin is not None:
+            twin.set_ylim(0, 1)
+            twin.set_ylabel("attention mass on prompt tokens (dashed)")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("layer (0: embeddings)")
+        ax.set_ylabel("linear CKA with the dense model")
+        ax.set_title(f"{model} / {comp}", fontsize=9)
+        ax.legend(fontsize=7, title="recovery", title_fontsize=7, loc="lower left")
+    figure(path, draw, len(units), "Representation against the dense model, per layer",
+           empty="no representation analysis (displacement.enabled: false)")

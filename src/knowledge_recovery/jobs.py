@@ -75,11 +75,40 @@ class Jobs:
         return {(c.model, c.compression): self.paths.model_manifest(c.model, c.compression)
                 for c in self.cells}
 
+    def represented(self) -> list[Cell]:
+        """The cells traced beside the dense model (`displacement:`): every cell but the dense
+        model itself, and but evaluation-only variants (they share their entry's weights)."""
+        if not self.config["displacement"]["enabled"]:
+            return []
+        return [c for c in self.cells
+                if not (c.train_unit is None and self._is_baseline(c))
+                and c.settings.get("train_id", c.settings["id"]) == c.settings["id"]]
+
+    def _is_baseline(self, cell: Cell) -> bool:
+        return compression_method(self.compression[cell.compression]["method"]).family == "none"
+
+    def sample_inputs_inputs(self) -> dict:
+        return {"tasks": [self.paths.task_dir(t) for t in self.tasks],
+                "task_manifests": [self.paths.task_manifest(t) for t in self.tasks]}
+
+    def represent_inputs(self, cell: Cell) -> dict:
+        inputs = {"checkpoint": self.paths.checkpoint(cell.model, cell.compression),
+                  "dense": self.paths.checkpoint(cell.model),
+                  "inputs": self.paths.displacement_inputs}
+        if cell.train_unit:
+            inputs["adapter"] = self.paths.adapter(cell.model, cell.compression, cell.train_unit)
+            inputs["train_manifest"] = self.train_manifest(cell)
+        return inputs
+
+    def representation(self, cell: Cell) -> str:
+        return self.paths.representation(cell.model, cell.compression, cell.recovery_unit)
+
     def aggregate_inputs(self) -> dict:
         return {"results": [self.eval_results(c) for c in self.cells],
                 "samples": [self.eval_samples(c) for c in self.cells],
                 "train_manifests": list(self.train_manifests().values()),
-                "model_manifests": list(self.model_manifests().values())}
+                "model_manifests": list(self.model_manifests().values()),
+                "representations": [self.representation(c) for c in self.represented()]}
 
     def packed_outputs(self) -> list[str]:
         """Packed low-bit exports of the entries that ask for one, for every model."""
@@ -114,6 +143,14 @@ class Jobs:
             results = self.eval_results(cell)
             out.append(Job(f"evaluate {cell.id}", (results, self.eval_samples(cell)), results,
                            tuple(_flat(self.eval_inputs(cell)))))
+        if self.represented():
+            inputs = self.paths.displacement_inputs
+            out.append(Job("sample_inputs displacement", (inputs,), inputs,
+                           tuple(_flat(self.sample_inputs_inputs()))))
+        for cell in self.represented():
+            path = self.representation(cell)
+            out.append(Job(f"represent {cell.id}", (path,), path,
+                           tuple(_flat(self.represent_inputs(cell)))))
         out.append(Job("aggregate aggregate", tuple(p.summary.values()), p.summary["manifest"],
                        tuple(_flat(self.aggregate_inputs()))))
         return out

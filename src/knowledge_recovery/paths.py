@@ -79,6 +79,15 @@ class Layout:
         """Finished tasks of an unfinished evaluate job: outside its outputs, kept on a kill."""
         return f"{self.root}/eval_state/{model}/{compression}/{unit_}"
 
+    # representation: a fixed sample of evaluation inputs, each cell traced on it
+    @property
+    def displacement_inputs(self) -> str:
+        return f"{self.root}/displacement/inputs.json"
+
+    def representation(self, model, compression, unit_) -> str:
+        """Per layer CKA with the dense model, attention on prompt tokens, latency (JSON)."""
+        return f"{self.root}/displacement/{model}/{compression}/{unit_}/representation.json"
+
     # summary
     @property
     def summary(self) -> dict[str, str]:
@@ -99,6 +108,10 @@ class Layout:
                 "displacement_csv": f"{self.root}/summary/displacement.csv",
                 "overlap_csv": f"{self.root}/summary/overlap.csv",
                 "displacement_markdown": f"{self.root}/summary/displacement.md",
+                # layer-level displacement (`displacement:`): CKA and attention per layer, latency
+                "layers_csv": f"{self.root}/summary/displacement_layers.csv",
+                "cka_plot": f"{self.root}/summary/cka.png",
+                "latency_plot": f"{self.root}/summary/accuracy_vs_latency.png",
                 # the config as the run read it (defaults filled in), for the parent MLflow run
                 "config": f"{self.root}/summary/config.yaml",
                 # written last: the others' hashes and the grid's tracking record
