@@ -1,4 +1,6 @@
 """The overview table: task groups, seeds pooled, drop from dense, recovery ratio, sizes."""
+from functools import partial
+
 import pandas as pd
 import pytest
 
@@ -89,8 +91,17 @@ def test_the_summary_plots_are_drawn(tmp_path):
     # knowledge: (0.65 - 0.5) / 0.3; arc_easy lost nothing (blank); boolq: (0.55 - 0.4) / 0.3
     assert row["knowledge_country_capital"] == pytest.approx(0.5)
     assert pd.isna(row["arc_easy"]) and row["boolq"] == pytest.approx(0.5)
-    for draw, data in ((aggregate.plot_accuracy_vs_compression, table),
-                       (aggregate.plot_recovery_heatmap, ratios), (aggregate.plot_pareto, table)):
-        path = tmp_path / f"{draw.__name__}.png"
+    latency = {c.id: 1.0 + 0.1 * i for i, c in enumerate(cells)}  # the dense row is set to 1
+    timed = aggregate.overview(df, cells, TASKS, INFO, trains, is_baseline, latency)
+    assert timed.latency_over_dense.iloc[0] == 1.0 and timed.latency_over_dense.notna().all()
+    assert table.latency_over_dense.isna().all()  # nothing measured: blank, not 1
+    for name, draw, data in (("compression", aggregate.plot_accuracy_vs_compression, table),
+                             ("heatmap", aggregate.plot_recovery_heatmap, ratios),
+                             ("params", aggregate.plot_pareto, table),
+                             ("latency", partial(aggregate.plot_pareto, x="latency_over_dense"),
+                              timed),
+                             ("no latency", partial(aggregate.plot_pareto, x="latency_over_dense"),
+                              table)):
+        path = tmp_path / f"{name}.png"
         draw(data, path)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

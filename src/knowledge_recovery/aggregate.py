@@ -427,7 +427,8 @@ def plot_pareto(table: pd.DataFrame, path: Path, x: str = "trainable_params") ->
                                "Accuracy against measured latency", False)}[x]
     costs = table[x].clip(lower=1) if x == "trainable_params" else table[x]
     table = table.assign(cost=costs)
-    wanted = (table.trainable_params > 0) if x == "trainable_params" else table.cost.notna()
+    # a panel per compressed model with a trained recovery to weigh against its cost
+    wanted = (table.trainable_params > 0) & table.cost.notna()
     units = [u for u in dict.fromkeys(zip(table.model, table.compression))
              if wanted[(table.model == u[0]) & (table.compression == u[1])].any()]
 
