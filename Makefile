@@ -22,6 +22,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # The YAML check first: Snakemake's own message for a syntax error gives no line or column.
 run: venv
 	$(BIN)/python -m knowledge_recovery.config $(CONFIG)
+	if grep -Eq 'deploy:[[:space:]]*openvino' $(CONFIG); then $(MAKE) .venv-openvino; fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --configfile $(CONFIG) $(SMK_ARGS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m knowledge_recovery.report --if-finished --configfile $(CONFIG)
 	@$(BIN)/python -m knowledge_recovery.show --configfile $(CONFIG)
@@ -63,6 +64,21 @@ lint: venv
 	.venv-llmcompressor/bin/pip install --quiet llmcompressor==0.14.0.1
 	.venv-llmcompressor/bin/pip install --quiet --no-deps -e .
 	touch $@
+
+# The deploy step's environment (optimum-intel + OpenVINO; its pins conflict with ours), built
+# by `make run` when the config deploys a cell. optimum-intel without its dependencies: it lists
+# torchvision, which this stack does not use and which breaks it when installed.
+.venv-openvino/.installed: envs/openvino-requirements.txt pyproject.toml
+	test -x .venv-openvino/bin/python || $(PYTHON) -m venv .venv-openvino
+	.venv-openvino/bin/pip install --quiet --upgrade pip
+	.venv-openvino/bin/pip install --quiet "$$(grep '^torch==' requirements.txt)"
+	.venv-openvino/bin/pip install --quiet -r envs/openvino-requirements.txt
+	.venv-openvino/bin/pip install --quiet --no-deps optimum-intel==2.2.0
+	.venv-openvino/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+.venv-openvino: .venv-openvino/.installed
+.PHONY: .venv-openvino
 
 .venv-llmcompressor: .venv-llmcompressor/.installed
 .PHONY: .venv-llmcompressor

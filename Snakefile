@@ -49,6 +49,7 @@ include: "rules/compress.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/displacement.smk"
+include: "rules/deploy.smk"
 include: "rules/aggregate.smk"
 
 
@@ -56,4 +57,5 @@ rule all:
     input:
         **paths.summary,
         packed=JOBS.packed_outputs(),
+        deployed=JOBS.deploy_outputs(),
     default_target: True

@@ -1,3 +1,7 @@
+import json
+
+from snakemake.settings.types import DeploymentMethod
+
 from knowledge_recovery.compression import needs_calibration
 from knowledge_recovery.grid import compression_spec
 from knowledge_recovery.jobs import Jobs
@@ -71,3 +75,23 @@ def eval_inputs(wildcards):
 
 def represent_inputs(wildcards):
     return JOBS.represent_inputs(cell_of(wildcards))
+
+
+# The deploy step's Python: its own environment (rules/deploy.smk)
+DEPLOY_PYTHON = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else f"{workflow.basedir}/.venv-openvino/bin/python"
+)
+DEPLOY_SCRIPT = f"{workflow.basedir}/workflow_scripts/deploy.py"
+
+
+def deploy_job(wildcards, input, output, threads):
+    """The job as the deploy script reads it (one JSON argument)."""
+    unit = f"{wildcards.model}/{wildcards.compression}"
+    return json.dumps({"input": dict(input.items()), "output": dict(output.items()),
+                       "log": paths.log("deploy", unit), "threads": threads, "config": config,
+                       "model": wildcards.model, "unit": unit,
+                       "entry": COMPRESSION[wildcards.compression]})
+
+

@@ -158,6 +158,13 @@ CASES = [
     ("evaluation batch of zero", _set(("evaluation", "batch_size"), 0),
      "evaluation.batch_size", "0"),
     ("zero threads", _set(("threads",), 0), "threads", "0"),
+    ("a deployed symmetric grid OpenVINO cannot hold", _set(("compression", 1, "deploy"), "openvino"),
+     "compression[1].symmetric", "absmax/8"),
+    ("a deployed 3-bit grid", lambda c, _f: c["compression"].append(
+        {"method": "rtn", "bits": 3, "group_size": 32, "deploy": "openvino"}),
+     "compression[2].bits", "4- or 8-bit"),
+    ("an unknown deployment target", _set(("compression", 1, "deploy"), "tensorrt"),
+     "compression[1].deploy", "tensorrt"),
     ("a one-input representation sample", _set(("displacement",), {"inputs": 1}),
      "displacement.inputs", "1"),
     ("YAML syntax error", "experiment: x\nmodels:\n  - name: a\n   source: b\n", None,

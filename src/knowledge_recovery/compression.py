@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .registry import STATISTICS, compression_method, compression_methods, takers
 
 # Keys any entry may set besides its method's settings.
-COMMON_SETTINGS = frozenset({"method", "name", "export_packed"})
+COMMON_SETTINGS = frozenset({"method", "name", "export_packed", "deploy"})
 
 
 def target_linears(model) -> dict[str, nn.Linear]:

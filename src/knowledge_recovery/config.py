@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from . import compression, grid, packing, recovery, task_formats, tasks
+from . import compression, deployment, grid, packing, recovery, task_formats, tasks
 from .errors import ConfigError, ConfigFileError
 from .registry import recovery_methods
 
@@ -75,6 +75,9 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
         reason = c.get("export_packed") and packing.unpackable_reason(c)
         if reason:
             raise ConfigError(f"compression[{i}].export_packed", reason)
+        unsupported = c.get("deploy") and deployment.unsupported(c)
+        if unsupported:
+            raise ConfigError(f"compression[{i}].{unsupported[0]}", unsupported[1])
     _unique([c["id"] for c in config["compression"]], "compression", "id (set 'name' to tell them apart)")
 
     _unique([r["id"] for r in config["recovery"]], "recovery", "id (set 'name' to tell them apart)")

@@ -35,8 +35,9 @@ def training_spec(entry: dict) -> dict:
 
 
 def compression_spec(entry: dict) -> dict:
-    """What the compress step depends on: asking for a packed export does not change it."""
-    return {k: v for k, v in entry.items() if k != "export_packed"}
+    """What the compress step depends on: asking for a packed export or a deployment does not
+    change it."""
+    return {k: v for k, v in entry.items() if k not in ("export_packed", "deploy")}
 
 
 def trained(config: dict) -> dict[str, dict]:

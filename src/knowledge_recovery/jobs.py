@@ -115,6 +115,18 @@ class Jobs:
         return [self.paths.packed(m, c) for m in self.models
                 for c, entry in self.compression.items() if entry.get("export_packed")]
 
+    def deployments(self) -> list[tuple[str, str, str]]:
+        """(model, compression id, target) of the entries that ask for a deployment."""
+        return [(m, c, entry["deploy"]) for m in self.models
+                for c, entry in self.compression.items() if entry.get("deploy")]
+
+    def deploy_inputs(self, model: str, compression: str) -> dict:
+        return {"checkpoint": self.paths.checkpoint(model, compression),
+                "text": self.paths.recovery_text}
+
+    def deploy_outputs(self) -> list[str]:
+        return [self.paths.deploy_manifest(*d) for d in self.deployments()]
+
     def graph(self) -> list[Job]:
         """Every job of the grid, upstream before downstream."""
         p = self.paths
@@ -134,6 +146,10 @@ class Jobs:
                 if entry.get("export_packed"):
                     out.append(Job(f"pack {m}/{c}", (p.packed(m, c), p.packed_manifest(m, c)),
                                    p.packed_manifest(m, c), (p.checkpoint(m, c), p.quant_grids(m, c))))
+        for m, c, target in self.deployments():
+            manifest = p.deploy_manifest(m, c, target)
+            out.append(Job(f"deploy {m}/{c}", (p.deployed(m, c, target), manifest), manifest,
+                           tuple(_flat(self.deploy_inputs(m, c)))))
         units = {(c.model, c.compression, c.train_unit): c for c in self.cells if c.train_unit}
         for (m, c, unit_), cell in units.items():
             manifest = p.train_manifest(m, c, unit_)

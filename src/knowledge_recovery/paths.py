@@ -41,6 +41,13 @@ class Layout:
     def packed_manifest(self, model, compression) -> str:
         return f"{self.model_dir(model, compression)}/packed_manifest.json"
 
+    def deployed(self, model, compression, target) -> str:
+        """The cell's model exported to a deployment runtime (`deploy: <target>`)."""
+        return f"{self.model_dir(model, compression)}/{target}"
+
+    def deploy_manifest(self, model, compression, target) -> str:
+        return f"{self.model_dir(model, compression)}/{target}_manifest.json"
+
     # text and tasks
     @property
     def recovery_text(self) -> str:

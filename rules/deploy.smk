@@ -1,0 +1,25 @@
+# Deployment runs in its own environment (optimum-intel's pins do not fit the main one's): under
+# `--sdm conda` envs/openvino.yaml, else the .venv-openvino that `make` builds when a config asks
+# (DEPLOY_PYTHON, deploy_job: rules/common.smk).
+rule deploy:
+    input:
+        unpack(lambda w: JOBS.deploy_inputs(w.model, w.compression)),
+    output:
+        deployed=directory(paths.deployed("{model}", "{compression}", "openvino")),
+        manifest=paths.deploy_manifest("{model}", "{compression}", "openvino"),
+    params:
+        python=DEPLOY_PYTHON,
+        script=DEPLOY_SCRIPT,
+        job=deploy_job,
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    log:
+        paths.log("deploy", "{model}/{compression}"),
+    benchmark:
+        paths.benchmark("deploy", "{model}/{compression}")
+    conda:
+        "../envs/openvino.yaml"
+    shell:
+        # the step writes its own log; this catches what fails before it starts
+        "{params.python} {params.script} {params.job:q} >> {log} 2>&1"
