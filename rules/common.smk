@@ -28,6 +28,7 @@ REPORTED = {
     "displacement_markdown": ("Comparisons", "displacement", "forgotten or displaced"),
     "cka_plot": ("Plots", "cka", "representation vs dense per layer"),
     "latency_plot": ("Plots", "accuracy_vs_latency", "accuracy vs latency"),
+    "deployment_markdown": ("Tables", "deployment", "deployed models"),
 }
 
 
@@ -91,7 +92,7 @@ def deploy_job(wildcards, input, output, threads):
     unit = f"{wildcards.model}/{wildcards.compression}"
     return json.dumps({"input": dict(input.items()), "output": dict(output.items()),
                        "log": paths.log("deploy", unit), "threads": threads, "config": config,
-                       "model": wildcards.model, "unit": unit,
+                       "model": wildcards.model, "unit": unit, "tasks": [TASKS[t] for t in TASKS],
                        "entry": COMPRESSION[wildcards.compression]})
 
 

@@ -6,6 +6,7 @@ rule deploy:
         unpack(lambda w: JOBS.deploy_inputs(w.model, w.compression)),
     output:
         deployed=directory(paths.deployed("{model}", "{compression}", "openvino")),
+        samples=paths.deployed_samples("{model}", "{compression}", "openvino"),
         manifest=paths.deploy_manifest("{model}", "{compression}", "openvino"),
     params:
         python=DEPLOY_PYTHON,

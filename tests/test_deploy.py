@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -47,3 +48,12 @@ def test_compressed_cells_deploy_and_match_the_evaluated_model(tmp_path):
     # int4 weights take less room than the float export of the same architecture
     assert rtn["bytes_on_disk"] < 0.8 * pruned["bytes_on_disk"]
     assert (models / "rtn-w4-g32" / "openvino" / "openvino_model.bin").is_file()
+    # scored by lm-eval's own openvino model: the same answers as the evaluated model here
+    evaluated = json.loads((tmp_path / "results" / "deploy" / "eval" / "tiny-llama" / "rtn-w4-g32" /
+                            "none" / "results.json").read_text())["results"]
+    for task, metrics in rtn["results"].items():
+        assert metrics["acc"] == evaluated[task]["acc"], task
+    table = pd.read_csv(tmp_path / "results" / "deploy" / "summary" / "deployment.csv")
+    assert list(table.compression) == ["rtn-w4-g32", "magnitude-s0.5"]
+    assert (table.difference.abs() < 0.2).all() and (table.low <= table.high).all()
+    assert "deployed acc" in (tmp_path / "results" / "deploy" / "summary" / "deployment.md").read_text()

@@ -1,5 +1,6 @@
 """Deploy one compressed model on OpenVINO: export it with its own grid, check the deployed
-model's logits against the evaluated model's on a fixed sample, record its size.
+model's logits against the evaluated model's on a fixed sample, record its size, and score it
+with lm-eval's own `openvino` model on the grid's tasks (per-question records beside).
 
 Runs in the deploy environment, not Snakemake's (rules/deploy.smk calls it with that Python and
 the job as one JSON argument: inputs, outputs, log, threads, config, settings).
@@ -8,9 +9,11 @@ import json
 import sys
 from types import SimpleNamespace
 
-from knowledge_recovery import artifacts, deployment
+from knowledge_recovery import artifacts, deployment, evaluation
 from knowledge_recovery.calibration import calibration_batch
+from knowledge_recovery.grid import task_names
 from knowledge_recovery.step import finish, record, step
+from knowledge_recovery.tasks import from_hub
 
 
 class Files(SimpleNamespace):
@@ -24,7 +27,7 @@ job = json.loads(sys.argv[1])
 smk = SimpleNamespace(input=Files(**job["input"]), output=Files(**job["output"]),
                       log=[job["log"]], threads=job["threads"], config=job["config"])
 entry, settings = job["entry"], job["config"]["deployment"]
-with step(smk):
+with step(smk, offline=not any(map(from_hub, job["tasks"]))):
     from transformers import AutoTokenizer
 
     weights = deployment.weight_settings(entry)
@@ -51,12 +54,32 @@ with step(smk):
         raise RuntimeError(f"{job['unit']}: the deployed model's logits are {worst:.4f} (relative "
                            f"L2) from the evaluated model's, over deployment.tolerance "
                            f"{settings['tolerance']}; export settings {weights}")
+    cfg = job["config"]["evaluation"]
+    manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, job["tasks"])))
+    lm = deployment.harness_model(smk.output.deployed, cfg["batch_size"])
+    results = {}
+    with artifacts.Timer() as eval_timer:
+        for task in job["tasks"]:  # one task a call, as the evaluate step scores them
+            for name in task_names(task):
+                results.update(evaluation.evaluate(
+                    None, None, [{"name": name, "limit": task.get("limit")}], manager,
+                    cfg["batch_size"], cfg["bootstrap_iters"], job["config"]["seed"],
+                    log_samples=True, lm=lm))
+    results, samples = evaluation.split_samples(results)
+    artifacts.write_json_gz(smk.output.samples, samples)
+    print(results)
+    accs = [ms["acc"] for ms in results.values() if isinstance(ms.get("acc"), (int, float))]
+    found.update(results=results, evaluation={**cfg, "model": "lm-eval openvino",
+                                              **{f"eval_{k}": v for k, v in
+                                                 eval_timer.as_dict().items()}})
     finish(smk, smk.output.manifest, artifacts.manifest("deploy", entry, **found),
-           [smk.output.deployed], record(
+           [smk.output.deployed, smk.output.samples], record(
                smk, "deploy", job["unit"], tags={"model": job["model"],
                                                  "compression": entry["id"]},
                params={"compression": entry, "deployment": settings,
                        "weights": weights or {}},
                metrics={"bytes_on_disk": found["bytes_on_disk"], "logits_distance_max": worst,
+                        **{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
+                        **({"mean_acc": sum(accs) / len(accs)} if accs else {}),
                         **timer.as_dict()},
                artifacts=[smk.output.manifest]))

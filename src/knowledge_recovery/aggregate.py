@@ -89,6 +89,60 @@ def _entry(cell) -> str:
     return f"{cell.model}/{cell.compression}/{cell.recovery}"
 
 
+DEPLOYMENT_COLUMNS = ["model", "compression", "target", "bytes_on_disk", "logits_distance_max",
+                      "evaluated_acc", "deployed_acc", "difference", "low", "high",
+                      "significant", "mcnemar_p", "questions"]
+
+
+def deployment_table(deployed: list[tuple], manifests: list, samples: list, cells: list,
+                     cell_samples: list, settings: dict, trains, is_baseline) -> pd.DataFrame:
+    """Per deployed model ((model, compression, target) of `deployed`): its size on disk, the
+    logits distance to the evaluated model, and its accuracy beside the evaluated (fake-quant)
+    untrained cell's, paired on the same questions (mean over tasks, bootstrap interval)."""
+    from . import stats
+
+    _, untrained = stats.baselines(cells, trains, is_baseline)
+    files = {c.id: f for c, f in zip(cells, cell_samples)}
+    rows = []
+    for (model, comp, target), manifest, deployed_samples in zip(deployed, manifests, samples):
+        found = read_json(manifest)
+        base = untrained.get((model, comp))
+        row = {"model": model, "compression": comp, "target": target,
+               "bytes_on_disk": found["bytes_on_disk"],
+               "logits_distance_max": found["logits_distance"]["max"]}
+        if base is not None:
+            a, b = correctness(files[base.id]), correctness(deployed_samples)
+            tasks = [t for t in a if t in b and a[t][0] == b[t][0]]
+            if tasks:
+                pair = ({t: a[t][1] for t in tasks}, {t: b[t][1] for t in tasks})
+                mean = stats.paired_bootstrap(*pair, settings["resamples"], settings["seed"],
+                                              settings["confidence"])
+                mean = mean.get("mean", mean[tasks[0]])
+                row.update(evaluated_acc=sum(sum(v) / len(v) for v in pair[0].values()) / len(tasks),
+                           deployed_acc=sum(sum(v) / len(v) for v in pair[1].values()) / len(tasks),
+                           **mean)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=DEPLOYMENT_COLUMNS)
+
+
+def deployment_markdown(df: pd.DataFrame, confidence: float) -> str:
+    head = (f"Deployed models: bytes on disk, the largest relative L2 distance of the deployed "
+            f"model's logits to the evaluated (fake-quant) model's, and mean {METRIC} of each, "
+            f"paired on the same questions ({confidence:.0%} bootstrap interval; * excludes "
+            f"zero)\n\n")
+    if df.empty:
+        return head + "No deployed models in this grid (`deploy:` on a compression entry).\n"
+    shown = pd.DataFrame({
+        "model": df.model, "compression": df.compression, "target": df.target,
+        "MB on disk": [f"{v / 1e6:,.1f}" for v in df.bytes_on_disk],
+        "logits distance": [f"{v:.2e}" for v in df.logits_distance_max],
+        "evaluated acc": [f"{v:.3f}" if pd.notna(v) else "" for v in df.evaluated_acc],
+        "deployed acc": [f"{v:.3f}" if pd.notna(v) else "" for v in df.deployed_acc],
+        "difference": ["" if pd.isna(d) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if s else "")
+                       for d, lo, hi, s in zip(df.difference, df.low, df.high, df.significant)]})
+    return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
 def comparisons_markdown(df: pd.DataFrame, confidence: float) -> str:
     """One line per comparison: the mean over tasks (or the only task), its interval, a mark
     where the interval excludes zero; the CSV has every task."""

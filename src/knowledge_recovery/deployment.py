@@ -89,6 +89,19 @@ def load(out_dir):
                                               ov_config=dict(EXACT_RUNTIME))
 
 
+def harness_model(out_dir, batch_size: int):
+    """lm-eval's own `openvino` model on the deployed folder, with the exact runtime settings."""
+    import json
+    import tempfile
+
+    from lm_eval.models.optimum_lm import OptimumLM
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(EXACT_RUNTIME, f)  # lm-eval reads its OpenVINO settings from a file
+    return OptimumLM(pretrained=str(Path(out_dir).resolve()), ov_config=f.name,
+                     batch_size=batch_size)
+
+
 def logits_distance(checkpoint, out_dir, windows) -> list[float]:
     """Per token window (1 x n ids), the relative L2 distance between the logits of the
     evaluated model (PyTorch, float32) and of the deployed one."""

@@ -216,14 +216,16 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
 
 def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
              bootstrap_iters: int, seed: int, log_samples: bool = False,
-             padding_aware: bool = False, scorer: ContextScorer | None = None) -> dict:
+             padding_aware: bool = False, scorer: ContextScorer | None = None, lm=None) -> dict:
     """Run lm-eval; `tasks` are {"name", "limit"} dicts. Returns {task: {metric: value}}, plus
     with log_samples each document's choice log-likelihoods under "loglikelihoods". With a
-    `scorer`, each question's context is computed once (`harness_lm`)."""
+    `scorer`, each question's context is computed once (`harness_lm`). `lm`: an lm-eval model
+    to use instead of one built around `model` (the deploy step's OpenVINO model)."""
     import lm_eval
 
-    lm = harness_lm(padding_aware, scorer, pretrained=model, tokenizer=tokenizer,
-                    batch_size=batch_size)
+    if lm is None:
+        lm = harness_lm(padding_aware, scorer, pretrained=model, tokenizer=tokenizer,
+                        batch_size=batch_size)
     by_limit: dict = {}
     for task in tasks:  # one harness call per distinct limit: each call has a fixed setup cost
         by_limit.setdefault(task.get("limit"), []).append(task["name"])

@@ -108,7 +108,8 @@ class Jobs:
                 "samples": [self.eval_samples(c) for c in self.cells],
                 "train_manifests": list(self.train_manifests().values()),
                 "model_manifests": list(self.model_manifests().values()),
-                "representations": [self.representation(c) for c in self.represented()]}
+                "representations": [self.representation(c) for c in self.represented()],
+                "deployments": self.deploy_outputs(), "deployed_samples": self.deployed_samples()}
 
     def packed_outputs(self) -> list[str]:
         """Packed low-bit exports of the entries that ask for one, for every model."""
@@ -122,10 +123,15 @@ class Jobs:
 
     def deploy_inputs(self, model: str, compression: str) -> dict:
         return {"checkpoint": self.paths.checkpoint(model, compression),
-                "text": self.paths.recovery_text}
+                "text": self.paths.recovery_text,
+                "tasks": [self.paths.task_dir(t) for t in self.tasks],
+                "task_manifests": [self.paths.task_manifest(t) for t in self.tasks]}
 
     def deploy_outputs(self) -> list[str]:
         return [self.paths.deploy_manifest(*d) for d in self.deployments()]
+
+    def deployed_samples(self) -> list[str]:
+        return [self.paths.deployed_samples(*d) for d in self.deployments()]
 
     def graph(self) -> list[Job]:
         """Every job of the grid, upstream before downstream."""
@@ -148,7 +154,8 @@ class Jobs:
                                    p.packed_manifest(m, c), (p.checkpoint(m, c), p.quant_grids(m, c))))
         for m, c, target in self.deployments():
             manifest = p.deploy_manifest(m, c, target)
-            out.append(Job(f"deploy {m}/{c}", (p.deployed(m, c, target), manifest), manifest,
+            out.append(Job(f"deploy {m}/{c}", (p.deployed(m, c, target),
+                                               p.deployed_samples(m, c, target), manifest), manifest,
                            tuple(_flat(self.deploy_inputs(m, c)))))
         units = {(c.model, c.compression, c.train_unit): c for c in self.cells if c.train_unit}
         for (m, c, unit_), cell in units.items():

@@ -46,7 +46,12 @@ class Layout:
         return f"{self.model_dir(model, compression)}/{target}"
 
     def deploy_manifest(self, model, compression, target) -> str:
+        """Export settings, size, logits distance and lm-eval results of the deployed model."""
         return f"{self.model_dir(model, compression)}/{target}_manifest.json"
+
+    def deployed_samples(self, model, compression, target) -> str:
+        """Per-question records of the deployed model (as an evaluate step's samples file)."""
+        return f"{self.model_dir(model, compression)}/{target}_samples.json.gz"
 
     # text and tasks
     @property
@@ -119,6 +124,9 @@ class Layout:
                 "layers_csv": f"{self.root}/summary/displacement_layers.csv",
                 "cka_plot": f"{self.root}/summary/cka.png",
                 "latency_plot": f"{self.root}/summary/accuracy_vs_latency.png",
+                # deployed cells (`deploy:`): size, logits distance, accuracy beside fake quant
+                "deployment_csv": f"{self.root}/summary/deployment.csv",
+                "deployment_markdown": f"{self.root}/summary/deployment.md",
                 # the config as the run read it (defaults filled in), for the parent MLflow run
                 "config": f"{self.root}/summary/config.yaml",
                 # written last: the others' hashes and the grid's tracking record
