@@ -200,7 +200,10 @@ def layer_table(cells: list, files: list) -> pd.DataFrame:
                   "attention_to_prompt": m, "latency_over_dense": lat["cell_over_dense"],
                   "latency_ms": lat["cell_ms"], "dense_latency_ms": lat["dense_ms"]}
                  for layer, cka, m in zip(found["layers"], found["cka"], mass)]
-    return pd.DataFrame(rows, columns=LAYER_COLUMNS)
+    frame = pd.DataFrame(rows, columns=LAYER_COLUMNS)
+    # numbers, NaN where there are no prompt tokens (all-None would be an object column)
+    frame["attention_to_prompt"] = frame.attention_to_prompt.astype(float)
+    return frame
 
 
 def layer_summary(layers: pd.DataFrame) -> str:

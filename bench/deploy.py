@@ -1,0 +1,106 @@
+"""Latency of the deployed models (OpenVINO) beside PyTorch, side by side in one run.
+
+    make run CONFIG=config/deploy.yaml
+    .venv-openvino/bin/python bench/deploy.py --config config/deploy.yaml [--rounds 5]
+
+Runs in the deploy environment. Variants: the dense model in PyTorch float32 (what the grid
+evaluates), then every deployed model of the config's results folder on OpenVINO with the exact
+runtime settings the deploy step checked and scored it with (deployment.EXACT_RUNTIME), and the
+first quantized one again with OpenVINO's CPU defaults (int8 dynamic activation quantization, u8
+KV cache, bf16 where the CPU has it: faster, but not the model the table scores). Prefill: one
+`generate` call that makes 1 token; decode: (time to make K+1 tokens - prefill) / K; batch 1 and
+8 of the same real text. Every variant is timed once per round, in turn; medians over rounds,
+wall and CPU time (CPU counts every thread), ratios to PyTorch dense.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="config/deploy.yaml")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from knowledge_recovery import deployment
+    from knowledge_recovery.config import load_config
+    from knowledge_recovery.jobs import Jobs
+    from knowledge_recovery.text import python_reference
+
+    torch.set_num_threads(args.threads)
+    jobs = Jobs(load_config(args.config, check_models=False))
+    deployed = jobs.deployments()
+    if not deployed:
+        raise SystemExit(f"{args.config} deploys no model (deploy: openvino on a compression entry)")
+    model_name = deployed[0][0]
+    dense_dir = jobs.paths.checkpoint(model_name)
+    tok = AutoTokenizer.from_pretrained(dense_dir)
+    exact = {**deployment.EXACT_RUNTIME, "INFERENCE_NUM_THREADS": str(args.threads)}
+    variants = {"pytorch dense fp32": AutoModelForCausalLM.from_pretrained(
+        dense_dir, dtype=torch.float32).eval()}
+    for m, c, target in deployed:
+        if m == model_name:
+            variants[f"openvino {c}"] = OVModelForCausalLM.from_pretrained(
+                jobs.paths.deployed(m, c, target), ov_config=exact)
+    quantized = [c for m, c, _ in deployed if m == model_name
+                 and deployment.quantized_stage(jobs.compression[c])]
+    if quantized:
+        variants[f"openvino {quantized[0]} (runtime defaults)"] = OVModelForCausalLM.from_pretrained(
+            jobs.paths.deployed(model_name, quantized[0], "openvino"),
+            ov_config={"INFERENCE_NUM_THREADS": str(args.threads), "CACHE_DIR": ""})
+    ids = tok(python_reference()[:200000], return_attention_mask=False)["input_ids"]
+    k = args.new_tokens
+    print(f"model {model_name}; cpu, {args.threads} threads; input {args.seq_len} tokens; decode "
+          f"{k} tokens; median of {args.rounds} rounds; {deployment.versions()}")
+    for batch in args.batches:
+        x = torch.tensor(ids[: batch * args.seq_len]).view(batch, args.seq_len)
+        mask = torch.ones_like(x)
+
+        def gen(model, new, x=x, mask=mask):
+            return model.generate(input_ids=x, attention_mask=mask, max_new_tokens=new,
+                                  min_new_tokens=new, do_sample=False,
+                                  pad_token_id=tok.eos_token_id)
+
+        times = {name: {"prefill": [], "full": []} for name in variants}
+        with torch.no_grad():
+            for model in variants.values():  # warm-up: compilation, first allocations
+                gen(model, 2)
+            for _ in range(args.rounds):
+                for name, model in variants.items():
+                    times[name]["prefill"].append(timed(lambda m=model: gen(m, 1)))
+                    times[name]["full"].append(timed(lambda m=model: gen(m, k + 1)))
+        print(f"\nbatch {batch}")
+        print(f"{'variant':<44}{'prefill ms':>11}{'CPU ms':>9}{'decode ms/tok':>15}{'CPU ms':>9}"
+              f"{'prefill x':>11}{'decode x':>10}")
+        base = None
+        for name in variants:
+            pre = [statistics.median(t[i] for t in times[name]["prefill"]) for i in (0, 1)]
+            full = [statistics.median(t[i] for t in times[name]["full"]) for i in (0, 1)]
+            dec = [(full[i] - pre[i]) / k for i in (0, 1)]
+            base = base or {"pre": pre[0], "dec": dec[0]}
+            print(f"{name:<44}{pre[0] * 1e3:>11.1f}{pre[1] * 1e3:>9.1f}{dec[0] * 1e3:>15.2f}"
+                  f"{dec[1] * 1e3:>9.2f}{pre[0] / base['pre']:>11.2f}{dec[0] / base['dec']:>10.2f}")
+    print("\nsize on disk (MB):", {f"{c}": round(deployment.disk_bytes(
+        jobs.paths.deployed(m, c, t)) / 1e6, 1) for m, c, t in deployed if m == model_name})
+
+
+if __name__ == "__main__":
+    main()
