@@ -40,13 +40,19 @@ def main() -> None:
     from optimum.intel import OVModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import yaml
+
     from knowledge_recovery import deployment
-    from knowledge_recovery.config import load_config
     from knowledge_recovery.jobs import Jobs
+    from knowledge_recovery.paths import Layout
     from knowledge_recovery.text import python_reference
 
     torch.set_num_threads(args.threads)
-    jobs = Jobs(load_config(args.config, check_models=False))
+    # the config as the finished run read it (defaults filled in): the deploy environment has no
+    # Snakemake to validate the file with
+    raw = yaml.safe_load(open(args.config))
+    run = Layout({"results_dir": raw.get("results_dir", "results"), "experiment": raw["experiment"]})
+    jobs = Jobs(yaml.safe_load(open(run.summary["config"])))
     deployed = jobs.deployments()
     if not deployed:
         raise SystemExit(f"{args.config} deploys no model (deploy: openvino on a compression entry)")

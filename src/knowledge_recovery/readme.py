@@ -22,7 +22,7 @@ from .paths import Layout
 REPO = Path(__file__).resolve().parents[2]
 SHOWN = ("overview_markdown", "comparisons_markdown", "displacement_markdown", "markdown", "plot",
          "accuracy_vs_compression_plot", "recovery_ratio_plot", "pareto_plot", "cka_plot",
-         "latency_plot", "manifest")
+         "latency_plot", "deployment_markdown", "manifest")
 BLOCK = re.compile(r"(<!-- include: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end include -->)", re.S)
 
 
