@@ -24,6 +24,8 @@ def test_known_facts_are_right():
     capital = RELATIONS["country_capital"][2]()
     assert capital["France"] == "Paris" and capital["Japan"] == "Tokyo"
     assert RELATIONS["element_symbol"][2]()["gold"] == "Au"
+    demonym = RELATIONS["country_demonym"][2]()
+    assert demonym["France"] == "French" and demonym["Antigua and Barbuda"] == "Antiguan, Barbudan"
 
 
 def test_prepare_probes_writes_lm_eval_tasks(tmp_path):

@@ -63,6 +63,12 @@ def _country_language():
     return facts
 
 
+def _country_demonym():
+    # countryinfo joins a two-part demonym with a bare comma ("Antiguan,Barbudan")
+    return {name: ", ".join(part.strip() for part in value.split(","))
+            for name, value in _country_facts("demonym").items()}
+
+
 def _element_symbol():
     import periodictable
 
@@ -79,6 +85,8 @@ RELATIONS = {
     "country_language": (["countryinfo", "pycountry"],
                          "Question: What is the main official language of {subject}?",
                          _country_language),
+    "country_demonym": (["countryinfo"], "Question: What is a person from {subject} called?",
+                        _country_demonym),
     "element_symbol": (["periodictable"], "Question: What is the chemical symbol of {subject}?",
                        _element_symbol),
 }
