@@ -4,9 +4,10 @@
     .venv-openvino/bin/python bench/deploy.py --config config/deploy.yaml [--rounds 5]
 
 Runs in the deploy environment. Variants: the dense model in PyTorch float32 (what the grid
-evaluates), then every deployed model of the config's results folder on OpenVINO with the exact
-runtime settings the deploy step checked and scored it with (deployment.EXACT_RUNTIME), and the
-first quantized one again with OpenVINO's CPU defaults (int8 dynamic activation quantization, u8
+evaluates), then every deployed model of the config's results folder on OpenVINO (a recovery
+cell: its prompt cache in front of its compressed model's export) with the exact runtime
+settings the deploy step checked and scored it with (deployment.EXACT_RUNTIME), and the first
+quantized one again with OpenVINO's CPU defaults (int8 dynamic activation quantization, u8
 KV cache, bf16 where the CPU has it: faster, but not the model the table scores). Prefill: one
 `generate` call that makes 1 token; decode: (time to make K+1 tokens - prefill) / K; batch 1 and
 8 of the same real text. Every variant is timed once per round, in turn; medians over rounds,
@@ -62,19 +63,27 @@ def main() -> None:
     exact = {**deployment.EXACT_RUNTIME, "INFERENCE_NUM_THREADS": str(args.threads)}
     variants = {"pytorch dense fp32": AutoModelForCausalLM.from_pretrained(
         dense_dir, dtype=torch.float32).eval()}
-    for m, c, target in deployed:
-        if m == model_name:
-            variants[f"openvino {c}"] = OVModelForCausalLM.from_pretrained(
-                jobs.paths.deployed(m, c, target), ov_config=exact)
-    quantized = [c for m, c, _ in deployed if m == model_name
-                 and deployment.quantized_stage(jobs.compression[c])]
+    deployed = [d for d in deployed if d.model == model_name]
+    exports = [d for d in deployed if d.unit is None]
+    for m, c, target, unit_ in deployed:
+        # a recovery cell: its compressed cell's export, started from its prompt cache
+        model = OVModelForCausalLM.from_pretrained(jobs.paths.deployed(m, c, target),
+                                                   ov_config=exact)
+        if unit_ is None:
+            variants[f"openvino {c}"] = model
+        else:
+            variants[f"openvino {c} + {unit_}"] = deployment.with_prompt(
+                model, deployment.load_prompt(jobs.paths.deployed_prompt(m, c, target, unit_)))
+    quantized = [d.compression for d in exports
+                 if deployment.quantized_stage(jobs.compression[d.compression])]
     if quantized:
         variants[f"openvino {quantized[0]} (runtime defaults)"] = OVModelForCausalLM.from_pretrained(
             jobs.paths.deployed(model_name, quantized[0], "openvino"),
             ov_config={"INFERENCE_NUM_THREADS": str(args.threads), "CACHE_DIR": ""})
     ids = tok(python_reference()[:200000], return_attention_mask=False)["input_ids"]
     k = args.new_tokens
-    print(f"model {model_name}; cpu, {args.threads} threads; input {args.seq_len} tokens; decode "
+    print(f"model {model_name}; cpu, {args.threads} threads; input {args.seq_len} tokens (after "
+          f"the prompt, if any); decode "
           f"{k} tokens; median of {args.rounds} rounds; {deployment.versions()}")
     for batch in args.batches:
         x = torch.tensor(ids[: batch * args.seq_len]).view(batch, args.seq_len)
@@ -104,8 +113,8 @@ def main() -> None:
             base = base or {"pre": pre[0], "dec": dec[0]}
             print(f"{name:<44}{pre[0] * 1e3:>11.1f}{pre[1] * 1e3:>9.1f}{dec[0] * 1e3:>15.2f}"
                   f"{dec[1] * 1e3:>9.2f}{pre[0] / base['pre']:>11.2f}{dec[0] / base['dec']:>10.2f}")
-    print("\nsize on disk (MB):", {f"{c}": round(deployment.disk_bytes(
-        jobs.paths.deployed(m, c, t)) / 1e6, 1) for m, c, t in deployed if m == model_name})
+    print("\nsize on disk (MB):", {d.compression: round(deployment.disk_bytes(
+        jobs.paths.deployed(*d[:3])) / 1e6, 1) for d in exports})
 
 
 if __name__ == "__main__":

@@ -88,11 +88,21 @@ DEPLOY_SCRIPT = f"{workflow.basedir}/workflow_scripts/deploy.py"
 
 
 def deploy_job(wildcards, input, output, threads):
-    """The job as the deploy script reads it (one JSON argument)."""
+    """The job as the deploy script reads it (one JSON argument): a compressed cell's export
+    (rule deploy), or a recovery cell's prompt cache on it (rule deploy_prompt, `unit`)."""
     unit = f"{wildcards.model}/{wildcards.compression}"
-    return json.dumps({"input": dict(input.items()), "output": dict(output.items()),
-                       "log": paths.log("deploy", unit), "threads": threads, "config": config,
-                       "model": wildcards.model, "unit": unit, "tasks": [TASKS[t] for t in TASKS],
-                       "entry": COMPRESSION[wildcards.compression]})
+    job = {"input": dict(input.items()), "output": dict(output.items()), "threads": threads,
+           "config": config, "model": wildcards.model, "tasks": [TASKS[t] for t in TASKS],
+           "entry": COMPRESSION[wildcards.compression]}
+    if wildcards.get("unit"):
+        cell = cell_of(wildcards)
+        job.update(recovery=cell.settings, cell=cell.id, axes=cell.axes)
+        unit = cell.id
+    return json.dumps({**job, "unit": unit, "log": paths.log(
+        "deploy_prompt" if wildcards.get("unit") else "deploy", unit)})
+
+
+def deploy_prompt_inputs(wildcards):
+    return JOBS.deploy_prompt_inputs(cell_of(wildcards))
 
 

@@ -21,11 +21,14 @@ def require_deploy_env():
         pytest.skip("no deploy environment (make .venv-openvino)")
 
 
-def test_compressed_cells_deploy_and_match_the_evaluated_model(tmp_path):
+def test_compressed_and_prompt_cells_deploy_and_match_the_evaluated_model(tmp_path):
     require_deploy_env()
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     config.update(experiment="deploy", displacement={"enabled": False},
-                  recovery=[{"method": "none"}],
+                  recovery=[{"method": "none"},
+                            {"method": "prompt_tuning", "num_virtual_tokens": 4},
+                            {"method": "prefix_tuning", "num_virtual_tokens": 3},
+                            {"method": "lora", "r": 2}],
                   compression=[{"method": "dense"},
                                {"method": "rtn", "bits": 4, "group_size": 32, "deploy": "openvino"},
                                {"method": "magnitude", "sparsity": 0.5, "deploy": "openvino"}])
@@ -53,7 +56,55 @@ def test_compressed_cells_deploy_and_match_the_evaluated_model(tmp_path):
                             "none" / "results.json").read_text())["results"]
     for task, metrics in rtn["results"].items():
         assert metrics["acc"] == evaluated[task]["acc"], task
+    # prompt and prefix tuning: the compressed cell's export, unchanged, started from the
+    # prompt's keys and values, computes what the evaluated peft model computes
+    eval_dir = tmp_path / "results" / "deploy" / "eval" / "tiny-llama"
+    for comp, base in (("rtn-w4-g32", rtn), ("magnitude-s0.5", pruned)):
+        for unit, tokens in (("prompt-n4", 4), ("prefix-n3", 3)):
+            cell = eval_dir / comp / unit / "seed0"
+            found = json.loads((cell / "openvino_manifest.json").read_text())
+            assert found["prompt_tokens"] == tokens and found["logits_distance"]["max"] < 1e-3
+            assert found["base_bytes_on_disk"] == base["bytes_on_disk"]
+            # what the recovery adds: float32 keys and values, n x 2 layers x (k, v) x 4 x 16
+            floats = tokens * 2 * 2 * 4 * 16 * 4
+            assert floats < found["bytes_on_disk"] < floats + 1024
+            evaluated = json.loads((cell / "results.json").read_text())["results"]
+            for task, metrics in found["results"].items():
+                assert metrics["acc"] == evaluated[task]["acc"], (comp, unit, task)
+        assert not (eval_dir / comp / "lora-r2" / "seed0" / "openvino_manifest.json").exists()
     table = pd.read_csv(tmp_path / "results" / "deploy" / "summary" / "deployment.csv")
-    assert list(table.compression) == ["rtn-w4-g32", "magnitude-s0.5"]
+    assert list(table.compression) == ["rtn-w4-g32", "magnitude-s0.5"] + ["rtn-w4-g32"] * 2 + [
+        "magnitude-s0.5"] * 2
+    assert list(table.recovery.fillna("")) == ["", ""] + ["prompt-n4/seed0", "prefix-n3/seed0"] * 2
     assert (table.difference.abs() < 0.2).all() and (table.low <= table.high).all()
-    assert "deployed acc" in (tmp_path / "results" / "deploy" / "summary" / "deployment.md").read_text()
+    markdown = (tmp_path / "results" / "deploy" / "summary" / "deployment.md").read_text()
+    assert "deployed acc" in markdown and "tiny-llama/rtn-w4-g32/lora-r2/seed0" in markdown
+    _generation_matches(tmp_path / "results" / "deploy", "rtn-w4-g32", "prompt-n4/seed0")
+
+
+GENERATE = """
+import sys, torch
+from knowledge_recovery import deployment, models, recovery
+root, comp, unit, entry = sys.argv[1:5]
+import json; entry = json.loads(entry)
+base, tok = models.load_checkpoint(f"{root}/models/tiny-llama/{comp}/checkpoint")
+model = recovery.load(base, entry, f"{root}/adapters/tiny-llama/{comp}/{unit}/adapter").eval()
+deployed = deployment.with_prompt(deployment.load(f"{root}/models/tiny-llama/{comp}/openvino"),
+    deployment.load_prompt(f"{root}/eval/tiny-llama/{comp}/{unit}/openvino_prompt.safetensors"))
+ids = tok("Question: What is the capital of France?", return_tensors="pt")
+args = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+with torch.no_grad():
+    want = model.generate(**ids, **args)[0, -12:].tolist()
+got = deployed.generate(**ids, **args)[0, -12:].tolist()
+print(json.dumps({"want": want, "got": got}))
+"""
+
+
+def _generation_matches(root, comp, unit):
+    """`generate` on the deployed prompt cell: the same greedy tokens as the evaluated model."""
+    entry = json.dumps({"method": "prompt_tuning", "num_virtual_tokens": 4})
+    proc = subprocess.run([str(DEPLOY_PYTHON), "-c", GENERATE, str(root), comp, unit, entry],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["got"] == found["want"] and len(found["got"]) == 12

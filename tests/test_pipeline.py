@@ -249,12 +249,15 @@ def test_every_artifact_has_exactly_one_rule(finished):
 
 def test_the_job_graph_names_every_output_the_rules_write(tmp_path):
     """integrity walks `jobs.Jobs.graph()`: its outputs are exactly Snakemake's, on a grid with a
-    packed export, distillation and two models."""
+    packed export, distillation, a deployment with a prompt cell on it, and two models."""
     from knowledge_recovery.config import load_config
     from knowledge_recovery.jobs import Jobs
 
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     config["compression"][1]["export_packed"] = True
+    config["compression"].append({"method": "rtn", "bits": 4, "group_size": 32,
+                                  "deploy": "openvino"})
+    config["recovery"].append({"method": "prompt_tuning", "num_virtual_tokens": 4})
     config["models"].append({**config["models"][0], "name": "tiny-two"})
     path = tmp_path / "wide.yaml"
     path.write_text(yaml.safe_dump(config))

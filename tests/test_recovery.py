@@ -180,3 +180,32 @@ def test_a_finished_run_keeps_its_checkpoint_and_an_unreadable_one_is_set_aside(
     assert again["train_loss"] == first["train_loss"]  # started over, same run
     artifacts.remove_state(tmp_path, tmp_path.parent)
     assert not tmp_path.exists()
+
+
+def test_a_prompt_cache_is_what_the_method_puts_before_every_input(tiny):
+    """Methods with a prompt cache (deployment.py) deploy as keys and values in front of the
+    unchanged model: with that cache the base model computes what the adapter model does."""
+    from transformers import DynamicCache
+
+    from knowledge_recovery.registry import recovery_method, recovery_methods
+
+    cached = sorted(name for name, r in recovery_methods().items() if r.prompt_cache)
+    assert cached == ["prefix_tuning", "prompt_tuning"]  # IDP's prompt depends on the input
+    ids = torch.randint(0, 250, (2, 9))
+    for entry, _ in ENTRIES[:2]:
+        base, _tok = tiny(seed=2)
+        model = recovery.attach(base, entry).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.1 * torch.randn_like(p))
+            want = model(input_ids=ids).logits[:, -9:]  # prompt tuning's has the prompt's too
+            layers = recovery_method(entry["method"]).prompt_cache(model)
+            n = entry["num_virtual_tokens"]
+            assert len(layers) == 2 and layers[0][0].shape == (1, 4, n, 16)
+            cache = DynamicCache(config=base.config)
+            for i, (k, v) in enumerate(layers):
+                cache.update(k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1), i)
+            got = model.get_base_model()(input_ids=ids, past_key_values=cache,
+                                         attention_mask=torch.ones(2, n + 9)).logits
+        assert torch.allclose(got, want, atol=1e-5), entry["method"]

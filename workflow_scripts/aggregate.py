@@ -74,13 +74,14 @@ with step(smk):
     artifacts.write_text(smk.output.displacement_markdown, displacement.reading(
         rows, pairs, compared, settings["confidence"], settings["reference"])
         + "\n" + displacement.layer_summary(layers))
+    deployments = Jobs(smk.config).deployments()
     deployed = aggregate.deployment_table(
-        Jobs(smk.config).deployments(), smk.input.deployments, smk.input.deployed_samples, cells,
+        deployments, smk.input.deployments, smk.input.deployed_samples, cells,
         smk.input.samples, settings, trains, is_baseline)
     with artifacts.atomic_path(smk.output.deployment_csv) as tmp:
         deployed.to_csv(tmp, index=False)
-    artifacts.write_text(smk.output.deployment_markdown,
-                         aggregate.deployment_markdown(deployed, settings["confidence"]))
+    artifacts.write_text(smk.output.deployment_markdown, aggregate.deployment_markdown(
+        deployed, settings["confidence"], aggregate.not_deployed(deployments, cells)))
     means = aggregate.table(df)["mean"]
     print(aggregate.markdown(df))
     print(aggregate.overview_markdown(overview))

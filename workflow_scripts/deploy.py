@@ -1,6 +1,8 @@
-"""Deploy one compressed model on OpenVINO: export it with its own grid, check the deployed
-model's logits against the evaluated model's on a fixed sample, record its size, and score it
-with lm-eval's own `openvino` model on the grid's tasks (per-question records beside).
+"""Deploy one cell on OpenVINO and score it with lm-eval's own `openvino` model on the grid's
+tasks (per-question records beside). A compressed cell (rule deploy): export it with its own
+grid. A recovery cell whose method is a prompt cache (rule deploy_prompt): its compressed cell's
+export, unchanged, started from the prompt's keys and values. Either way the deployed model's
+logits are checked against the evaluated model's on a fixed sample first.
 
 Runs in the deploy environment, not Snakemake's (rules/deploy.smk calls it with that Python and
 the job as one JSON argument: inputs, outputs, log, threads, config, settings).
@@ -9,9 +11,10 @@ import json
 import sys
 from types import SimpleNamespace
 
-from knowledge_recovery import artifacts, deployment, evaluation
+from knowledge_recovery import artifacts, deployment, evaluation, models, recovery
 from knowledge_recovery.calibration import calibration_batch
 from knowledge_recovery.grid import task_names
+from knowledge_recovery.registry import recovery_method
 from knowledge_recovery.step import finish, record, step
 from knowledge_recovery.tasks import from_hub
 
@@ -26,37 +29,54 @@ class Files(SimpleNamespace):
 job = json.loads(sys.argv[1])
 smk = SimpleNamespace(input=Files(**job["input"]), output=Files(**job["output"]),
                       log=[job["log"]], threads=job["threads"], config=job["config"])
-entry, settings = job["entry"], job["config"]["deployment"]
+entry, settings, cell = job["entry"], job["config"]["deployment"], job.get("recovery")
 with step(smk, offline=not any(map(from_hub, job["tasks"]))):
-    from transformers import AutoTokenizer
-
+    reference, tokenizer = models.load_checkpoint(smk.input.checkpoint, "float32")
     weights = deployment.weight_settings(entry)
+    prompt = None
     with artifacts.Timer() as timer:
-        with artifacts.atomic_dir(smk.output.deployed) as tmp:
-            deployment.export(smk.input.checkpoint, tmp, weights)
-    tokenizer = AutoTokenizer.from_pretrained(smk.input.checkpoint)
-    text = open(smk.input.text).read()
-    windows = calibration_batch(tokenizer, text, settings["samples"], settings["seq_len"],
-                                job["config"]["seed"])
-    distances = deployment.logits_distance(smk.input.checkpoint, smk.output.deployed,
-                                           [w[None] for w in windows])
+        if cell is None:
+            with artifacts.atomic_dir(smk.output.deployed) as tmp:
+                deployment.export(smk.input.checkpoint, tmp, weights)
+            folder = smk.output.deployed
+            found = {"weights": weights or "float32 (pruned: dense kernels)",
+                     "bytes_on_disk": deployment.disk_bytes(folder)}
+        else:
+            reference = recovery.load(reference, cell, smk.input.adapter)
+            with artifacts.atomic_path(smk.output.prompt) as tmp:
+                deployment.save_prompt(recovery_method(cell["method"]).prompt_cache(reference),
+                                       tmp)
+            prompt = deployment.load_prompt(smk.output.prompt)
+            folder = smk.input.deployed
+            found = {"weights": artifacts.read_json(smk.input.deploy_manifest)["weights"],
+                     "base_model": folder, "prompt_tokens": int(prompt[0][0].shape[2]),
+                     # what the recovery adds at deployment: its cache, the model is shared
+                     "bytes_on_disk": deployment.disk_bytes(smk.output.prompt),
+                     "base_bytes_on_disk": deployment.disk_bytes(folder)}
+    reference.eval()
+    deployed = deployment.load(folder)
+    if prompt is not None:
+        deployed = deployment.with_prompt(deployed, prompt)
+    windows = calibration_batch(tokenizer, open(smk.input.text).read(), settings["samples"],
+                                settings["seq_len"], job["config"]["seed"])
+    distances = deployment.logits_distance(reference, deployed, [w[None] for w in windows])
     worst = max(distances)
     print(f"logits relative L2 distance to the evaluated model: {distances}")
-    found = {"target": entry["deploy"], "weights": weights or "float32 (pruned: dense kernels)",
-             "runtime": deployment.EXACT_RUNTIME, "bytes_on_disk":
-             deployment.disk_bytes(smk.output.deployed),
-             "logits_distance": {"per_window": distances, "max": worst,
-                                 "tolerance": settings["tolerance"],
-                                 "windows": settings["samples"], "seq_len": settings["seq_len"]},
-             "deploy_versions": deployment.versions(), **timer.as_dict()}
+    found.update({"target": entry["deploy"], "runtime": deployment.EXACT_RUNTIME,
+                  "logits_distance": {"per_window": distances, "max": worst,
+                                      "tolerance": settings["tolerance"],
+                                      "windows": settings["samples"],
+                                      "seq_len": settings["seq_len"]},
+                  "deploy_versions": deployment.versions(), **timer.as_dict()})
     if worst > settings["tolerance"]:
         # the deployed model is not the evaluated one: fail, keeping what was measured
         raise RuntimeError(f"{job['unit']}: the deployed model's logits are {worst:.4f} (relative "
                            f"L2) from the evaluated model's, over deployment.tolerance "
                            f"{settings['tolerance']}; export settings {weights}")
+    del reference, deployed
     cfg = job["config"]["evaluation"]
     manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, job["tasks"])))
-    lm = deployment.harness_model(smk.output.deployed, cfg["batch_size"])
+    lm = deployment.harness_model(folder, cfg["batch_size"], prompt)
     results = {}
     with artifacts.Timer() as eval_timer:
         for task in job["tasks"]:  # one task a call, as the evaluate step scores them
@@ -72,14 +92,15 @@ with step(smk, offline=not any(map(from_hub, job["tasks"]))):
     found.update(results=results, evaluation={**cfg, "model": "lm-eval openvino",
                                               **{f"eval_{k}": v for k, v in
                                                  eval_timer.as_dict().items()}})
-    finish(smk, smk.output.manifest, artifacts.manifest("deploy", entry, **found),
-           [smk.output.deployed, smk.output.samples], record(
-               smk, "deploy", job["unit"], tags={"model": job["model"],
-                                                 "compression": entry["id"]},
-               params={"compression": entry, "deployment": settings,
-                       "weights": weights or {}},
-               metrics={"bytes_on_disk": found["bytes_on_disk"], "logits_distance_max": worst,
-                        **{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
-                        **({"mean_acc": sum(accs) / len(accs)} if accs else {}),
-                        **timer.as_dict()},
-               artifacts=[smk.output.manifest]))
+    written = [smk.output.samples, smk.output.deployed if cell is None else smk.output.prompt]
+    tags = {"model": job["model"], "compression": entry["id"],
+            **({"recovery": cell["id"], "cell": job["cell"]} if cell else {})}
+    finish(smk, smk.output.manifest, artifacts.manifest(
+        "deploy", entry, **({"recovery": cell} if cell else {}), **found), written, record(
+        smk, "deploy_prompt" if cell else "deploy", job["unit"], tags=tags,
+        params={"compression": entry, "deployment": settings, "weights": weights or {},
+                **({"recovery": cell} if cell else {})},
+        metrics={"bytes_on_disk": found["bytes_on_disk"], "logits_distance_max": worst,
+                 **{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
+                 **({"mean_acc": sum(accs) / len(accs)} if accs else {}), **timer.as_dict()},
+        artifacts=[smk.output.manifest]))

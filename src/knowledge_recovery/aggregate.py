@@ -89,26 +89,32 @@ def _entry(cell) -> str:
     return f"{cell.model}/{cell.compression}/{cell.recovery}"
 
 
-DEPLOYMENT_COLUMNS = ["model", "compression", "target", "bytes_on_disk", "logits_distance_max",
-                      "evaluated_acc", "deployed_acc", "difference", "low", "high",
-                      "significant", "mcnemar_p", "questions"]
+DEPLOYMENT_COLUMNS = ["model", "compression", "recovery", "target", "bytes_on_disk",
+                      "base_bytes_on_disk", "logits_distance_max", "evaluated_acc",
+                      "deployed_acc", "difference", "low", "high", "significant", "mcnemar_p",
+                      "questions"]
 
 
-def deployment_table(deployed: list[tuple], manifests: list, samples: list, cells: list,
+def deployment_table(deployed: list, manifests: list, samples: list, cells: list,
                      cell_samples: list, settings: dict, trains, is_baseline) -> pd.DataFrame:
-    """Per deployed model ((model, compression, target) of `deployed`): its size on disk, the
-    logits distance to the evaluated model, and its accuracy beside the evaluated (fake-quant)
-    untrained cell's, paired on the same questions (mean over tasks, bootstrap interval)."""
+    """Per deployed model (`jobs.Deployment`s): its size on disk (a recovery cell's: its prompt
+    cache; the model it runs on is its compressed cell's), the logits distance to the evaluated
+    model, and its accuracy beside the evaluated cell's (a compressed cell's untrained one),
+    paired on the same questions (mean over tasks, bootstrap interval)."""
     from . import stats
 
     _, untrained = stats.baselines(cells, trains, is_baseline)
+    by_id = {c.id: c for c in cells}
     files = {c.id: f for c, f in zip(cells, cell_samples)}
     rows = []
-    for (model, comp, target), manifest, deployed_samples in zip(deployed, manifests, samples):
+    for (model, comp, target, unit_), manifest, deployed_samples in zip(deployed, manifests,
+                                                                         samples):
         found = read_json(manifest)
-        base = untrained.get((model, comp))
-        row = {"model": model, "compression": comp, "target": target,
-               "bytes_on_disk": found["bytes_on_disk"],
+        base = (untrained.get((model, comp)) if unit_ is None
+                else by_id.get(f"{model}/{comp}/{unit_}"))
+        row = {"model": model, "compression": comp, "recovery": unit_ or "",
+               "target": target, "bytes_on_disk": found["bytes_on_disk"],
+               "base_bytes_on_disk": found.get("base_bytes_on_disk"),
                "logits_distance_max": found["logits_distance"]["max"]}
         if base is not None:
             a, b = correctness(files[base.id]), correctness(deployed_samples)
@@ -125,22 +131,38 @@ def deployment_table(deployed: list[tuple], manifests: list, samples: list, cell
     return pd.DataFrame(rows, columns=DEPLOYMENT_COLUMNS)
 
 
-def deployment_markdown(df: pd.DataFrame, confidence: float) -> str:
-    head = (f"Deployed models: bytes on disk, the largest relative L2 distance of the deployed "
+def not_deployed(deployed: list, cells: list) -> list[str]:
+    """Cells of deployed compressed models that are not deployed themselves: their recovery
+    changes the weights, or its prompt depends on the input (deployment.py)."""
+    done = {(d.model, d.compression, d.unit) for d in deployed}
+    exported = {(d.model, d.compression) for d in deployed if d.unit is None}
+    return [c.id for c in cells if (c.model, c.compression) in exported and c.train_unit
+            and (c.model, c.compression, c.recovery_unit) not in done]
+
+
+def deployment_markdown(df: pd.DataFrame, confidence: float, skipped: list[str] = ()) -> str:
+    head = (f"Deployed models: bytes on disk (a recovery cell: its prompt cache, in front of its "
+            f"compressed model's export), the largest relative L2 distance of the deployed "
             f"model's logits to the evaluated (fake-quant) model's, and mean {METRIC} of each, "
             f"paired on the same questions ({confidence:.0%} bootstrap interval; * excludes "
             f"zero)\n\n")
     if df.empty:
         return head + "No deployed models in this grid (`deploy:` on a compression entry).\n"
     shown = pd.DataFrame({
-        "model": df.model, "compression": df.compression, "target": df.target,
-        "MB on disk": [f"{v / 1e6:,.1f}" for v in df.bytes_on_disk],
+        "model": df.model, "compression": df.compression,
+        "recovery": [r if isinstance(r, str) and r else "none" for r in df.recovery],
+        "target": df.target,
+        "MB on disk": [f"{v / 1e6:,.1f}" if v >= 1e5 else f"{v / 1e6:.3f}"
+                       for v in df.bytes_on_disk],
         "logits distance": [f"{v:.2e}" for v in df.logits_distance_max],
         "evaluated acc": [f"{v:.3f}" if pd.notna(v) else "" for v in df.evaluated_acc],
         "deployed acc": [f"{v:.3f}" if pd.notna(v) else "" for v in df.deployed_acc],
         "difference": ["" if pd.isna(d) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if s else "")
                        for d, lo, hi, s in zip(df.difference, df.low, df.high, df.significant)]})
-    return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    tail = ("" if not skipped else
+            "\nNot deployed (the recovery changes the weights, or its prompt depends on the "
+            "input): " + ", ".join(skipped) + "\n")
+    return head + shown.to_markdown(index=False, disable_numparse=True) + "\n" + tail
 
 
 def comparisons_markdown(df: pd.DataFrame, confidence: float) -> str:

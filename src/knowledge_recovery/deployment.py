@@ -7,14 +7,22 @@ the deployed model computes what the evaluated model computes (relative L2 dista
 logits, within `deployment.tolerance`, else the job fails), and records its size on disk. Pruned
 cells are exported as float: OpenVINO's dense kernels do not exploit sparsity.
 
+A recovery cell whose method puts the same keys and values before every input (prompt and
+prefix tuning: `RecoveryMethod.prompt_cache`) deploys on its compressed cell's export, unchanged:
+every sequence starts from that cache, set as the stateful model's initial state. Its cost at
+deployment is the cache's bytes. Methods that change the weights (LoRA and its kin) or whose
+prompt depends on the input (IDP's selector reads attention weights, which the export does not
+give) are not deployed.
+
 It runs in its own environment (`.venv-openvino`, `envs/openvino.yaml`): optimum-intel's pins do
 not fit the main one's. Only the functions here import optimum or openvino.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from .registry import compression_method
+from .registry import compression_method, recovery_method
 
 TARGETS = ("openvino",)
 # OpenVINO's CPU defaults change the arithmetic of a weight-compressed model: activations are
@@ -89,8 +97,9 @@ def load(out_dir):
                                               ov_config=dict(EXACT_RUNTIME))
 
 
-def harness_model(out_dir, batch_size: int):
-    """lm-eval's own `openvino` model on the deployed folder, with the exact runtime settings."""
+def harness_model(out_dir, batch_size: int, prompt=None):
+    """lm-eval's own `openvino` model on the deployed folder, with the exact runtime settings
+    (and a prompt cache in front of every input, `with_prompt`)."""
     import json
     import tempfile
 
@@ -98,30 +107,121 @@ def harness_model(out_dir, batch_size: int):
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(EXACT_RUNTIME, f)  # lm-eval reads its OpenVINO settings from a file
-    return OptimumLM(pretrained=str(Path(out_dir).resolve()), ov_config=f.name,
-                     batch_size=batch_size)
+    lm = OptimumLM(pretrained=str(Path(out_dir).resolve()), ov_config=f.name,
+                   batch_size=batch_size)
+    if prompt is not None:
+        with_prompt(lm.model, prompt)
+    return lm
 
 
-def logits_distance(checkpoint, out_dir, windows) -> list[float]:
+def logits_distance(reference, deployed, windows) -> list[float]:
     """Per token window (1 x n ids), the relative L2 distance between the logits of the
-    evaluated model (PyTorch, float32) and of the deployed one."""
+    evaluated model (PyTorch) and of the deployed one."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
-    deployed = load(out_dir)
     out = []
     for ids in windows:
         mask = torch.ones_like(ids)
         with torch.no_grad():
-            want = reference(input_ids=ids, attention_mask=mask).logits.float()
+            # the input's positions (peft's prompt tuning returns the prompt's too)
+            want = reference(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:].float()
         got = torch.as_tensor(deployed(input_ids=ids, attention_mask=mask).logits).float()
         out.append(float((got - want).norm() / want.norm()))
     return out
 
 
-def disk_bytes(folder) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+# ---------------------------------------------------------------- recovery cells: a prompt cache
+def deploys_with_prompt(recovery_entry: dict) -> bool:
+    """Whether a recovery entry deploys as a cache in front of its compressed cell's export."""
+    return recovery_method(recovery_entry["method"]).prompt_cache is not None
+
+
+def save_prompt(layers, path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({f"{i}.{part}": t.detach().float().cpu().contiguous()
+               for i, kv in enumerate(layers) for part, t in zip(("keys", "values"), kv)},
+              str(path))
+
+
+def load_prompt(path) -> list:
+    from safetensors.numpy import load_file
+
+    found = load_file(str(path))
+    return [(found[f"{i}.keys"], found[f"{i}.values"]) for i in range(len(found) // 2)]
+
+
+_STATE = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+
+
+def with_prompt(model, layers):
+    """Make a loaded OpenVINO model start every sequence from a prompt's keys and values
+    ([(keys, values)] per layer as numpy arrays, each (1, kv heads, n, head dim)): they become
+    the stateful model's initial state, the input's positions start after the prompt's and its
+    attention covers it, as in the evaluated model. Works for scoring and `generate`."""
+    if not model.stateful:
+        raise ValueError("a prompt cache needs the stateful export (optimum-intel's default)")
+    model.__class__ = _prompted_class(type(model))
+    model.prompt = layers
+    return model
+
+
+_PROMPTED = {}
+
+
+def _prompted_class(base):
+    if base in _PROMPTED:
+        return _PROMPTED[base]
+    import numpy as np
+    import torch
+    from openvino import Tensor
+
+    class Prompted(base):
+        prompt: list
+
+        @property
+        def prompt_length(self) -> int:
+            return self.prompt[0][0].shape[2]
+
+        def _get_past_length(self, past_key_values=None):
+            # the input's tokens processed so far: generate() cuts its input ids with this
+            past = super()._get_past_length(past_key_values)
+            return past - self.prompt_length if past_key_values is not None else past
+
+        def prepare_inputs(self, input_ids, attention_mask=None, past_key_values=None,
+                           position_ids=None, **kwargs):
+            batch, n = input_ids.shape[0], self.prompt_length
+            if past_key_values is None:  # a new sequence: its state starts as the prompt's cache
+                self.compile()
+                self.request.reset_state()
+                for state in self.request.query_state():
+                    found = _STATE.search(state.name)
+                    if found is None:
+                        raise ValueError(f"unknown state {state.name!r} in the exported model")
+                    kv = self.prompt[int(found[1])][0 if found[2] == "key" else 1]
+                    state.state = Tensor(np.ascontiguousarray(np.repeat(kv, batch, axis=0)))
+                self.next_beam_idx = np.arange(batch, dtype=int)
+                self._past_length = n
+                past_key_values = ((),)  # optimum-intel's mark of a sequence under way
+            if attention_mask is None:
+                attention_mask = torch.ones(batch, self._past_length - n + input_ids.shape[1],
+                                            dtype=torch.long)
+            attention_mask = torch.cat([torch.ones(batch, n, dtype=attention_mask.dtype),
+                                        torch.as_tensor(attention_mask)], dim=1)
+            # positions from the whole mask: the input's start after the prompt's
+            return super().prepare_inputs(input_ids, attention_mask, past_key_values, None,
+                                          **kwargs)
+
+    _PROMPTED[base] = Prompted
+    return Prompted
+
+
+def disk_bytes(path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def versions() -> dict:

@@ -7,8 +7,10 @@ to find what was built from a damaged artifact. Outputs are the rules' own, name
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .compression import needs_calibration
+from .deployment import deploys_with_prompt
 from .grid import Cell, by_id, cells, trained
 from .paths import Layout
 from .registry import compression_method
@@ -20,6 +22,13 @@ class Job:
     outputs: tuple[str, ...]   # everything the rule writes
     manifest: str | None       # the output that records the others' sizes and hashes
     inputs: tuple[str, ...]    # outputs of other jobs that this one reads
+
+
+class Deployment(NamedTuple):
+    model: str
+    compression: str
+    target: str
+    unit: str | None = None  # a recovery cell's (paths.unit), deployed as a prompt cache
 
 
 class Jobs:
@@ -116,16 +125,32 @@ class Jobs:
         return [self.paths.packed(m, c) for m in self.models
                 for c, entry in self.compression.items() if entry.get("export_packed")]
 
-    def deployments(self) -> list[tuple[str, str, str]]:
-        """(model, compression id, target) of the entries that ask for a deployment."""
-        return [(m, c, entry["deploy"]) for m in self.models
-                for c, entry in self.compression.items() if entry.get("deploy")]
+    def deployments(self) -> list[Deployment]:
+        """The exports of the compression entries that ask for one (`deploy:`), then the
+        recovery cells on them that deploy as a prompt cache."""
+        exports = [Deployment(m, c, entry["deploy"]) for m in self.models
+                   for c, entry in self.compression.items() if entry.get("deploy")]
+        prompts = [Deployment(c.model, c.compression, self.compression[c.compression]["deploy"],
+                              c.recovery_unit) for c in self.cells if c.train_unit
+                   and self.compression[c.compression].get("deploy")
+                   and deploys_with_prompt(c.settings)]
+        return exports + prompts
 
     def deploy_inputs(self, model: str, compression: str) -> dict:
         return {"checkpoint": self.paths.checkpoint(model, compression),
                 "text": self.paths.recovery_text,
                 "tasks": [self.paths.task_dir(t) for t in self.tasks],
                 "task_manifests": [self.paths.task_manifest(t) for t in self.tasks]}
+
+    def deploy_prompt_inputs(self, cell: Cell) -> dict:
+        """A recovery cell's deployment: its compressed cell's export, checked first, and the
+        adapter whose prompt cache goes in front of it."""
+        target = self.compression[cell.compression]["deploy"]
+        return {**self.deploy_inputs(cell.model, cell.compression),
+                "deployed": self.paths.deployed(cell.model, cell.compression, target),
+                "deploy_manifest": self.paths.deploy_manifest(cell.model, cell.compression, target),
+                "adapter": self.paths.adapter(cell.model, cell.compression, cell.train_unit),
+                "train_manifest": self.train_manifest(cell)}
 
     def deploy_outputs(self) -> list[str]:
         return [self.paths.deploy_manifest(*d) for d in self.deployments()]
@@ -152,16 +177,26 @@ class Jobs:
                 if entry.get("export_packed"):
                     out.append(Job(f"pack {m}/{c}", (p.packed(m, c), p.packed_manifest(m, c)),
                                    p.packed_manifest(m, c), (p.checkpoint(m, c), p.quant_grids(m, c))))
-        for m, c, target in self.deployments():
-            manifest = p.deploy_manifest(m, c, target)
-            out.append(Job(f"deploy {m}/{c}", (p.deployed(m, c, target),
-                                               p.deployed_samples(m, c, target), manifest), manifest,
-                           tuple(_flat(self.deploy_inputs(m, c)))))
+        for m, c, target, unit_ in self.deployments():
+            if unit_ is None:
+                manifest = p.deploy_manifest(m, c, target)
+                out.append(Job(f"deploy {m}/{c}", (p.deployed(m, c, target),
+                                                   p.deployed_samples(m, c, target), manifest),
+                               manifest, tuple(_flat(self.deploy_inputs(m, c)))))
+        by_cell = {c.id: c for c in self.cells}
         units = {(c.model, c.compression, c.train_unit): c for c in self.cells if c.train_unit}
         for (m, c, unit_), cell in units.items():
             manifest = p.train_manifest(m, c, unit_)
             out.append(Job(f"train {m}/{c}/{unit_}", (p.adapter(m, c, unit_), manifest), manifest,
                            tuple(_flat(self.train_inputs(m, c, cell.settings["train_id"])))))
+        for m, c, target, unit_ in self.deployments():
+            if unit_ is not None:
+                manifest = p.deploy_manifest(m, c, target, unit_)
+                cell = by_cell[f"{m}/{c}/{unit_}"]
+                out.append(Job(f"deploy_prompt {cell.id}", (p.deployed_prompt(m, c, target, unit_),
+                                                            p.deployed_samples(m, c, target, unit_),
+                                                            manifest), manifest,
+                               tuple(_flat(self.deploy_prompt_inputs(cell)))))
         for cell in self.cells:
             results = self.eval_results(cell)
             out.append(Job(f"evaluate {cell.id}", (results, self.eval_samples(cell)), results,

@@ -45,13 +45,23 @@ class Layout:
         """The cell's model exported to a deployment runtime (`deploy: <target>`)."""
         return f"{self.model_dir(model, compression)}/{target}"
 
-    def deploy_manifest(self, model, compression, target) -> str:
-        """Export settings, size, logits distance and lm-eval results of the deployed model."""
-        return f"{self.model_dir(model, compression)}/{target}_manifest.json"
+    def deployed_prompt(self, model, compression, target, unit_) -> str:
+        """A recovery cell's prompt cache, in front of its compressed cell's deployed model."""
+        return f"{self._deploy_dir(model, compression, unit_)}/{target}_prompt.safetensors"
 
-    def deployed_samples(self, model, compression, target) -> str:
+    def deploy_manifest(self, model, compression, target, unit_=None) -> str:
+        """Export settings, size, logits distance and lm-eval results of the deployed model (a
+        compressed cell's, or with `unit_` a recovery cell's)."""
+        return f"{self._deploy_dir(model, compression, unit_)}/{target}_manifest.json"
+
+    def deployed_samples(self, model, compression, target, unit_=None) -> str:
         """Per-question records of the deployed model (as an evaluate step's samples file)."""
-        return f"{self.model_dir(model, compression)}/{target}_samples.json.gz"
+        return f"{self._deploy_dir(model, compression, unit_)}/{target}_samples.json.gz"
+
+    def _deploy_dir(self, model, compression, unit_) -> str:
+        # a recovery cell's deployment sits beside its evaluation
+        return (self.model_dir(model, compression) if unit_ is None
+                else f"{self.root}/eval/{model}/{compression}/{unit_}")
 
     # text and tasks
     @property

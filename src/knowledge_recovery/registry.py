@@ -49,6 +49,10 @@ class RecoveryMethod:
     # left alone) or "weights" (the model's weights or activations are changed). The study's
     # question is whether "input" recovers what compression lost as well as "weights" does.
     side: str | None = None
+    # (model) -> [(keys, values)] per layer, each (1, kv heads, n, head dim): the keys and values
+    # the method puts before every input, the same for all inputs. Set: the method deploys as
+    # that cache in front of the unchanged exported model (deployment.py).
+    prompt_cache: Callable | None = None
 
     @property
     def trains(self) -> bool:

@@ -11,7 +11,7 @@ from ..registry import RecoveryMethod, register_recovery_method
 
 
 def register_peft(name: str, config_class: str, config_kwargs, settings, id_format, side: str,
-                  fit_setting: str = "method", after_build=None) -> None:
+                  fit_setting: str = "method", after_build=None, prompt_cache=None) -> None:
     """Register a peft method: `config_kwargs(entry, peft)` gives the keyword arguments of the peft
     config class named `config_class`; `after_build(model, entry, seed)` initialises further."""
 
@@ -28,7 +28,7 @@ def register_peft(name: str, config_class: str, config_kwargs, settings, id_form
 
     register_recovery_method(RecoveryMethod(
         name=name, settings=frozenset(settings), id_format=id_format, build=build, save=_save,
-        load=_load, fit_setting=fit_setting, side=side))
+        load=_load, fit_setting=fit_setting, side=side, prompt_cache=prompt_cache))
 
 
 def _save(model, path) -> None:
@@ -39,6 +39,25 @@ def _load(base, path):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, path)
+
+
+def learned_prompt_cache(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys and values of a prompt-learning adapter's virtual tokens. They come
+    first and attention is causal, so they are the same for every input: prompt tuning's are
+    those its prompt embeddings produce, prefix tuning's are learned directly."""
+    from transformers import DynamicCache
+
+    base = model.get_base_model()
+    with torch.no_grad():
+        prompt = model.get_prompt(batch_size=1)
+        if isinstance(prompt, torch.Tensor):  # prompt tuning: embeddings, run through the model
+            cache = DynamicCache(config=base.config)
+            dtype = base.get_input_embeddings().weight.dtype
+            base(inputs_embeds=prompt.to(dtype), past_key_values=cache, use_cache=True)
+            prompt = cache
+    if hasattr(prompt, "layers"):
+        return [(layer.keys, layer.values) for layer in prompt.layers]
+    return [(kv[0], kv[1]) for kv in prompt]  # peft's legacy layout: per layer (2, 1, H, n, d)
 
 
 def init_prefix_from_vocab(model, num_tokens: int, seed: int) -> None:
@@ -78,11 +97,12 @@ LORA_SETTINGS = {"r", "alpha", "dropout", "target_modules"}
 register_peft("prompt_tuning", "PromptTuningConfig",
               lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"],
                                    prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB),
-              {"num_virtual_tokens"}, lambda e: f"prompt-n{e['num_virtual_tokens']}", side="input")
+              {"num_virtual_tokens"}, lambda e: f"prompt-n{e['num_virtual_tokens']}", side="input",
+              prompt_cache=learned_prompt_cache)
 register_peft("prefix_tuning", "PrefixTuningConfig",
               lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"]),
               {"num_virtual_tokens", "prefix_init"}, lambda e: f"prefix-n{e['num_virtual_tokens']}",
-              side="input", after_build=_prefix_init)
+              side="input", after_build=_prefix_init, prompt_cache=learned_prompt_cache)
 register_peft("lora", "LoraConfig", _lora_kwargs, LORA_SETTINGS, lambda e: f"lora-r{e['r']}",
               side="weights", fit_setting="target_modules")
 # DoRA (Liu et al. 2024): LoRA with the weight's magnitude and direction trained apart.
