@@ -8,24 +8,16 @@ evaluates), then every deployed model of the config's results folder on OpenVINO
 cell: its prompt cache in front of its compressed model's export) with the exact runtime
 settings the deploy step checked and scored it with (deployment.EXACT_RUNTIME), and the first
 quantized one again with OpenVINO's CPU defaults (int8 dynamic activation quantization, u8
-KV cache, bf16 where the CPU has it: faster, but not the model the table scores). Prefill: one
-`generate` call that makes 1 token; decode: (time to make K+1 tokens - prefill) / K; batch 1 and
-8 of the same real text. Every variant is timed once per round, in turn; medians over rounds,
-wall and CPU time (CPU counts every thread), ratios to PyTorch dense.
+KV cache, bf16 where the CPU has it: faster, but not the model the table scores). Prefill and
+decode as bench/timing.py measures them (alternating rounds, medians, wall and CPU), batch 1 and
+8 of the same real text; ratios to PyTorch dense.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-
-
-def timed(fn):
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - t0, time.process_time() - c0
+from timing import generation_times
 
 
 def main() -> None:
@@ -87,29 +79,13 @@ def main() -> None:
           f"{k} tokens; median of {args.rounds} rounds; {deployment.versions()}")
     for batch in args.batches:
         x = torch.tensor(ids[: batch * args.seq_len]).view(batch, args.seq_len)
-        mask = torch.ones_like(x)
-
-        def gen(model, new, x=x, mask=mask):
-            return model.generate(input_ids=x, attention_mask=mask, max_new_tokens=new,
-                                  min_new_tokens=new, do_sample=False,
-                                  pad_token_id=tok.eos_token_id)
-
-        times = {name: {"prefill": [], "full": []} for name in variants}
-        with torch.no_grad():
-            for model in variants.values():  # warm-up: compilation, first allocations
-                gen(model, 2)
-            for _ in range(args.rounds):
-                for name, model in variants.items():
-                    times[name]["prefill"].append(timed(lambda m=model: gen(m, 1)))
-                    times[name]["full"].append(timed(lambda m=model: gen(m, k + 1)))
+        times = generation_times(variants, x, k, args.rounds, tok.eos_token_id)
         print(f"\nbatch {batch}")
         print(f"{'variant':<44}{'prefill ms':>11}{'CPU ms':>9}{'decode ms/tok':>15}{'CPU ms':>9}"
               f"{'prefill x':>11}{'decode x':>10}")
         base = None
         for name in variants:
-            pre = [statistics.median(t[i] for t in times[name]["prefill"]) for i in (0, 1)]
-            full = [statistics.median(t[i] for t in times[name]["full"]) for i in (0, 1)]
-            dec = [(full[i] - pre[i]) / k for i in (0, 1)]
+            pre, dec = times[name]["prefill"], times[name]["decode"]
             base = base or {"pre": pre[0], "dec": dec[0]}
             print(f"{name:<44}{pre[0] * 1e3:>11.1f}{pre[1] * 1e3:>9.1f}{dec[0] * 1e3:>15.2f}"
                   f"{dec[1] * 1e3:>9.2f}{pre[0] / base['pre']:>11.2f}{dec[0] / base['dec']:>10.2f}")

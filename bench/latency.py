@@ -2,9 +2,8 @@
 
     .venv/bin/python bench/latency.py [--dense DIR --compressed DIR] [--rounds 5]
 
-Prefill: one `generate` call that makes 1 token. Decode: (time to make K+1 tokens - prefill) / K.
-Batch 1 and 8 of the same real text (--seq-len tokens each). Every variant is timed once per round,
-in turn, and the median over rounds is reported (wall and CPU time; CPU counts every thread).
+Prefill and decode as bench/timing.py measures them (alternating rounds, medians, wall and CPU),
+batch 1 and 8 of the same real text (--seq-len tokens each).
 Adapters are untrained: latency does not depend on the values of their weights.
 Also reported: IDP's selection overhead (attention selection vs the same pool with a fixed prompt,
 i.e. a single prompt of length n through the same code) and IDP against LoRA, beside the paper's
@@ -13,11 +12,10 @@ claims (60% lower latency and 21x fewer parameters than LoRA, on 7B models on GP
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import generation_times
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "results/default/models/smollm2-135m"
@@ -49,12 +47,6 @@ def variants(args):
             for k, m in out.items()}
 
 
-def timed(fn):
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dense", default=str(DEFAULT / "dense/checkpoint"))
@@ -83,29 +75,14 @@ def main() -> None:
     summary = {}
     for batch in args.batches:
         x = torch.tensor(ids[: batch * args.seq_len]).view(batch, args.seq_len)
-        mask = torch.ones_like(x)
-
-        def gen(model, new, x=x, mask=mask):
-            return model.generate(input_ids=x, attention_mask=mask, max_new_tokens=new,
-                                  min_new_tokens=new, do_sample=False,
-                                  pad_token_id=tok.eos_token_id)
-
-        times = {name: {"prefill": [], "full": []} for name in models_}
-        with torch.no_grad():
-            for model, _ in models_.values():  # warm-up (and IDP's pool cache)
-                gen(model, 2)
-            for _ in range(args.rounds):
-                for name, (model, _) in models_.items():
-                    times[name]["prefill"].append(timed(lambda m=model: gen(m, 1)))
-                    times[name]["full"].append(timed(lambda m=model: gen(m, k + 1)))
+        times = generation_times({name: m for name, (m, _) in models_.items()}, x, k,
+                                 args.rounds, tok.eos_token_id)
         print(f"\nbatch {batch}")
         print(f"{'variant':<22}{'params':>9}{'prefill ms':>12}{'CPU ms':>9}{'decode ms/tok':>15}"
               f"{'CPU ms':>9}{'prefill x':>11}{'decode x':>10}")
         base = None
         for name, (_, params) in models_.items():
-            pre = [statistics.median(t[i] for t in times[name]["prefill"]) for i in (0, 1)]
-            full = [statistics.median(t[i] for t in times[name]["full"]) for i in (0, 1)]
-            dec = [(full[i] - pre[i]) / k for i in (0, 1)]
+            pre, dec = times[name]["prefill"], times[name]["decode"]
             if name == "compressed":
                 base = {"pre": pre[0], "dec": dec[0]}
             summary[(batch, name)] = (pre[0], dec[0], params)

@@ -77,14 +77,10 @@ with step(smk, offline=not any(map(from_hub, job["tasks"]))):
     cfg = job["config"]["evaluation"]
     manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, job["tasks"])))
     lm = deployment.harness_model(folder, cfg["batch_size"], prompt)
-    results = {}
-    with artifacts.Timer() as eval_timer:
-        for task in job["tasks"]:  # one task a call, as the evaluate step scores them
-            for name in task_names(task):
-                results.update(evaluation.evaluate(
-                    None, None, [{"name": name, "limit": task.get("limit")}], manager,
-                    cfg["batch_size"], cfg["bootstrap_iters"], job["config"]["seed"],
-                    log_samples=True, lm=lm))
+    tasks = [{"name": n, "limit": t.get("limit")} for t in job["tasks"] for n in task_names(t)]
+    with artifacts.Timer() as eval_timer:  # one task a call, as the evaluate step scores them
+        results = evaluation.evaluate_cell(None, None, tasks, manager, cfg, job["config"]["seed"],
+                                           cell or {"method": "none"}, lm=lm)
     results, samples = evaluation.split_samples(results)
     artifacts.write_json_gz(smk.output.samples, samples)
     print(results)

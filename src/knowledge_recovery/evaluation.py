@@ -302,11 +302,12 @@ def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, 
 
 
 def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,
-                  entry: dict, state_dir=None, key: str = "", log=print) -> dict:
+                  entry: dict, state_dir=None, key: str = "", log=print, lm=None) -> dict:
     """`evaluate_recovered`, one task at a time, so that a task's numbers do not depend on which
     other tasks share the job (lm-eval batches a call's requests together). With `state_dir`,
     each finished task's results are kept there under `key` (what they were computed from), and
-    a re-run after a kill evaluates only the tasks not yet done."""
+    a re-run after a kill evaluates only the tasks not yet done. `lm`: an lm-eval model that
+    already holds the whole cell (the deploy step's OpenVINO model), scored as it is."""
     from .artifacts import kill_point, read_json, write_json
 
     results = {}
@@ -318,7 +319,11 @@ def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed:
                 log(f"{task['name']}: kept from {saved}")
                 results[task["name"]] = kept["results"]
                 continue
-        results.update(evaluate_recovered(model, tokenizer, [task], manager, cfg, seed, entry))
+        if lm is None:
+            results.update(evaluate_recovered(model, tokenizer, [task], manager, cfg, seed, entry))
+        else:
+            results.update(evaluate(None, None, [task], manager, cfg["batch_size"],
+                                    cfg["bootstrap_iters"], seed, log_samples=True, lm=lm))
         if saved is not None:
             write_json(saved, {"key": key, "results": results[task["name"]]})
         kill_point("evaluate:task")  # tests: killed with some tasks done, others not
