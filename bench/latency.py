@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/latency.py [--dense DIR --compressed DIR] [--rounds 5]
 
-Prefill and decode as bench/timing.py measures them (alternating rounds, medians, wall and CPU),
+Prefill and decode as knowledge_recovery.timing measures them (alternating rounds, medians, wall and CPU),
 batch 1 and 8 of the same real text (--seq-len tokens each).
 Adapters are untrained: latency does not depend on the values of their weights.
 Also reported: IDP's selection overhead (attention selection vs the same pool with a fixed prompt,
@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from timing import generation_times
+from knowledge_recovery.timing import generation_times
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "results/default/models/smollm2-135m"

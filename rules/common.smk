@@ -85,6 +85,7 @@ DEPLOY_PYTHON = (
     else f"{workflow.basedir}/.venv-openvino/bin/python"
 )
 DEPLOY_SCRIPT = f"{workflow.basedir}/workflow_scripts/deploy.py"
+DEPLOY_LATENCY_SCRIPT = f"{workflow.basedir}/workflow_scripts/deploy_latency.py"
 
 
 def deploy_job(wildcards, input, output, threads):
@@ -100,6 +101,17 @@ def deploy_job(wildcards, input, output, threads):
         unit = cell.id
     return json.dumps({**job, "unit": unit, "log": paths.log(
         "deploy_prompt" if wildcards.get("unit") else "deploy", unit)})
+
+
+def deploy_latency_job(wildcards, input, output, threads):
+    """The deploy_latency job as its script reads it (one JSON argument)."""
+    return json.dumps({"input": dict(input.items()), "output": dict(output.items()),
+                       "threads": threads, "config": config, "model": wildcards.model,
+                       "unit": wildcards.model, "log": paths.log("deploy_latency", wildcards.model)})
+
+
+def deploy_latency_inputs(wildcards):
+    return JOBS.deploy_latency_inputs(wildcards.model, "openvino")
 
 
 def deploy_prompt_inputs(wildcards):

@@ -49,3 +49,27 @@ rule deploy_prompt:
         "../envs/openvino.yaml"
     shell:
         "{params.python} {params.script} {params.job:q} >> {log} 2>&1"
+
+
+# Every deployed model of one model beside its PyTorch dense model, timed in one process (a
+# job of its own: timings from separate jobs would not be comparable).
+rule deploy_latency:
+    input:
+        unpack(deploy_latency_inputs),
+    output:
+        latency=paths.deploy_latency("{model}", "openvino"),
+    params:
+        python=DEPLOY_PYTHON,
+        script=DEPLOY_LATENCY_SCRIPT,
+        job=deploy_latency_job,
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    log:
+        paths.log("deploy_latency", "{model}"),
+    benchmark:
+        paths.benchmark("deploy_latency", "{model}")
+    conda:
+        "../envs/openvino.yaml"
+    shell:
+        "{params.python} {params.script} {params.job:q} >> {log} 2>&1"

@@ -29,6 +29,8 @@ def test_compressed_and_prompt_cells_deploy_and_match_the_evaluated_model(tmp_pa
                             {"method": "prompt_tuning", "num_virtual_tokens": 4},
                             {"method": "prefix_tuning", "num_virtual_tokens": 3},
                             {"method": "lora", "r": 2}],
+                  deployment={"latency": {"batches": [1, 2], "seq_len": 16, "new_tokens": 4,
+                                          "rounds": 1}},
                   compression=[{"method": "dense"},
                                {"method": "rtn", "bits": 4, "group_size": 32, "deploy": "openvino"},
                                {"method": "magnitude", "sparsity": 0.5, "deploy": "openvino"}])
@@ -79,6 +81,17 @@ def test_compressed_and_prompt_cells_deploy_and_match_the_evaluated_model(tmp_pa
     assert (table.difference.abs() < 0.2).all() and (table.low <= table.high).all()
     markdown = (tmp_path / "results" / "deploy" / "summary" / "deployment.md").read_text()
     assert "deployed acc" in markdown and "tiny-llama/rtn-w4-g32/lora-r2/seed0" in markdown
+    # every deployed model timed beside the PyTorch dense model, in one job
+    latency = json.loads((models / "openvino_latency.json").read_text())["rows"]
+    variants = ["pytorch dense fp32", "openvino rtn-w4-g32", "openvino magnitude-s0.5"] + [
+        f"openvino {c} + {u}/seed0" for c in ("rtn-w4-g32", "magnitude-s0.5")
+        for u in ("prompt-n4", "prefix-n3")] + ["openvino rtn-w4-g32 (runtime defaults)"]
+    assert [(r["batch"], r["variant"]) for r in latency] == [(b, v) for b in (1, 2) for v in variants]
+    assert all(r["prefill_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in latency)
+    assert latency[0]["prefill_x"] == latency[0]["decode_x"] == 1.0
+    summary = pd.read_csv(tmp_path / "results" / "deploy" / "summary" / "deployment_latency.csv")
+    assert len(summary) == len(latency) and set(summary.model) == {"tiny-llama"}
+    assert "decode tokens/s" in markdown
     _generation_matches(tmp_path / "results" / "deploy", "rtn-w4-g32", "prompt-n4/seed0")
 
 

@@ -80,8 +80,12 @@ with step(smk):
         smk.input.samples, settings, trains, is_baseline)
     with artifacts.atomic_path(smk.output.deployment_csv) as tmp:
         deployed.to_csv(tmp, index=False)
+    latency = aggregate.deployment_latency_table(smk.input.deploy_latency)
+    with artifacts.atomic_path(smk.output.deployment_latency_csv) as tmp:
+        latency.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.deployment_markdown, aggregate.deployment_markdown(
-        deployed, settings["confidence"], aggregate.not_deployed(deployments, cells)))
+        deployed, settings["confidence"], aggregate.not_deployed(deployments, cells))
+        + aggregate.deployment_latency_markdown(latency, smk.config["deployment"]["latency"]))
     means = aggregate.table(df)["mean"]
     print(aggregate.markdown(df))
     print(aggregate.overview_markdown(overview))

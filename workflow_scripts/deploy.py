@@ -7,28 +7,16 @@ logits are checked against the evaluated model's on a fixed sample first.
 Runs in the deploy environment, not Snakemake's (rules/deploy.smk calls it with that Python and
 the job as one JSON argument: inputs, outputs, log, threads, config, settings).
 """
-import json
 import sys
-from types import SimpleNamespace
 
 from knowledge_recovery import artifacts, deployment, evaluation, models, recovery
 from knowledge_recovery.calibration import calibration_batch
 from knowledge_recovery.grid import task_names
 from knowledge_recovery.registry import recovery_method
-from knowledge_recovery.step import finish, record, step
+from knowledge_recovery.step import finish, record, shell_job, step
 from knowledge_recovery.tasks import from_hub
 
-
-class Files(SimpleNamespace):
-    """Named files that also iterate, as Snakemake's input and output objects do."""
-
-    def __iter__(self):
-        return iter(vars(self).values())
-
-
-job = json.loads(sys.argv[1])
-smk = SimpleNamespace(input=Files(**job["input"]), output=Files(**job["output"]),
-                      log=[job["log"]], threads=job["threads"], config=job["config"])
+job, smk = shell_job(sys.argv[1])
 entry, settings, cell = job["entry"], job["config"]["deployment"], job.get("recovery")
 with step(smk, offline=not any(map(from_hub, job["tasks"]))):
     reference, tokenizer = models.load_checkpoint(smk.input.checkpoint, "float32")

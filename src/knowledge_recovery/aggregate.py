@@ -165,6 +165,37 @@ def deployment_markdown(df: pd.DataFrame, confidence: float, skipped: list[str] 
     return head + shown.to_markdown(index=False, disable_numparse=True) + "\n" + tail
 
 
+LATENCY_COLUMNS = ["model", "batch", "variant", "prefill_ms", "prefill_cpu_ms", "decode_ms",
+                   "decode_cpu_ms", "decode_tokens_per_s", "prefill_x", "decode_x"]
+
+
+def deployment_latency_table(manifests: list) -> pd.DataFrame:
+    """The deploy_latency steps' rows (one manifest per model), one table."""
+    rows = [{"model": found["model"], **row} for found in map(read_json, manifests)
+            for row in found["rows"]]
+    return pd.DataFrame(rows, columns=LATENCY_COLUMNS)
+
+
+def deployment_latency_markdown(df: pd.DataFrame, settings: dict) -> str:
+    if df.empty:
+        return ""
+    shown = pd.DataFrame({
+        "model": df.model, "batch": df.batch, "variant": df.variant,
+        "prefill ms (CPU)": [f"{w:,.1f} ({c:,.1f})" for w, c in zip(df.prefill_ms,
+                                                                   df.prefill_cpu_ms)],
+        "decode ms/token (CPU)": [f"{w:,.2f} ({c:,.2f})" for w, c in zip(df.decode_ms,
+                                                                         df.decode_cpu_ms)],
+        "decode tokens/s": [f"{v:,.1f}" for v in df.decode_tokens_per_s],
+        "prefill x": [f"{v:.2f}" for v in df.prefill_x],
+        "decode x": [f"{v:.2f}" for v in df.decode_x]})
+    return (f"\nLatency, side by side in one job on this machine ({settings['seq_len']}-token "
+            f"inputs after the prompt, if any; {settings['new_tokens']} decoded tokens; medians "
+            f"of {settings['rounds']} alternating rounds; wall ms, CPU ms of all threads in "
+            f"brackets; x: over the PyTorch dense model; `runtime defaults`: OpenVINO's CPU "
+            f"defaults, not the model the tables score)\n\n"
+            + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+
+
 def comparisons_markdown(df: pd.DataFrame, confidence: float) -> str:
     """One line per comparison: the mean over tasks (or the only task), its interval, a mark
     where the interval excludes zero; the CSV has every task."""

@@ -228,3 +228,65 @@ def versions() -> dict:
     from importlib.metadata import version
 
     return {name: version(name) for name in ("openvino", "optimum-intel", "nncf", "transformers")}
+
+
+# ---------------------------------------------------------------- latency, side by side
+def latency_variants(jobs, model: str, threads: int) -> dict:
+    """The models timed side by side: the dense model in PyTorch float32 (what the grid
+    evaluates); every deployment of `model` on OpenVINO with the exact runtime the deploy step
+    checked (a recovery cell: its prompt cache in front of its compressed model's export); and
+    the first quantized export again with OpenVINO's CPU defaults (int8 dynamic activation
+    quantization, u8 KV cache: faster, but not the model the tables score)."""
+    import torch
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    exact = {**EXACT_RUNTIME, "INFERENCE_NUM_THREADS": str(threads)}
+    variants = {"pytorch dense fp32": AutoModelForCausalLM.from_pretrained(
+        jobs.paths.checkpoint(model), dtype=torch.float32).eval()}
+    deployed = [d for d in jobs.deployments() if d.model == model]
+    for m, c, target, unit_ in deployed:
+        loaded = OVModelForCausalLM.from_pretrained(str(Path(jobs.paths.deployed(m, c, target))
+                                                        .resolve()), ov_config=exact)
+        if unit_ is None:
+            variants[f"openvino {c}"] = loaded
+        else:
+            variants[f"openvino {c} + {unit_}"] = with_prompt(
+                loaded, load_prompt(jobs.paths.deployed_prompt(m, c, target, unit_)))
+    quantized = [d for d in deployed if d.unit is None
+                 and quantized_stage(jobs.compression[d.compression])]
+    if quantized:
+        m, c, target, _ = quantized[0]
+        variants[f"openvino {c} (runtime defaults)"] = OVModelForCausalLM.from_pretrained(
+            str(Path(jobs.paths.deployed(m, c, target)).resolve()),
+            ov_config={"INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""})
+    return variants
+
+
+def latency(variants: dict, token_ids: list[int], settings: dict, pad_token_id) -> list[dict]:
+    """Prefill and decode time of each variant at each batch size of `settings` (batches of
+    `seq_len` tokens of real text after the prompt, if any; `new_tokens` decoded; medians of
+    `rounds` alternating rounds, knowledge_recovery.timing), as rows with wall and CPU ms,
+    decode throughput (tokens a second over the batch) and the ratios to the first variant."""
+    import torch
+
+    from .timing import generation_times
+
+    rows = []
+    for batch in settings["batches"]:
+        need = batch * settings["seq_len"]
+        if len(token_ids) < need:
+            raise ValueError(f"the text has {len(token_ids)} tokens, fewer than a batch of {batch} "
+                             f"x {settings['seq_len']}")
+        x = torch.tensor(token_ids[:need]).view(batch, settings["seq_len"])
+        times = generation_times(variants, x, settings["new_tokens"], settings["rounds"],
+                                 pad_token_id)
+        first = next(iter(times.values()))
+        for name, t in times.items():
+            (pre, pre_cpu), (dec, dec_cpu) = t["prefill"], t["decode"]
+            rows.append({"variant": name, "batch": batch, "prefill_ms": pre * 1e3,
+                         "prefill_cpu_ms": pre_cpu * 1e3, "decode_ms": dec * 1e3,
+                         "decode_cpu_ms": dec_cpu * 1e3, "decode_tokens_per_s": batch / dec,
+                         "prefill_x": pre / first["prefill"][0],
+                         "decode_x": dec / first["decode"][0]})
+    return rows

@@ -118,7 +118,8 @@ class Jobs:
                 "train_manifests": list(self.train_manifests().values()),
                 "model_manifests": list(self.model_manifests().values()),
                 "representations": [self.representation(c) for c in self.represented()],
-                "deployments": self.deploy_outputs(), "deployed_samples": self.deployed_samples()}
+                "deployments": self.deploy_outputs(), "deployed_samples": self.deployed_samples(),
+                "deploy_latency": [self.paths.deploy_latency(*r) for r in self.latency_runs()]}
 
     def packed_outputs(self) -> list[str]:
         """Packed low-bit exports of the entries that ask for one, for every model."""
@@ -151,6 +152,15 @@ class Jobs:
                 "deploy_manifest": self.paths.deploy_manifest(cell.model, cell.compression, target),
                 "adapter": self.paths.adapter(cell.model, cell.compression, cell.train_unit),
                 "train_manifest": self.train_manifest(cell)}
+
+    def latency_runs(self) -> list[tuple[str, str]]:
+        """(model, target) of the models with deployments: one deploy_latency job each."""
+        return sorted({(d.model, d.target) for d in self.deployments()})
+
+    def deploy_latency_inputs(self, model: str, target: str) -> dict:
+        mine = [d for d in self.deployments() if d.model == model and d.target == target]
+        return {"checkpoint": self.paths.checkpoint(model), "text": self.paths.recovery_text,
+                "manifests": [self.paths.deploy_manifest(*d) for d in mine]}
 
     def deploy_outputs(self) -> list[str]:
         return [self.paths.deploy_manifest(*d) for d in self.deployments()]
@@ -197,6 +207,10 @@ class Jobs:
                                                             p.deployed_samples(m, c, target, unit_),
                                                             manifest), manifest,
                                tuple(_flat(self.deploy_prompt_inputs(cell)))))
+        for m, target in self.latency_runs():
+            path = p.deploy_latency(m, target)
+            out.append(Job(f"deploy_latency {m}", (path,), path,
+                           tuple(_flat(self.deploy_latency_inputs(m, target)))))
         for cell in self.cells:
             results = self.eval_results(cell)
             out.append(Job(f"evaluate {cell.id}", (results, self.eval_samples(cell)), results,

@@ -58,6 +58,10 @@ class Layout:
         """Per-question records of the deployed model (as an evaluate step's samples file)."""
         return f"{self._deploy_dir(model, compression, unit_)}/{target}_samples.json.gz"
 
+    def deploy_latency(self, model, target) -> str:
+        """Prefill and decode times of a model's deployments beside the PyTorch dense model."""
+        return f"{self.root}/models/{model}/{target}_latency.json"
+
     def _deploy_dir(self, model, compression, unit_) -> str:
         # a recovery cell's deployment sits beside its evaluation
         return (self.model_dir(model, compression) if unit_ is None
@@ -137,6 +141,7 @@ class Layout:
                 # deployed cells (`deploy:`): size, logits distance, accuracy beside fake quant
                 "deployment_csv": f"{self.root}/summary/deployment.csv",
                 "deployment_markdown": f"{self.root}/summary/deployment.md",
+                "deployment_latency_csv": f"{self.root}/summary/deployment_latency.csv",
                 # the config as the run read it (defaults filled in), for the parent MLflow run
                 "config": f"{self.root}/summary/config.yaml",
                 # written last: the others' hashes and the grid's tracking record

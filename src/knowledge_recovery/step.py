@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 from . import artifacts, integrity, tracking
 from .paths import Layout
@@ -39,6 +40,23 @@ def step(smk, offline: bool = True):
         sys.stdout, sys.stderr = saved
         if log:
             log.close()
+
+
+class Files(SimpleNamespace):
+    """Named files that also iterate, as Snakemake's input and output objects do."""
+
+    def __iter__(self):
+        return iter(vars(self).values())
+
+
+def shell_job(argument: str) -> tuple[dict, SimpleNamespace]:
+    """(the job, a stand-in for Snakemake's `snakemake` object) from the one JSON argument a
+    `shell:` rule passes to a step that runs in another environment (rules/deploy.smk)."""
+    import json
+
+    job = json.loads(argument)
+    return job, SimpleNamespace(input=Files(**job["input"]), output=Files(**job["output"]),
+                                log=[job["log"]], threads=job["threads"], config=job["config"])
 
 
 def results_root(smk) -> Path:

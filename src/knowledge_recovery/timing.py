@@ -1,4 +1,5 @@
-"""Prefill and decode timing of `generate`, shared by bench/latency.py and bench/deploy.py.
+"""Prefill and decode timing of `generate` (the deploy_latency step, bench/latency.py,
+bench/deploy.py).
 
 Prefill: one `generate` call that makes 1 token; decode: (time to make K+1 tokens - prefill) / K.
 After one warm-up call each, every variant is timed once per round, in turn, so that the

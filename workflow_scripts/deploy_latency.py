@@ -1,0 +1,38 @@
+"""Time the deployed models of one model beside its dense model in PyTorch, side by side in one
+process: prefill and decode at each batch size of `deployment.latency` (see
+deployment.latency_variants for the variants). Timings from separate jobs would not compare.
+
+Runs in the deploy environment (rules/deploy.smk, as workflow_scripts/deploy.py).
+"""
+import re
+import sys
+
+from knowledge_recovery import artifacts, deployment
+from knowledge_recovery.jobs import Jobs
+from knowledge_recovery.step import finish, record, shell_job, step
+
+job, smk = shell_job(sys.argv[1])
+settings = job["config"]["deployment"]["latency"]
+with step(smk):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smk.input.checkpoint)
+    # enough text for the largest batch (a token is rarely more than 16 characters)
+    text = open(smk.input.text).read()[: 16 * max(settings["batches"]) * settings["seq_len"]]
+    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
+    variants = deployment.latency_variants(Jobs(job["config"]), job["model"], smk.threads)
+    with artifacts.Timer() as timer:
+        rows = deployment.latency(variants, ids, settings, tokenizer.eos_token_id)
+    for row in rows:
+        print(row)
+
+    def key(name: str) -> str:  # MLflow metric names: letters, digits, _ - . / and spaces
+        return re.sub(r"[^\w.-]+", "_", name).strip("_")
+
+    finish(smk, smk.output.latency, artifacts.manifest(
+        "deploy_latency", settings, model=job["model"], threads=smk.threads, rows=rows,
+        deploy_versions=deployment.versions(), **timer.as_dict()), [], record(
+        smk, "deploy_latency", job["model"], tags={"model": job["model"]}, params=settings,
+        metrics={f"b{r['batch']}.{key(r['variant'])}.{m}": r[m] for r in rows
+                 for m in ("prefill_ms", "decode_ms", "decode_tokens_per_s")},
+        artifacts=[smk.output.latency]))
