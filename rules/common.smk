@@ -84,30 +84,6 @@ DEPLOY_PYTHON = (
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
     else f"{workflow.basedir}/.venv-openvino/bin/python"
 )
-DEPLOY_SCRIPT = f"{workflow.basedir}/workflow_scripts/deploy.py"
-DEPLOY_LATENCY_SCRIPT = f"{workflow.basedir}/workflow_scripts/deploy_latency.py"
-
-
-def deploy_job(wildcards, input, output, threads):
-    """The job as the deploy script reads it (one JSON argument): a compressed cell's export
-    (rule deploy), or a recovery cell's prompt cache on it (rule deploy_prompt, `unit`)."""
-    unit = f"{wildcards.model}/{wildcards.compression}"
-    job = {"input": dict(input.items()), "output": dict(output.items()), "threads": threads,
-           "config": config, "model": wildcards.model, "tasks": [TASKS[t] for t in TASKS],
-           "entry": COMPRESSION[wildcards.compression]}
-    if wildcards.get("unit"):
-        cell = cell_of(wildcards)
-        job.update(recovery=cell.settings, cell=cell.id, axes=cell.axes)
-        unit = cell.id
-    return json.dumps({**job, "unit": unit, "log": paths.log(
-        "deploy_prompt" if wildcards.get("unit") else "deploy", unit)})
-
-
-def deploy_latency_job(wildcards, input, output, threads):
-    """The deploy_latency job as its script reads it (one JSON argument)."""
-    return json.dumps({"input": dict(input.items()), "output": dict(output.items()),
-                       "threads": threads, "config": config, "model": wildcards.model,
-                       "unit": wildcards.model, "log": paths.log("deploy_latency", wildcards.model)})
 
 
 def deploy_latency_inputs(wildcards):

@@ -1,7 +1,8 @@
 # Deployment runs in its own environment (optimum-intel's pins do not fit the main one's): under
-# `--sdm conda` envs/openvino.yaml, else the .venv-openvino that `make` builds when a config asks
-# (DEPLOY_PYTHON, deploy_job: rules/common.smk). A recovery cell whose method is a prompt cache
-# (prompt, prefix tuning) deploys on its compressed cell's export, unchanged (deploy_prompt).
+# `--sdm conda` envs/openvino.yaml, else the step re-runs itself with the .venv-openvino that
+# `make` builds when a config asks (params.python; step.in_deploy_environment). A recovery cell
+# whose method is a prompt cache (prompt, prefix tuning) deploys on its compressed cell's export,
+# unchanged (deploy_prompt).
 rule deploy:
     input:
         unpack(lambda w: JOBS.deploy_inputs(w.model, w.compression)),
@@ -11,8 +12,10 @@ rule deploy:
         manifest=paths.deploy_manifest("{model}", "{compression}", "openvino"),
     params:
         python=DEPLOY_PYTHON,
-        script=DEPLOY_SCRIPT,
-        job=deploy_job,
+        model=lambda w: w.model,
+        unit=lambda w: f"{w.model}/{w.compression}",
+        entry=lambda w: COMPRESSION[w.compression],
+        tasks=[TASKS[t] for t in TASKS],
     threads: config["threads"]
     resources:
         mem_mb=8000,
@@ -22,9 +25,8 @@ rule deploy:
         paths.benchmark("deploy", "{model}/{compression}")
     conda:
         "../envs/openvino.yaml"
-    shell:
-        # the step writes its own log; this catches what fails before it starts
-        "{params.python} {params.script} {params.job:q} >> {log} 2>&1"
+    script:
+        "../workflow_scripts/deploy.py"
 
 
 rule deploy_prompt:
@@ -36,8 +38,11 @@ rule deploy_prompt:
         manifest=paths.deploy_manifest("{model}", "{compression}", "openvino", "{unit}"),
     params:
         python=DEPLOY_PYTHON,
-        script=DEPLOY_SCRIPT,
-        job=deploy_job,
+        model=lambda w: w.model,
+        unit=lambda w: cell_of(w).id,
+        entry=lambda w: COMPRESSION[w.compression],
+        tasks=[TASKS[t] for t in TASKS],
+        recovery=lambda w: cell_of(w).settings,
     threads: config["threads"]
     resources:
         mem_mb=8000,
@@ -47,8 +52,8 @@ rule deploy_prompt:
         paths.benchmark("deploy_prompt", "{model}/{compression}/{unit}")
     conda:
         "../envs/openvino.yaml"
-    shell:
-        "{params.python} {params.script} {params.job:q} >> {log} 2>&1"
+    script:
+        "../workflow_scripts/deploy.py"
 
 
 # Every deployed model of one model beside its PyTorch dense model, timed in one process (a
@@ -60,8 +65,8 @@ rule deploy_latency:
         latency=paths.deploy_latency("{model}", "openvino"),
     params:
         python=DEPLOY_PYTHON,
-        script=DEPLOY_LATENCY_SCRIPT,
-        job=deploy_latency_job,
+        model=lambda w: w.model,
+        settings=config["deployment"]["latency"],
     threads: config["threads"]
     resources:
         mem_mb=8000,
@@ -71,5 +76,5 @@ rule deploy_latency:
         paths.benchmark("deploy_latency", "{model}")
     conda:
         "../envs/openvino.yaml"
-    shell:
-        "{params.python} {params.script} {params.job:q} >> {log} 2>&1"
+    script:
+        "../workflow_scripts/deploy_latency.py"

@@ -1,7 +1,9 @@
 """The deploy stage: compressed cells exported to OpenVINO in their own environment
 (.venv-openvino), through real Snakemake, each checked against the evaluated model's logits."""
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -36,11 +38,7 @@ def test_compressed_and_prompt_cells_deploy_and_match_the_evaluated_model(tmp_pa
                                {"method": "magnitude", "sparsity": 0.5, "deploy": "openvino"}])
     path = tmp_path / "deploy.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                           "--workflow-profile", str(REPO / "profiles" / "default"),
-                           "--directory", str(tmp_path), "--configfile", str(path)],
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    _snakemake(tmp_path, path)
     models = tmp_path / "results" / "deploy" / "models" / "tiny-llama"
     rtn = json.loads((models / "rtn-w4-g32" / "openvino_manifest.json").read_text())
     assert rtn["weights"] == {"bits": 4, "group_size": 32, "sym": False, "ratio": 1.0,
@@ -87,12 +85,29 @@ def test_compressed_and_prompt_cells_deploy_and_match_the_evaluated_model(tmp_pa
         f"openvino {c} + {u}/seed0" for c in ("rtn-w4-g32", "magnitude-s0.5")
         for u in ("prompt-n4", "prefix-n3")] + ["openvino rtn-w4-g32 (runtime defaults)"]
     assert [(r["batch"], r["variant"]) for r in latency] == [(b, v) for b in (1, 2) for v in variants]
-    assert all(r["prefill_ms"] > 0 and r["decode_tokens_per_s"] > 0 for r in latency)
+    # (decode times of a tiny model from one round are noise: only their presence is checked)
+    assert all(r["prefill_ms"] > 0 and math.isfinite(r["decode_ms"]) for r in latency)
     assert latency[0]["prefill_x"] == latency[0]["decode_x"] == 1.0
     summary = pd.read_csv(tmp_path / "results" / "deploy" / "summary" / "deployment_latency.csv")
     assert len(summary) == len(latency) and set(summary.model) == {"tiny-llama"}
     assert "decode tokens/s" in markdown
     _generation_matches(tmp_path / "results" / "deploy", "rtn-w4-g32", "prompt-n4/seed0")
+    # another entry in the grid leaves every deployment as it is (only its settings count)
+    config["recovery"].append({"method": "lora", "r": 4})
+    path.write_text(yaml.safe_dump(config))
+    out = _snakemake(tmp_path, path, "--dry-run")
+    stats = out.split("Job stats:")[-1]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+    assert counts == {"train": 2, "evaluate": 2, "aggregate": 1, "all": 1, "total": 6}, stats
+
+
+def _snakemake(workdir, config, *args) -> str:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                           "--workflow-profile", str(REPO / "profiles" / "default"),
+                           "--directory", str(workdir), "--configfile", str(config), *args],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return proc.stdout + proc.stderr
 
 
 GENERATE = """

@@ -4,21 +4,20 @@ grid. A recovery cell whose method is a prompt cache (rule deploy_prompt): its c
 export, unchanged, started from the prompt's keys and values. Either way the deployed model's
 logits are checked against the evaluated model's on a fixed sample first.
 
-Runs in the deploy environment, not Snakemake's (rules/deploy.smk calls it with that Python and
-the job as one JSON argument: inputs, outputs, log, threads, config, settings).
+Runs in the deploy environment (step.in_deploy_environment).
 """
-import sys
-
 from knowledge_recovery import artifacts, deployment, evaluation, models, recovery
 from knowledge_recovery.calibration import calibration_batch
 from knowledge_recovery.grid import task_names
 from knowledge_recovery.registry import recovery_method
-from knowledge_recovery.step import finish, record, shell_job, step
+from knowledge_recovery.step import finish, in_deploy_environment, record, step
 from knowledge_recovery.tasks import from_hub
 
-job, smk = shell_job(sys.argv[1])
-entry, settings, cell = job["entry"], job["config"]["deployment"], job.get("recovery")
-with step(smk, offline=not any(map(from_hub, job["tasks"]))):
+smk = in_deploy_environment(globals().get("snakemake"), __file__)
+entry, tasks, settings = smk.params.entry, smk.params.tasks, smk.config["deployment"]
+cell = getattr(smk.params, "recovery", None)  # rule deploy_prompt: a recovery cell's settings
+unit, seed = smk.params.unit, smk.config["seed"]
+with step(smk, offline=not any(map(from_hub, tasks))):
     reference, tokenizer = models.load_checkpoint(smk.input.checkpoint, "float32")
     weights = deployment.weight_settings(entry)
     prompt = None
@@ -46,7 +45,7 @@ with step(smk, offline=not any(map(from_hub, job["tasks"]))):
     if prompt is not None:
         deployed = deployment.with_prompt(deployed, prompt)
     windows = calibration_batch(tokenizer, open(smk.input.text).read(), settings["samples"],
-                                settings["seq_len"], job["config"]["seed"])
+                                settings["seq_len"], seed)
     distances = deployment.logits_distance(reference, deployed, [w[None] for w in windows])
     worst = max(distances)
     print(f"logits relative L2 distance to the evaluated model: {distances}")
@@ -58,16 +57,16 @@ with step(smk, offline=not any(map(from_hub, job["tasks"]))):
                   "deploy_versions": deployment.versions(), **timer.as_dict()})
     if worst > settings["tolerance"]:
         # the deployed model is not the evaluated one: fail, keeping what was measured
-        raise RuntimeError(f"{job['unit']}: the deployed model's logits are {worst:.4f} (relative "
+        raise RuntimeError(f"{unit}: the deployed model's logits are {worst:.4f} (relative "
                            f"L2) from the evaluated model's, over deployment.tolerance "
                            f"{settings['tolerance']}; export settings {weights}")
     del reference, deployed
-    cfg = job["config"]["evaluation"]
-    manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, job["tasks"])))
+    cfg = smk.config["evaluation"]
+    manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, tasks)))
     lm = deployment.harness_model(folder, cfg["batch_size"], prompt)
-    tasks = [{"name": n, "limit": t.get("limit")} for t in job["tasks"] for n in task_names(t)]
+    names = [{"name": n, "limit": t.get("limit")} for t in tasks for n in task_names(t)]
     with artifacts.Timer() as eval_timer:  # one task a call, as the evaluate step scores them
-        results = evaluation.evaluate_cell(None, None, tasks, manager, cfg, job["config"]["seed"],
+        results = evaluation.evaluate_cell(None, None, names, manager, cfg, seed,
                                            cell or {"method": "none"}, lm=lm)
     results, samples = evaluation.split_samples(results)
     artifacts.write_json_gz(smk.output.samples, samples)
@@ -77,11 +76,11 @@ with step(smk, offline=not any(map(from_hub, job["tasks"]))):
                                               **{f"eval_{k}": v for k, v in
                                                  eval_timer.as_dict().items()}})
     written = [smk.output.samples, smk.output.deployed if cell is None else smk.output.prompt]
-    tags = {"model": job["model"], "compression": entry["id"],
-            **({"recovery": cell["id"], "cell": job["cell"]} if cell else {})}
+    tags = {"model": smk.params.model, "compression": entry["id"],
+            **({"recovery": cell["id"], "cell": unit} if cell else {})}
     finish(smk, smk.output.manifest, artifacts.manifest(
         "deploy", entry, **({"recovery": cell} if cell else {}), **found), written, record(
-        smk, "deploy_prompt" if cell else "deploy", job["unit"], tags=tags,
+        smk, "deploy_prompt" if cell else "deploy", unit, tags=tags,
         params={"compression": entry, "deployment": settings, "weights": weights or {},
                 **({"recovery": cell} if cell else {})},
         metrics={"bytes_on_disk": found["bytes_on_disk"], "logits_distance_max": worst,

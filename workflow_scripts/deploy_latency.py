@@ -2,17 +2,16 @@
 process: prefill and decode at each batch size of `deployment.latency` (see
 deployment.latency_variants for the variants). Timings from separate jobs would not compare.
 
-Runs in the deploy environment (rules/deploy.smk, as workflow_scripts/deploy.py).
+Runs in the deploy environment (step.in_deploy_environment).
 """
 import re
-import sys
 
 from knowledge_recovery import artifacts, deployment
 from knowledge_recovery.jobs import Jobs
-from knowledge_recovery.step import finish, record, shell_job, step
+from knowledge_recovery.step import finish, in_deploy_environment, record, step
 
-job, smk = shell_job(sys.argv[1])
-settings = job["config"]["deployment"]["latency"]
+smk = in_deploy_environment(globals().get("snakemake"), __file__)
+settings, model = smk.params.settings, smk.params.model
 with step(smk):
     from transformers import AutoTokenizer
 
@@ -20,7 +19,7 @@ with step(smk):
     # enough text for the largest batch (a token is rarely more than 16 characters)
     text = open(smk.input.text).read()[: 16 * max(settings["batches"]) * settings["seq_len"]]
     ids = tokenizer(text, return_attention_mask=False)["input_ids"]
-    variants = deployment.latency_variants(Jobs(job["config"]), job["model"], smk.threads)
+    variants = deployment.latency_variants(Jobs(smk.config), model, smk.threads)
     with artifacts.Timer() as timer:
         rows = deployment.latency(variants, ids, settings, tokenizer.eos_token_id)
     for row in rows:
@@ -30,9 +29,9 @@ with step(smk):
         return re.sub(r"[^\w.-]+", "_", name).strip("_")
 
     finish(smk, smk.output.latency, artifacts.manifest(
-        "deploy_latency", settings, model=job["model"], threads=smk.threads, rows=rows,
+        "deploy_latency", settings, model=model, threads=smk.threads, rows=rows,
         deploy_versions=deployment.versions(), **timer.as_dict()), [], record(
-        smk, "deploy_latency", job["model"], tags={"model": job["model"]}, params=settings,
+        smk, "deploy_latency", model, tags={"model": model}, params=settings,
         metrics={f"b{r['batch']}.{key(r['variant'])}.{m}": r[m] for r in rows
                  for m in ("prefill_ms", "decode_ms", "decode_tokens_per_s")},
         artifacts=[smk.output.latency]))

@@ -49,14 +49,42 @@ class Files(SimpleNamespace):
         return iter(vars(self).values())
 
 
-def shell_job(argument: str) -> tuple[dict, SimpleNamespace]:
-    """(the job, a stand-in for Snakemake's `snakemake` object) from the one JSON argument a
-    `shell:` rule passes to a step that runs in another environment (rules/deploy.smk)."""
-    import json
+def _has(module: str) -> bool:
+    import importlib.util
 
-    job = json.loads(argument)
-    return job, SimpleNamespace(input=Files(**job["input"]), output=Files(**job["output"]),
-                                log=[job["log"]], threads=job["threads"], config=job["config"])
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def in_deploy_environment(smk, script):
+    """The job of a step that needs the deploy environment (optimum-intel, OpenVINO; its pins do
+    not fit the main one's): Snakemake's `smk` when this is that environment (`--sdm conda`);
+    else, under Snakemake, `script` (the step's own file) is run with `smk.params.python` on a file
+    holding the job, and this process ends with its exit status; run that way (`smk` None), the
+    job is read back from the file. Only the settings in `params` make Snakemake re-run it."""
+    import json
+    import subprocess
+    import tempfile
+
+    if smk is None:
+        job = json.loads(Path(sys.argv[1]).read_text())
+        return SimpleNamespace(input=Files(**job["input"]), output=Files(**job["output"]),
+                               log=job["log"], threads=job["threads"], config=job["config"],
+                               params=SimpleNamespace(**job["params"]))
+    if _has("optimum.intel") and _has("openvino"):
+        return smk
+    job = {"input": dict(smk.input.items()), "output": dict(smk.output.items()),
+           "log": list(smk.log), "threads": smk.threads, "config": smk.config,
+           "params": {k: v for k, v in smk.params.items() if k != "python"}}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    try:
+        code = subprocess.run([smk.params.python, str(script), f.name]).returncode
+    finally:
+        os.unlink(f.name)
+    raise SystemExit(code)
 
 
 def results_root(smk) -> Path:
