@@ -84,14 +84,19 @@ def test_routed_idp_uses_every_prompt(tiny, text):
     assert len(totals) == 3 and (totals > 0).all(), totals
 
 
+def _perturb(model) -> None:
+    """Move the adapter's trainable parameters off their initial values."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+
+
 def test_adapter_saves_and_loads_identically(tiny, tmp_path):
     for entry, _ in ENTRIES:
         base, tok = tiny(seed=1)
         model = recovery.attach(base, entry).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.1 * torch.randn_like(p))
+        _perturb(model)
         ids = torch.randint(0, 250, (2, 12))
         with torch.no_grad():
             before = model(input_ids=ids).logits
@@ -195,10 +200,8 @@ def test_a_prompt_cache_is_what_the_method_puts_before_every_input(tiny):
     for entry, _ in ENTRIES[:2]:
         base, _tok = tiny(seed=2)
         model = recovery.attach(base, entry).eval()
+        _perturb(model)
         with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.1 * torch.randn_like(p))
             want = model(input_ids=ids).logits[:, -9:]  # prompt tuning's has the prompt's too
             layers = recovery_method(entry["method"]).prompt_cache(model)
             n = entry["num_virtual_tokens"]

@@ -89,12 +89,12 @@ def export(checkpoint, out_dir, settings: dict | None) -> None:
     AutoTokenizer.from_pretrained(str(checkpoint)).save_pretrained(out_dir)
 
 
-def load(out_dir):
+def load(out_dir, ov_config: dict = EXACT_RUNTIME):
     from optimum.intel import OVModelForCausalLM
 
     # an absolute path: a relative one is looked up on the hub first
     return OVModelForCausalLM.from_pretrained(str(Path(out_dir).resolve()),
-                                              ov_config=dict(EXACT_RUNTIME))
+                                              ov_config=dict(ov_config))
 
 
 def harness_model(out_dir, batch_size: int, prompt=None):
@@ -238,7 +238,6 @@ def latency_variants(jobs, model: str, threads: int) -> dict:
     the first quantized export again with OpenVINO's CPU defaults (int8 dynamic activation
     quantization, u8 KV cache: faster, but not the model the tables score)."""
     import torch
-    from optimum.intel import OVModelForCausalLM
     from transformers import AutoModelForCausalLM
 
     exact = {**EXACT_RUNTIME, "INFERENCE_NUM_THREADS": str(threads)}
@@ -246,8 +245,7 @@ def latency_variants(jobs, model: str, threads: int) -> dict:
         jobs.paths.checkpoint(model), dtype=torch.float32).eval()}
     deployed = [d for d in jobs.deployments() if d.model == model]
     for m, c, target, unit_ in deployed:
-        loaded = OVModelForCausalLM.from_pretrained(str(Path(jobs.paths.deployed(m, c, target))
-                                                        .resolve()), ov_config=exact)
+        loaded = load(jobs.paths.deployed(m, c, target), exact)
         if unit_ is None:
             variants[f"openvino {c}"] = loaded
         else:
@@ -257,9 +255,9 @@ def latency_variants(jobs, model: str, threads: int) -> dict:
                  and quantized_stage(jobs.compression[d.compression])]
     if quantized:
         m, c, target, _ = quantized[0]
-        variants[f"openvino {c} (runtime defaults)"] = OVModelForCausalLM.from_pretrained(
-            str(Path(jobs.paths.deployed(m, c, target)).resolve()),
-            ov_config={"INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""})
+        variants[f"openvino {c} (runtime defaults)"] = load(
+            jobs.paths.deployed(m, c, target),
+            {"INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""})
     return variants
 
 

@@ -187,21 +187,19 @@ class Jobs:
                 if entry.get("export_packed"):
                     out.append(Job(f"pack {m}/{c}", (p.packed(m, c), p.packed_manifest(m, c)),
                                    p.packed_manifest(m, c), (p.checkpoint(m, c), p.quant_grids(m, c))))
-        for m, c, target, unit_ in self.deployments():
-            if unit_ is None:
-                manifest = p.deploy_manifest(m, c, target)
-                out.append(Job(f"deploy {m}/{c}", (p.deployed(m, c, target),
-                                                   p.deployed_samples(m, c, target), manifest),
-                               manifest, tuple(_flat(self.deploy_inputs(m, c)))))
         by_cell = {c.id: c for c in self.cells}
         units = {(c.model, c.compression, c.train_unit): c for c in self.cells if c.train_unit}
         for (m, c, unit_), cell in units.items():
             manifest = p.train_manifest(m, c, unit_)
             out.append(Job(f"train {m}/{c}/{unit_}", (p.adapter(m, c, unit_), manifest), manifest,
                            tuple(_flat(self.train_inputs(m, c, cell.settings["train_id"])))))
-        for m, c, target, unit_ in self.deployments():
-            if unit_ is not None:
-                manifest = p.deploy_manifest(m, c, target, unit_)
+        for m, c, target, unit_ in self.deployments():  # exports first, then prompt cells
+            manifest = p.deploy_manifest(m, c, target, unit_)
+            if unit_ is None:
+                out.append(Job(f"deploy {m}/{c}", (p.deployed(m, c, target),
+                                                   p.deployed_samples(m, c, target), manifest),
+                               manifest, tuple(_flat(self.deploy_inputs(m, c)))))
+            else:
                 cell = by_cell[f"{m}/{c}/{unit_}"]
                 out.append(Job(f"deploy_prompt {cell.id}", (p.deployed_prompt(m, c, target, unit_),
                                                             p.deployed_samples(m, c, target, unit_),
