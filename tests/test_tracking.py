@@ -42,6 +42,20 @@ def test_a_record_is_plain_json_with_no_empty_tags_or_slashes(store):
     assert rec["start_ms"] <= rec["end_ms"]
 
 
+def test_metric_names_mlflow_refuses_are_cleaned_and_logged(store):
+    # deployment variants are named like this; MLflow refuses '+' and parentheses in a key
+    rec = tracking.record(store, "deploy_latency", "m", metrics={
+        "b1.openvino rtn-w4 + prompt-n20/seed0.prefill_ms": 1.0,
+        "b1.openvino rtn-w4 (runtime defaults).prefill_ms": 2.0},
+        series={"loss (val)": [(1, 3.0)]})
+    assert rec["metrics"] == {"b1.openvino_rtn-w4_prompt-n20.seed0.prefill_ms": 1.0,
+                              "b1.openvino_rtn-w4_runtime_defaults.prefill_ms": 2.0}
+    assert tracking.log_step(store, "exp", rec)
+    _, runs = _runs(store, "exp")
+    run = next(r for r in runs if r.data.tags.get("kr.role") == "step")
+    assert run.data.metrics == {**rec["metrics"], "loss_val": 3.0}
+
+
 def test_a_rerun_replaces_its_run_instead_of_duplicating(store):
     for value in (0.5, 0.7):
         assert tracking.log_step(store, "exp", _evaluate_record(store, value))

@@ -8,7 +8,7 @@ Runs in the deploy environment (step.in_deploy_environment).
 """
 from knowledge_recovery import artifacts, deployment, evaluation, models, recovery
 from knowledge_recovery.calibration import calibration_batch
-from knowledge_recovery.grid import task_names
+from knowledge_recovery.grid import harness_tasks
 from knowledge_recovery.registry import recovery_method
 from knowledge_recovery.step import finish, in_deploy_environment, record, step
 from knowledge_recovery.tasks import from_hub
@@ -64,14 +64,12 @@ with step(smk, offline=not any(map(from_hub, tasks))):
     cfg = smk.config["evaluation"]
     manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, tasks)))
     lm = deployment.harness_model(folder, cfg["batch_size"], prompt)
-    names = [{"name": n, "limit": t.get("limit")} for t in tasks for n in task_names(t)]
     with artifacts.Timer() as eval_timer:  # one task a call, as the evaluate step scores them
-        results = evaluation.evaluate_cell(None, None, names, manager, cfg, seed,
+        results = evaluation.evaluate_cell(None, None, harness_tasks(tasks), manager, cfg, seed,
                                            cell or {"method": "none"}, lm=lm)
     results, samples = evaluation.split_samples(results)
     artifacts.write_json_gz(smk.output.samples, samples)
     print(results)
-    accs = [ms["acc"] for ms in results.values() if isinstance(ms.get("acc"), (int, float))]
     found.update(results=results, evaluation={**cfg, "model": "lm-eval openvino",
                                               **{f"eval_{k}": v for k, v in
                                                  eval_timer.as_dict().items()}})
@@ -84,6 +82,5 @@ with step(smk, offline=not any(map(from_hub, tasks))):
         params={"compression": entry, "deployment": settings, "weights": weights or {},
                 **({"recovery": cell} if cell else {})},
         metrics={"bytes_on_disk": found["bytes_on_disk"], "logits_distance_max": worst,
-                 **{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
-                 **({"mean_acc": sum(accs) / len(accs)} if accs else {}), **timer.as_dict()},
+                 **evaluation.tracked_metrics(results), **timer.as_dict()},
         artifacts=[smk.output.manifest]))

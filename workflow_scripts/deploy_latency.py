@@ -4,8 +4,6 @@ deployment.latency_variants for the variants). Timings from separate jobs would 
 
 Runs in the deploy environment (step.in_deploy_environment).
 """
-import re
-
 from knowledge_recovery import artifacts, deployment
 from knowledge_recovery.jobs import Jobs
 from knowledge_recovery.step import finish, in_deploy_environment, record, step
@@ -25,13 +23,10 @@ with step(smk):
     for row in rows:
         print(row)
 
-    def key(name: str) -> str:  # MLflow metric names: letters, digits, _ - . / and spaces
-        return re.sub(r"[^\w.-]+", "_", name).strip("_")
-
     finish(smk, smk.output.latency, artifacts.manifest(
         "deploy_latency", settings, model=model, threads=smk.threads, rows=rows,
         deploy_versions=deployment.versions(), **timer.as_dict()), [], record(
         smk, "deploy_latency", model, tags={"model": model}, params=settings,
-        metrics={f"b{r['batch']}.{key(r['variant'])}.{m}": r[m] for r in rows
+        metrics={f"b{r['batch']}.{r['variant']}.{m}": r[m] for r in rows
                  for m in ("prefill_ms", "decode_ms", "decode_tokens_per_s")},
         artifacts=[smk.output.latency]))

@@ -1,7 +1,7 @@
 """Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json, task by
 task; a killed job's finished tasks are kept and not evaluated again."""
 from knowledge_recovery import artifacts, evaluation, models, recovery
-from knowledge_recovery.grid import task_names
+from knowledge_recovery.grid import harness_tasks
 from knowledge_recovery.paths import Layout
 from knowledge_recovery.step import finish, record, results_root, step
 from knowledge_recovery.tasks import from_hub
@@ -13,8 +13,7 @@ with step(smk):
     model, tokenizer = models.load_checkpoint(smk.input.checkpoint, cfg["dtype"])
     if cell.train_unit:
         model = recovery.load(model, cell.settings, smk.input.adapter)
-    tasks = [{"name": n, "limit": t.get("limit")} for t in smk.params.tasks
-             for n in task_names(t)]
+    tasks = harness_tasks(smk.params.tasks)
     manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, smk.params.tasks)))
     state = Layout(smk.config).eval_state(cell.model, cell.compression, cell.recovery_unit)
     key = artifacts.fingerprint(smk.input, {"cell": cell.settings, "evaluation": cfg,
@@ -27,7 +26,6 @@ with step(smk):
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
                              **timer.as_dict(), results=results)
     print(results)
-    accs = [ms["acc"] for ms in results.values() if isinstance(ms.get("acc"), (int, float))]
     compression = next(c for c in smk.config["compression"] if c["id"] == cell.compression)
     # results.json is the step's manifest: its content hashed, and the samples file's
     finish(smk, smk.output.results, out, [smk.output.samples], record(
@@ -36,8 +34,6 @@ with step(smk):
         params={"evaluation": cfg, **cell.axes, "compression": compression,
                 "recovery": {k: v for k, v in cell.settings.items() if k != "training"},
                 "training": cell.settings.get("training", {})},
-        metrics={**{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
-                 **({"mean_acc": sum(accs) / len(accs)} if accs else {}),
-                 **timer.as_dict()},
+        metrics={**evaluation.tracked_metrics(results), **timer.as_dict()},
         artifacts=[smk.output.results]))
     artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place

@@ -278,6 +278,14 @@ def split_samples(results: dict) -> tuple[dict, dict]:
     return metrics, {task: rec for task, rec in samples.items() if rec}
 
 
+def tracked_metrics(results: dict) -> dict:
+    """MLflow metrics of a cell's results: every `<task>.<metric>`, and `mean_acc` over the
+    tasks that report an accuracy."""
+    accs = [ms["acc"] for ms in results.values() if isinstance(ms.get("acc"), (int, float))]
+    return {**{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
+            **({"mean_acc": sum(accs) / len(accs)} if accs else {})}
+
+
 def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,
                        entry: dict) -> dict:
     """`evaluate` for a model recovered by a `recovery:` entry (method none: the plain model),

@@ -96,5 +96,11 @@ def task_names(entry: dict) -> list[str]:
     return [entry["name"]]
 
 
+def harness_tasks(entries: list[dict]) -> list[dict]:
+    """What `evaluation.evaluate_cell` scores for `tasks:` entries: each lm-eval task with the
+    entry's row limit."""
+    return [{"name": n, "limit": t.get("limit")} for t in entries for n in task_names(t)]
+
+
 def by_id(entries: list[dict], key: str = "id") -> dict[str, dict]:
     return {e[key]: e for e in entries}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -52,6 +53,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def metric_name(name: str) -> str:
+    """`name` as MLflow takes it and charts it well: '/' becomes '.' (the chart view splits names
+    at '/' into sections) and every run of other characters than letters, digits, '_', '-' and
+    '.' becomes one '_', none at either end of a '.'-separated part (MLflow refuses '+',
+    parentheses and the like; spaces make poor keys)."""
+    return ".".join(re.sub(r"[^\w-]+", "_", part).strip("_")
+                    for part in name.replace("/", ".").split("."))
+
+
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -62,15 +72,15 @@ def record(results_dir, step: str, unit: str, *, tags: dict | None = None,
     """What one step of one unit logs, as plain JSON: flattened params, numeric metrics, metric
     series [(step, value)], files relative to the results folder (`logs`: the step's log files,
     under the run's logs/ folder), and the step's real start and end. No empty tag values;
-    metric names never contain '/' (MLflow's chart view splits names at '/' into sections)."""
+    metric names pass through `metric_name`."""
     root = Path(results_dir).resolve()
     return {
         "step": step, "unit": unit,
         "tags": {k: str(v) for k, v in (tags or {}).items() if v is not None and str(v) != ""},
         "params": {k: str(v)[:6000] for k, v in _flatten(params or {}).items() if v is not None},
-        "metrics": {k.replace("/", "."): float(v) for k, v in _flatten(metrics or {}).items()
+        "metrics": {metric_name(k): float(v) for k, v in _flatten(metrics or {}).items()
                     if _number(v)},
-        "series": {name.replace("/", "."): [[int(s), float(v)] for s, v in values]
+        "series": {metric_name(name): [[int(s), float(v)] for s, v in values]
                    for name, values in (series or {}).items()},
         "artifacts": [os.path.relpath(Path(p).resolve(), root) for p in artifacts],
         "logs": [os.path.relpath(Path(p).resolve(), root) for p in logs],
