@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
 
@@ -46,6 +47,18 @@ def reported(outputs):
     return {key: report(path, caption=f"../report/{REPORTED[key][1]}.rst",
                         category=REPORTED[key][0], labels={"output": REPORTED[key][2]})
             if key in REPORTED else path for key, path in outputs.items()}
+
+
+def task_sources(wildcards):
+    """The local files a task entry reads (a folder: its files), so that replacing one
+    prepares the task again; none for probes and hub tasks."""
+    path = TASKS[wildcards.task].get("path")
+    if not path:
+        return []
+    if Path(path).is_dir():
+        return sorted(str(p) for p in Path(path).iterdir() if p.is_file()
+                      and not p.name.startswith("."))
+    return [path]
 
 
 def compress_inputs(wildcards):

@@ -37,6 +37,8 @@ rule download_text:
 
 
 rule prepare_task:
+    input:
+        sources=task_sources,
     output:
         tasks=directory(paths.task_dir("{task}")),
         manifest=paths.task_manifest("{task}"),

@@ -37,6 +37,15 @@ def _lm_eval_file(lines: str, task="arc_easy"):
     return change
 
 
+def _lm_eval_folder(files: dict, task="mmlu"):
+    def change(config, folder):
+        Path(folder, "group").mkdir()
+        for name, text in files.items():
+            Path(folder, "group", name).write_text(text)
+        config["tasks"].append({"name": task, "type": "lm_eval", "path": "group"})
+    return change
+
+
 def _local_task(lines: str, name="task.jsonl", **template):
     def change(config, folder):
         Path(folder, name).write_text(lines)
@@ -142,6 +151,17 @@ CASES = [
      "its rows have key, options, stem"),
     ("lm-eval task with no local converter", _lm_eval_file(ROW, task="sciq"), "tasks[1].path",
      "no converter for lm-eval task 'sciq'"),
+    ("lm-eval group given a file", _lm_eval_file(ROW, task="mmlu"), "tasks[1].path",
+     "'mmlu' is an lm-eval group: give a folder"),
+    ("lm-eval task given a folder", _lm_eval_folder({"anatomy_test.csv": "Q?,a,b,c,d,A\n"},
+                                                    task="arc_easy"), "tasks[1].path",
+     "is a folder, which is read for an lm-eval group"),
+    ("lm-eval group folder with a file of no subtask", _lm_eval_folder(
+        {"anatomy_test.csv": "Q?,a,b,c,d,A\n", "astrology_test.csv": "Q?,a,b,c,d,A\n"}),
+     "tasks[1].path", "astrology_test.csv: no single subtask of lm-eval group 'mmlu'"),
+    ("lm-eval group folder with a malformed file", _lm_eval_folder(
+        {"anatomy_test.csv": "Q?,a,b,c,d,A\n", "astronomy_test.csv": "Q?,a,b,A\n"}),
+     "tasks[1].path", "astronomy_test.csv line 1 has 4 columns"),
     ("unknown lm-eval task", _append("tasks", {"name": "arc_easyy", "type": "lm_eval"}),
      "tasks[1].name", "arc_easy"),
     ("relations on a non-probe task", lambda c, f: c["tasks"].append(

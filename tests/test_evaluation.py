@@ -135,7 +135,7 @@ def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
     logged = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
                                  batch_size=4, bootstrap_iters=0, seed=0, log_samples=True,
                                  padding_aware=True)
-    chosen, correct = set(), 0
+    chosen, correct = [], 0
     for doc, harness in zip(make_probes("country_capital", N_DOCS, 4, seed=0),
                             logged["kp_country_capital"]["loglikelihoods"]):
         context = doc["question"] + "\nAnswer:"
@@ -143,12 +143,16 @@ def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
         for choice in doc["choices"]:
             ids = tok(context)["input_ids"] + tok(" " + choice)["input_ids"]
             j = hand_idp_choice(base, model.prompts.detach(), torch.tensor(ids[:-1]), [0, 2])
-            chosen.add(j)
+            chosen.append(j)
             scores.append(hand_loglik(base, tok, context, " " + choice, model.prompts[j].detach()))
         assert harness == pytest.approx(scores, abs=1e-3)
         correct += int(max(range(4), key=scores.__getitem__) == doc["gold"])
-    assert len(chosen) > 1, "every input chose the same prompt: the test shows nothing"
+    assert len(set(chosen)) > 1, "every input chose the same prompt: the test shows nothing"
     assert results["kp_country_capital"]["acc"] == pytest.approx(correct / N_DOCS)
+    # the choices counted: one per (context, answer) sequence
+    counts = [chosen.count(j) for j in range(model.pool_size)]
+    assert results["kp_country_capital"]["selected_per_prompt"] == counts
+    assert results["kp_country_capital"]["selected_top_share"] == max(counts) / len(chosen)
 
 
 def test_idp_oracle_is_best_prompt_per_document(tiny, task_dir):
@@ -262,6 +266,7 @@ def test_shared_context_scoring_equals_lm_eval(tiny, method):
     shared = evaluation.harness_lm(method == "idp", scorer, pretrained=model, tokenizer=tok,
                                    batch_size=5).loglikelihood(requests)
     if method == "idp":  # the reference: HFLM with each question's chosen prompt fixed
+        assert int(model.selected.sum()) == len(contexts)  # one choice per question
         chosen = {}
         for r in requests:
             ids = torch.tensor([tok(r.args[0])["input_ids"]])

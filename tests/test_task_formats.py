@@ -116,6 +116,48 @@ def test_mmlu_csv_renders_as_lm_evals_subject_task(tmp_path):
     assert task.doc_to_choice(doc) == ["A", "B", "C", "D"] and task.doc_to_target(doc) == 0
 
 
+def _mmlu_folder(folder):
+    """Two subjects of MMLU as released: a headerless CSV per subject, <subject>_test.csv."""
+    folder.mkdir()
+    (folder / "anatomy_test.csv").write_text(
+        "Where is the heart?,chest,leg,arm,head,A\nWhich bone is longest?,rib,femur,ulna,skull,B\n"
+        "What do lungs hold?,blood,bone,air,food,C\n", encoding="utf-8")
+    (folder / "astronomy_test.csv").write_text(
+        "What orbits the Earth?,Mars,the Moon,Venus,the Sun,B\nWhat is the Sun?,a planet,a moon,"
+        "a comet,a star,D\n", encoding="utf-8")
+    return folder
+
+
+def test_a_group_reads_a_folder_and_scores_as_one_task_of_all_its_questions(tiny, tmp_path):
+    """`mmlu` from a folder of subject CSVs: one subtask each (lm-eval's own YAML), one group
+    scored the way lm-eval's group is (accuracy over all questions), and the per-question
+    records of every subject under the group's name, ids prefixed by the subject."""
+    folder = _mmlu_folder(tmp_path / "mmlu")
+    info = tasks.prepare_task({"name": "mmlu", "type": "lm_eval", "path": str(folder)},
+                              tmp_path / "tasks", seed=0)["mmlu"]
+    assert info["documents"] == 5 and sorted(info["subtasks"]) == ["mmlu_anatomy", "mmlu_astronomy"]
+    assert "mmlu_virology" in info["subtasks_absent"] and len(info["subtasks_absent"]) == 55
+    manager = evaluation.task_manager([tmp_path / "tasks"], need_builtin=False)
+    model, tok = tiny()
+    results = evaluation.evaluate_recovered(model, tok, [{"name": "mmlu", "limit": None}],
+                                            manager, {"batch_size": 4, "bootstrap_iters": 0}, 0,
+                                            {"method": "none"})
+    group = results["mmlu"]
+    assert list(results) == ["mmlu"] and group["documents"] == 5
+    assert group["doc_id"] == ["mmlu_anatomy/0", "mmlu_anatomy/1", "mmlu_anatomy/2",
+                               "mmlu_astronomy/0", "mmlu_astronomy/1"]
+    assert group["target"] == [0, 1, 2, 1, 3]
+    assert group["acc"] == pytest.approx(sum(group["correct"]) / 5)  # weighted by size
+
+
+def test_a_group_folder_refuses_files_of_no_subtask(tmp_path):
+    folder = _mmlu_folder(tmp_path / "mmlu")
+    (folder / "astrology_test.csv").write_text("Q?,a,b,c,d,A\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"astrology_test.csv: no single subtask of lm-eval "
+                                         r"group 'mmlu' is named after it"):
+        task_formats.group_files("mmlu", folder)
+
+
 def test_unknown_shapes_name_the_fields_each_format_needs(tmp_path):
     """(The config-level refusals are cases of tests/bad_configs.py.)"""
     bad = tmp_path / "arc.jsonl"

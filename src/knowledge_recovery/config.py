@@ -127,10 +127,9 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                     raise ConfigError(f"tasks[{i}].per_relation", f"relation {rel!r} has only "
                                       f"{facts} facts, fewer than {t['per_relation']} questions")
         if t["type"] == "lm_eval" and t.get("path"):
-            try:
-                task_formats.convert(t["name"], _task_file(t, i, base), t.get("format"))
-            except ValueError as err:
-                raise ConfigError(f"tasks[{i}].path", str(err)) from None
+            # converted at preflight (`check_lm_eval_tasks`): whether the name is a task or a
+            # group, which reads a folder, takes lm-eval's task index
+            _task_file(t, i, base, folder=True)
         if "format" in t and not (t["type"] == "lm_eval" and t.get("path")):
             raise ConfigError(f"tasks[{i}].format", "only lm_eval tasks with a path have a format")
         if t["type"] != "probes" and "relations" in t:
@@ -148,7 +147,7 @@ def prepare(config: dict, base_dir: str | os.PathLike = ".", check_models: bool 
         from .preflight import check_lm_eval_tasks, check_models as check_on_models
 
         check_on_models(config, Path(base_dir))
-        check_lm_eval_tasks(config)
+        check_lm_eval_tasks(config, Path(base_dir))
     return config
 
 
@@ -191,9 +190,12 @@ def load_config(config: dict | str | os.PathLike, base_dir=".", check_models: bo
     return prepare(config, base_dir, check_models)
 
 
-def _task_file(entry: dict, i: int, base: Path) -> Path:
-    """The file a task entry reads (`path`, relative to the config's folder), which must exist."""
+def _task_file(entry: dict, i: int, base: Path, folder: bool = False) -> Path:
+    """The file (or `folder`) a task entry reads (`path`, relative to the config's folder),
+    which must exist."""
     path = base / entry["path"]
+    if folder and path.is_dir():
+        return path
     if not path.is_file():
         raise ConfigError(f"tasks[{i}].path", f"no such task file: {entry['path']}")
     return path

@@ -242,10 +242,35 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
                 key.split(",")[0]: (None if val == "N/A" else val)
                 for key, val in metrics.items() if key != "alias" and "," in key
             }
-            results[name]["documents"] = out["n-samples"][name]["effective"]
+            leaves = _leaf_tasks(out, name)
+            results[name]["documents"] = sum(out["n-samples"][t]["effective"] for t in leaves)
             if log_samples:
-                results[name].update(per_question(out["samples"][name]))
+                results[name].update(_group_questions(out["samples"], leaves, name))
+                correct = results[name]["correct"]
+                if "acc" not in results[name] and all(c is not None for c in correct):
+                    # a group lm-eval does not aggregate: the accuracy over its questions
+                    results[name]["acc"] = sum(map(float, correct)) / max(1, len(correct))
     return results
+
+
+def _leaf_tasks(out: dict, name: str) -> list[str]:
+    """The tasks a task name of lm-eval's output stands for: itself, or a group's leaves."""
+    subtasks = out.get("group_subtasks", {}).get(name)
+    return [leaf for s in subtasks for leaf in _leaf_tasks(out, s)] if subtasks else [name]
+
+
+def _group_questions(samples: dict, leaves: list[str], name: str) -> dict:
+    """`per_question` of a task, or of a group as one task: its leaves' questions one after
+    the other, each document id prefixed by its leaf task (ids repeat across leaves)."""
+    if leaves == [name]:
+        return per_question(samples[name])
+    merged: dict = {}
+    for leaf in leaves:
+        rec = per_question(samples[leaf])
+        rec["doc_id"] = [f"{leaf}/{d}" for d in rec["doc_id"]]
+        for key, values in rec.items():
+            merged.setdefault(key, []).extend(values)
+    return merged
 
 
 # Per-question records kept from lm-eval's samples: they go to the cell's samples file, not to

@@ -71,14 +71,33 @@ def check_models(config: dict, base: Path) -> None:
                 check_recovery_entry(r, f"recovery[{i}]", model_cfg, m["name"])
 
 
-def check_lm_eval_tasks(config: dict) -> None:
-    """Every `lm_eval` task names a task lm-eval has."""
+def check_lm_eval_tasks(config: dict, base_dir: Path = Path(".")) -> None:
+    """Every `lm_eval` task names a task lm-eval has; a `path` that is a folder serves an
+    lm-eval group, and each of its files converts for one subtask of it."""
+    from . import task_formats
     from .tasks import lm_eval_task_problem
 
     for i, t in enumerate(config["tasks"]):
         problem = t["type"] == "lm_eval" and lm_eval_task_problem(t["name"])
         if problem:
             raise ConfigError(f"tasks[{i}].name", problem)
+        if t["type"] != "lm_eval" or not t.get("path"):
+            continue
+        group = task_formats.builtin_group(t["name"])
+        source = Path(base_dir, t["path"])
+        if source.is_dir() != (group is not None):
+            raise ConfigError(f"tasks[{i}].path", (
+                f"{t['path']} is a folder, which is read for an lm-eval group (a file per "
+                f"subtask); {t['name']!r} is a task: give its file") if group is None else (
+                f"{t['name']!r} is an lm-eval group: give a folder with a file per subtask "
+                f"(such as MMLU's <subject>_test.csv), not the file {t['path']}"))
+        try:
+            files = (task_formats.group_files(t["name"], source) if group
+                     else {t["name"]: source})
+            for task, path in files.items():
+                task_formats.convert(task, path, t.get("format"))
+        except ValueError as err:
+            raise ConfigError(f"tasks[{i}].path", str(err)) from None
 
 
 def check_context(config: dict, model_cfg, model_name: str) -> None:

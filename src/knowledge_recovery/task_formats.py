@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -273,15 +274,16 @@ def find_format(task: str, path: Path, name: str | None = None) -> tuple[TaskFor
             raise ValueError(f"format {name!r} does not serve task {task!r} (formats that do: "
                              f"{', '.join(f.name for f in candidates)})")
         candidates = [FORMATS[name]]
-    found, read = None, {}  # rows by reader: formats sharing one read the file once
+    found, read, errors = None, {}, []  # rows by reader: formats sharing one read the file once
     for fmt in candidates:
         if path.suffix not in fmt.suffixes:
             continue
         if fmt.read not in read:
             try:
                 read[fmt.read] = fmt.read(path)
-            except (ValueError, OSError, UnicodeDecodeError):
+            except (ValueError, OSError, UnicodeDecodeError) as err:
                 read[fmt.read] = None
+                errors.append(f"as {fmt.name}: {err}")
         rows = read[fmt.read]
         if rows is None:
             continue
@@ -289,7 +291,8 @@ def find_format(task: str, path: Path, name: str | None = None) -> tuple[TaskFor
             return fmt, rows
         found = found or sorted(set(rows[0]))
     needs = "; ".join(f"{f.name}: {', '.join(sorted(f.fields))}" for f in candidates)
-    has = f"its rows have {', '.join(found)}" if found else "it could not be read as any of them"
+    has = (f"its rows have {', '.join(found)}" if found else "it could not be read as any of "
+           "them" + (f" ({'; '.join(errors)})" if errors else ""))
     raise ValueError(f"{path} is in no format lm-eval task {task!r} can be converted from: {has} "
                      f"(formats and the fields they need: {needs})")
 
@@ -307,14 +310,75 @@ def convert(task: str, path: Path, name: str | None = None) -> tuple[TaskFormat,
     return fmt, docs
 
 
-def builtin_task(task: str):
-    """lm-eval's index entry of a task it ships (its YAML path and config)."""
+@functools.lru_cache(maxsize=1)
+def _task_index() -> dict:
     from lm_eval.tasks import TaskManager
 
-    entry = TaskManager().task_index.get(task)
+    return TaskManager().task_index  # indexing lm-eval's task folder takes seconds: once
+
+
+def builtin_task(task: str):
+    """lm-eval's index entry of a task it ships (its YAML path and config)."""
+    entry = _task_index().get(task)
     if entry is None or not str(entry.kind).endswith("TASK"):
         raise ValueError(f"lm-eval has no task {task!r}")
     return entry
+
+
+def builtin_group(name: str):
+    """lm-eval's index entry of a group it ships (`mmlu`), or None if `name` is no group."""
+    entry = _task_index().get(name)
+    return entry if entry is not None and str(entry.kind).endswith("GROUP") else None
+
+
+def leaf_tasks(name: str) -> list[str]:
+    """The tasks an lm-eval group (or tag) is made of, through its subgroups, sorted."""
+    index, out = _task_index(), set()
+
+    def walk(n: str) -> None:
+        entry = index.get(n)
+        kind = str(entry.kind) if entry is not None else ""
+        if kind.endswith("GROUP"):
+            for sub in entry.cfg.get("task", []):
+                if isinstance(sub, str):  # inline task configs have no file to read
+                    walk(sub)
+        elif kind.endswith("TAG"):
+            for sub in entry.tags:
+                walk(sub)
+        elif kind.endswith("TASK"):
+            out.add(n)
+
+    walk(name)
+    return sorted(out)
+
+
+SPLIT_SUFFIX = re.compile(r"_(test|validation|val|dev|train)$")
+
+
+def group_files(group: str, folder: Path) -> dict[str, Path]:
+    """{subtask: file} for a folder holding a file per subtask of lm-eval group `group`, as
+    MMLU is released (`<subject>_test.csv` for `mmlu_<subject>`): a file's name, less its split
+    suffix, ends one subtask's name (`<group>_<name>` first). A ValueError names a file that
+    matches no subtask or a second file for one, or a folder with no file."""
+    leaves = leaf_tasks(group)
+    out: dict[str, Path] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        stem = SPLIT_SUFFIX.sub("", path.name.split(".")[0])
+        if f"{group}_{stem}" in leaves:
+            task = f"{group}_{stem}"
+        else:
+            matches = [t for t in leaves if t.endswith(f"_{stem}")]
+            if len(matches) != 1:
+                why = f"several ({', '.join(matches)})" if matches else "none"
+                raise ValueError(f"{path}: no single subtask of lm-eval group {group!r} is named "
+                                 f"after it (subtasks ending in '_{stem}': {why})")
+            task = matches[0]
+        if task in out:
+            raise ValueError(f"{out[task].name} and {path.name} in {folder} are both {task!r}")
+        out[task] = path
+    if not out:
+        raise ValueError(f"{folder} holds no file (a file per subtask of {group!r})")
+    return out
 
 
 def local_task_yaml(task: str, yaml_path: Path, cfg: dict, data_file: Path) -> dict:

@@ -289,17 +289,35 @@ def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
                              entry["choices"], entry["target"], {"source_file": str(src)})
         (out_dir / f"{entry['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         return {entry["name"]: {"documents": len(rows), "source_file": str(src)}}
-    if entry.get("path"):  # a harness task, its documents from a local file
+    if entry.get("path"):  # a harness task or group, its documents from local files
         src = Path(base_dir, entry["path"])
-        fmt, docs = task_formats.convert(entry["name"], src, entry.get("format"))
-        builtin = task_formats.builtin_task(entry["name"])
-        _write_jsonl(out_dir / f"{entry['name']}.jsonl", docs)
-        spec = task_formats.local_task_yaml(entry["name"], builtin.yaml_path, builtin.cfg,
-                                            final_dir / f"{entry['name']}.jsonl")
+        group = task_formats.builtin_group(entry["name"]) if src.is_dir() else None
+        files = (task_formats.group_files(entry["name"], src) if group
+                 else {entry["name"]: src})
+        info = {}
+        for name, path in files.items():
+            fmt, docs = task_formats.convert(name, path, entry.get("format"))
+            builtin = task_formats.builtin_task(name)
+            _write_jsonl(out_dir / f"{name}.jsonl", docs)
+            spec = task_formats.local_task_yaml(name, builtin.yaml_path, builtin.cfg,
+                                                final_dir / f"{name}.jsonl")
+            (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+            info[name] = {"documents": len(docs), "source_file": str(path), "format": fmt.name,
+                          "lm_eval_yaml": str(builtin.yaml_path),
+                          **({"differs_from_hub": fmt.note} if fmt.note else {})}
+        if not group:
+            return info
+        # lm-eval's group as one flat group of the subtasks found, scored its way (MMLU: the
+        # accuracy over all questions); subtasks the folder lacks are not fetched from the hub
+        spec = {"group": entry["name"], "task": sorted(files),
+                **{k: group.cfg[k] for k in ("aggregate_metric_list", "metadata")
+                   if k in group.cfg}}
         (out_dir / f"{entry['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        return {entry["name"]: {"documents": len(docs), "source_file": str(src),
-                                "format": fmt.name, "lm_eval_yaml": str(builtin.yaml_path),
-                                **({"differs_from_hub": fmt.note} if fmt.note else {})}}
+        return {entry["name"]: {"documents": sum(i["documents"] for i in info.values()),
+                                "source_folder": str(src), "lm_eval_yaml": str(group.yaml_path),
+                                "subtasks": info,
+                                "subtasks_absent": sorted(set(task_formats.leaf_tasks(
+                                    entry["name"])) - set(files))}}
     # A harness task from the hub: building it downloads its dataset into the datasets cache.
     from lm_eval.tasks import TaskManager, get_task_dict
 

@@ -65,6 +65,7 @@ class DynamicPromptModel(nn.Module):
         self.prompts = nn.Parameter(init.view(pool_size, num_tokens, -1))
         self.selection: str | int = "attention"
         self.last_routing: torch.Tensor | None = None  # prompt counts of the last training batch
+        self.selected = torch.zeros(pool_size, dtype=torch.long)  # choices made at inference
         self._pool_kv = None
 
     # ------------------------------------------------------------ HF-like surface for lm-eval
@@ -180,16 +181,20 @@ class DynamicPromptModel(nn.Module):
         return torch.stack(per_layer).mean(0)
 
     def select(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """The prompt of each input, counted in `selected`."""
         if isinstance(self.selection, int):
-            return torch.full((len(input_ids),), self.selection, device=input_ids.device)
-        if self.selection == "random":
-            return torch.tensor([_hash_index(row, mask_row, self.pool_size) for row, mask_row in
-                                 zip(input_ids, _mask_or_ones(input_ids, attention_mask))],
-                                device=input_ids.device)
-        if self.selection == "attention":
+            chosen = torch.full((len(input_ids),), self.selection, device=input_ids.device)
+        elif self.selection == "random":
+            chosen = torch.tensor([_hash_index(row, mask_row, self.pool_size) for row, mask_row
+                                   in zip(input_ids, _mask_or_ones(input_ids, attention_mask))],
+                                  device=input_ids.device)
+        elif self.selection == "attention":
             with torch.no_grad():
-                return self.scores(input_ids, attention_mask).argmax(-1)
-        raise ValueError(f"unknown IDP selection {self.selection!r}")
+                chosen = self.scores(input_ids, attention_mask).argmax(-1)
+        else:
+            raise ValueError(f"unknown IDP selection {self.selection!r}")
+        self.selected += torch.bincount(chosen.cpu(), minlength=self.pool_size)
+        return chosen
 
     # ------------------------------------------------------------ forward
     def _run(self, prompt_embeds, input_ids, attention_mask, labels):
@@ -280,8 +285,8 @@ def oracle_results(per_prompt: list[dict]) -> dict:
 
 
 def _evaluate(model, entry: dict, run) -> dict:
-    """Attention selection (the method) or random: one lm-eval run. Oracle: one run per prompt
-    of the pool, keeping per document the best of them."""
+    """Attention selection (the method) or random: one lm-eval run, with how often each prompt
+    was chosen. Oracle: one run per prompt of the pool, keeping per document the best of them."""
     if entry["selection"] == "oracle":
         per_prompt = []
         for j in range(model.pool_size):
@@ -289,7 +294,16 @@ def _evaluate(model, entry: dict, run) -> dict:
             per_prompt.append(run(True))
         return oracle_results(per_prompt)
     model.selection = entry["selection"]
-    return run(True)
+    model.selected.zero_()
+    results = run(True)
+    # how often each prompt was chosen over the run's tasks (once per question, or per answer
+    # with select_on: sequence): a selector that sends nearly every input to one prompt is a
+    # fixed prompt in effect
+    counts = model.selected.tolist()
+    for metrics in results.values():
+        metrics.update(selected_per_prompt=counts,
+                       selected_top_share=max(counts) / max(1, sum(counts)))
+    return results
 
 
 register_recovery_method(RecoveryMethod(
