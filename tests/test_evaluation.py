@@ -281,3 +281,26 @@ def test_shared_context_scoring_equals_lm_eval(tiny, method):
         plain = HFLM(pretrained=model, tokenizer=tok, batch_size=5).loglikelihood(requests)
     assert [s[0] for s in shared] == pytest.approx([p[0] for p in plain], abs=1e-4)
     assert [s[1] for s in shared] == [p[1] for p in plain]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_cache_rows_leave_the_context_cache_as_it_was(tiny, architecture):
+    """Answers run on rows of a context cache: the cache the next chunk starts from is unchanged
+    (Gemma-3: sliding-window layers too)."""
+    model, _ = tiny(architecture=architecture, num_layers=2)
+    scorer = evaluation.ContextScorer.for_model(model)
+    ids = torch.randint(5, 200, (3, 7))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        _, cache = scorer.prefill(ids, mask, 1)
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+        index = torch.tensor([0, 0, 2, 1])
+        answers = torch.randint(5, 200, (4, 2))
+        positions = 7 + torch.arange(2).expand(4, -1)
+        first = scorer.extend(answers, evaluation.cache_rows(cache, index),
+                              torch.ones(4, 9, dtype=torch.long), positions)
+        for layer, (k, v) in zip(cache.layers, before):
+            assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+        again = scorer.extend(answers, evaluation.cache_rows(cache, index, last=True),
+                              torch.ones(4, 9, dtype=torch.long), positions)
+    assert torch.equal(first, again)
