@@ -145,7 +145,7 @@ class DynamicPromptModel(nn.Module):
             cache = DynamicCache(config=self.base.config)
             dtype = self.base.get_input_embeddings().weight.dtype
             with torch.no_grad(), self._early_layers():
-                self.base(inputs_embeds=self._pool_embeds(1).to(dtype), past_key_values=cache,
+                self.base(inputs_embeds=self._pool_embeds(1).to(dtype), cache=cache,
                           use_cache=True)
             kv = [(cache.layers[l].keys, cache.layers[l].values)
                   for l in range(self.score_layers[-1] + 1)]
@@ -166,7 +166,7 @@ class DynamicPromptModel(nn.Module):
                 for l, (k, v) in enumerate(self._pool_cache()):
                     cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), l)
                 full_mask = torch.cat([mask.new_ones(batch, pool_len), mask], dim=1)
-                self.base(input_ids=input_ids, attention_mask=full_mask, past_key_values=cache,
+                self.base(input_ids=input_ids, attention_mask=full_mask, cache=cache,
                           use_cache=True)
             else:  # training: the pool's keys change with every step, and need gradients
                 embeds, full_mask = self._prepend(self._pool_embeds(batch), input_ids, mask)
