@@ -304,3 +304,28 @@ def test_cache_rows_leave_the_context_cache_as_it_was(tiny, architecture):
         again = scorer.extend(answers, evaluation.cache_rows(cache, index, last=True),
                               torch.ones(4, 9, dtype=torch.long), positions)
     assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("method", ["none", "prompt_tuning", "prefix_tuning", "lora"])
+def test_generation_runs_the_recovered_model(tiny, method):
+    """lm-eval's generate_until (batched, left-padded) gives what greedy decoding with the
+    model's own forward gives, one prompt at a time: the adapter, prefix included, is in
+    generation (transformers 5's `cache` keyword had made peft's prefix vanish there)."""
+    from lm_eval.api.instance import Instance
+
+    model, tok = attached(tiny, method)
+    contexts = ["The capital of France is", "Q: What is two plus two?\nA:", "Hello"]
+    settings = {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}
+    requests = [Instance("generate_until", {}, (c, dict(settings)), i)
+                for i, c in enumerate(contexts)]
+    lm = evaluation.harness_lm(pretrained=model, tokenizer=tok, batch_size=2)
+    generated = lm.generate_until(requests)
+    for context, text in zip(contexts, generated):
+        ids = torch.tensor([tok(context)["input_ids"]])
+        start = ids.shape[1]
+        with torch.no_grad():
+            for _ in range(settings["max_gen_toks"]):
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+        expected = tok.decode(ids[0, start:]).split("\n")[0]
+        assert text == expected, (context, text, expected)

@@ -21,7 +21,7 @@ def register_peft(name: str, config_class: str, config_kwargs, settings, id_form
         torch.manual_seed(seed)
         config = getattr(peft, config_class)(task_type=peft.TaskType.CAUSAL_LM,
                                              **config_kwargs(entry, peft))
-        wrapped = peft.get_peft_model(base, config)
+        wrapped = _prefix_reaches_generation(peft.get_peft_model(base, config))
         if init and after_build is not None:
             after_build(wrapped, entry, seed)
         return wrapped
@@ -38,7 +38,49 @@ def _save(model, path) -> None:
 def _load(base, path):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, path)
+    return _prefix_reaches_generation(PeftModel.from_pretrained(base, path))
+
+
+def _prefix_reaches_generation(model):
+    """peft (0.21) prepares each generation step from `past_key_values`, the cache's name before
+    transformers 5, whose `generate` passes it as `cache`: peft then saw no cache at any step, put
+    prefix tuning's keys and values in a second argument the model ignored (the prefix vanished
+    from generation) and put prompt tuning's prompt in front of every new token. peft is shown
+    the cache under its old name and the model gets it under the new one. Prompt tuning: peft
+    also drops the position ids, so in a left-padded batch a padded row's tokens sat further from
+    the prompt than in the evaluated model; they are counted from the attention mask (prompt
+    included), as transformers does for a plain model."""
+    config = model.active_peft_config
+    if not config.is_prompt_learning:
+        return model
+    base_prepare, prepare = (model.base_model_prepare_inputs_for_generation,
+                             model.prepare_inputs_for_generation)
+    prefix = config.peft_type in ("PREFIX_TUNING", "CARTRIDGE")
+    renamed = []  # whether this transformers names the cache `cache` (older ones do not)
+
+    def base_prepare_old_name(*args, **kwargs):
+        inputs = base_prepare(*args, **kwargs)
+        renamed[:] = ["cache" in inputs]
+        if renamed[0]:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    def prepare_new_name(*args, **kwargs):  # named so: generate reads its signature
+        inputs = prepare(*args, **kwargs)
+        if renamed[0] and "past_key_values" in inputs:
+            inputs["cache"] = inputs.pop("past_key_values")
+        mask = inputs.get("attention_mask")
+        if not prefix and inputs.get("position_ids") is None and torch.is_tensor(mask) \
+                and mask.dim() == 2:
+            queries = (inputs["inputs_embeds"] if inputs.get("inputs_embeds") is not None
+                       else inputs["input_ids"]).shape[1]
+            positions = mask.long().cumsum(-1) - 1
+            inputs["position_ids"] = positions.masked_fill(mask == 0, 1)[:, -queries:]
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = base_prepare_old_name
+    model.prepare_inputs_for_generation = prepare_new_name
+    return model
 
 
 def learned_prompt_cache(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
