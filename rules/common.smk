@@ -7,6 +7,7 @@ from knowledge_recovery.compression import needs_calibration
 from knowledge_recovery.grid import compression_spec
 from knowledge_recovery.jobs import Jobs
 from knowledge_recovery.paths import unit
+from knowledge_recovery.task_formats import folder_files
 
 JOBS = Jobs(config)  # what each job reads (the same graph `integrity` checks)
 paths = JOBS.paths
@@ -56,8 +57,7 @@ def task_sources(wildcards):
     if not path:
         return []
     if Path(path).is_dir():
-        return sorted(str(p) for p in Path(path).iterdir() if p.is_file()
-                      and not p.name.startswith("."))
+        return [str(p) for p in folder_files(path)]
     return [path]
 
 

@@ -83,17 +83,8 @@ def check_lm_eval_tasks(config: dict, base_dir: Path = Path(".")) -> None:
             raise ConfigError(f"tasks[{i}].name", problem)
         if t["type"] != "lm_eval" or not t.get("path"):
             continue
-        group = task_formats.builtin_group(t["name"])
-        source = Path(base_dir, t["path"])
-        if source.is_dir() != (group is not None):
-            raise ConfigError(f"tasks[{i}].path", (
-                f"{t['path']} is a folder, which is read for an lm-eval group (a file per "
-                f"subtask); {t['name']!r} is a task: give its file") if group is None else (
-                f"{t['name']!r} is an lm-eval group: give a folder with a file per subtask "
-                f"(such as MMLU's <subject>_test.csv), not the file {t['path']}"))
         try:
-            files = (task_formats.group_files(t["name"], source) if group
-                     else {t["name"]: source})
+            _, files = task_formats.entry_files(t["name"], Path(base_dir, t["path"]))
             for task, path in files.items():
                 task_formats.convert(task, path, t.get("format"))
         except ValueError as err:

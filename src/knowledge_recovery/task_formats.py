@@ -352,6 +352,25 @@ def leaf_tasks(name: str) -> list[str]:
     return sorted(out)
 
 
+def folder_files(folder: Path) -> list[Path]:
+    """The files of a task folder, sorted; hidden ones (editors', the OS's) are not data."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def entry_files(name: str, source: Path) -> tuple:
+    """(lm-eval's group entry or None, {lm-eval task: file}) of a `type: lm_eval` entry with a
+    `path`: a task reads its file, a group a folder with a file per subtask (`group_files`).
+    A ValueError says which was given where the other is needed."""
+    group = builtin_group(name)
+    if source.is_dir() != (group is not None):
+        raise ValueError(
+            f"{source} is a folder, which is read for an lm-eval group (a file per subtask); "
+            f"{name!r} is a task: give its file" if group is None else
+            f"{name!r} is an lm-eval group: give a folder with a file per subtask (such as "
+            f"MMLU's <subject>_test.csv), not the file {source}")
+    return group, group_files(name, source) if group else {name: source}
+
+
 SPLIT_SUFFIX = re.compile(r"_(test|validation|val|dev|train)$")
 
 
@@ -362,7 +381,7 @@ def group_files(group: str, folder: Path) -> dict[str, Path]:
     matches no subtask or a second file for one, or a folder with no file."""
     leaves = leaf_tasks(group)
     out: dict[str, Path] = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for path in folder_files(folder):
         stem = SPLIT_SUFFIX.sub("", path.name.split(".")[0])
         if f"{group}_{stem}" in leaves:
             task = f"{group}_{stem}"

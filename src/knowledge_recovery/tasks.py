@@ -291,9 +291,7 @@ def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
         return {entry["name"]: {"documents": len(rows), "source_file": str(src)}}
     if entry.get("path"):  # a harness task or group, its documents from local files
         src = Path(base_dir, entry["path"])
-        group = task_formats.builtin_group(entry["name"]) if src.is_dir() else None
-        files = (task_formats.group_files(entry["name"], src) if group
-                 else {entry["name"]: src})
+        group, files = task_formats.entry_files(entry["name"], src)
         info = {}
         for name, path in files.items():
             fmt, docs = task_formats.convert(name, path, entry.get("format"))

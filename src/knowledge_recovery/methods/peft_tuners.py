@@ -56,18 +56,16 @@ def _prefix_reaches_generation(model):
     base_prepare, prepare = (model.base_model_prepare_inputs_for_generation,
                              model.prepare_inputs_for_generation)
     prefix = config.peft_type in ("PREFIX_TUNING", "CARTRIDGE")
-    renamed = []  # whether this transformers names the cache `cache` (older ones do not)
 
     def base_prepare_old_name(*args, **kwargs):
         inputs = base_prepare(*args, **kwargs)
-        renamed[:] = ["cache" in inputs]
-        if renamed[0]:
+        if "cache" in inputs:
             inputs["past_key_values"] = inputs.pop("cache")
         return inputs
 
     def prepare_new_name(*args, **kwargs):  # named so: generate reads its signature
         inputs = prepare(*args, **kwargs)
-        if renamed[0] and "past_key_values" in inputs:
+        if "cache" in kwargs and "past_key_values" in inputs:  # a generate that says `cache`
             inputs["cache"] = inputs.pop("past_key_values")
         mask = inputs.get("attention_mask")
         if not prefix and inputs.get("position_ids") is None and torch.is_tensor(mask) \
