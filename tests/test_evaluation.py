@@ -263,6 +263,9 @@ def test_shared_context_scoring_equals_lm_eval(tiny, method):
             cont = " " + choice if choice else "x"  # answers of one token and of several
             requests.append(Instance("loglikelihood", {}, (context, cont), len(requests)))
     scorer = evaluation.ContextScorer.for_model(model) if method != "idp" else model.context_scorer()
+    # one pass with the answers packed after their context, except for the methods that put a
+    # prompt before the input (their answers run on the cached prompt and context)
+    assert (scorer.packed is not None) == (method in ("none", "lora", "dora", "ia3"))
     shared = evaluation.harness_lm(method == "idp", scorer, pretrained=model, tokenizer=tok,
                                    batch_size=5).loglikelihood(requests)
     if method == "idp":  # the reference: HFLM with each question's chosen prompt fixed
@@ -281,6 +284,44 @@ def test_shared_context_scoring_equals_lm_eval(tiny, method):
         plain = HFLM(pretrained=model, tokenizer=tok, batch_size=5).loglikelihood(requests)
     assert [s[0] for s in shared] == pytest.approx([p[0] for p in plain], abs=1e-4)
     assert [s[1] for s in shared] == [p[1] for p in plain]
+
+
+@pytest.mark.parametrize("architecture,attention", [("llama", "eager"), ("gemma3", "sdpa")])
+def test_packed_scoring_equals_lm_eval(tiny, architecture, attention):
+    """Answers packed after their context in one pass under a 4D block mask give HFLM's
+    log-likelihoods and greedy flags, with eager attention as with SDPA. A row longer than the
+    model's sliding window (Gemma-3's is 16 here) is scored the plain way: the mask would not
+    cut it, and in a right-padded cache the window cuts a short row's own tokens."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = tiny(architecture=architecture, num_layers=2)
+    model.config._attn_implementation = attention
+    scorer = evaluation.ContextScorer.for_model(model)
+    calls = {"packed": 0, "extend": 0}
+
+    def counted(name, call):
+        def run(*args):
+            calls[name] += 1
+            return call(*args)
+        return run
+
+    scorer.packed, scorer.extend = counted("packed", scorer.packed), counted("extend", scorer.extend)
+    requests = []
+    for context, answers in [("ab", ["x", "y", " z"]), ("Q: a?", [" b", " cd", "e"]),
+                             ("The capital of France is", [" Paris", " Rome", " a long answer"]),
+                             ("Hi", [" there, and more", " you"])]:
+        for answer in answers:
+            requests.append(Instance("loglikelihood", {}, (context, answer), len(requests)))
+    lm = evaluation.harness_lm(scorer=scorer, pretrained=model, tokenizer=tok, batch_size=2)
+    calls["plain"] = 0
+    lm._plain = counted("plain", lm._plain)
+    shared = lm.loglikelihood(requests)
+    plain = HFLM(pretrained=model, tokenizer=tok, batch_size=2).loglikelihood(requests)
+    assert [s[0] for s in shared] == pytest.approx([p[0] for p in plain], abs=1e-4)
+    assert [s[1] for s in shared] == [p[1] for p in plain]
+    assert calls["packed"] > 0 and calls["extend"] == 0
+    assert (calls["plain"] > 0) == (architecture == "gemma3")
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])

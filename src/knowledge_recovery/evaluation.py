@@ -25,18 +25,23 @@ class ContextScorer:
     - `prefill(ids, mask, keep)` -> (logits of the last `keep` positions, cache); the contexts
       are right-padded (mask 0);
     - `extend(ids, cache, mask, positions)` -> logits of every position of ids; `mask` covers
-      the cache and ids, `positions` are the ids' position ids.
+      the cache and ids, `positions` are the ids' position ids;
+    - `packed(ids, mask, positions, keep)` (optional) -> logits of the last `keep` positions of
+      one pass over rows that each hold a question's context followed by all its answers, under
+      `mask`, a 4D additive mask (an answer sees the context and itself, not the other answers).
+      One call per batch and no cache: the fastest way where the model takes such a mask.
+    `window`: the model's sliding window (`attention_window`), which a packed row must fit.
     For a PeftModel with a prompt (prompt or prefix tuning) the prompt goes in with the context
     and the answers run on the base model: peft would put the prompt in front of them again."""
 
-    def __init__(self, prefill, extend):
-        self.prefill, self.extend = prefill, extend
+    def __init__(self, prefill, extend, packed=None, window: int | None = None):
+        self.prefill, self.extend, self.packed, self.window = prefill, extend, packed, window
 
     @classmethod
     def for_model(cls, model) -> "ContextScorer":
         peft_config = getattr(model, "active_peft_config", None)
-        answers = (model.get_base_model() if peft_config is not None
-                   and peft_config.is_prompt_learning else model)
+        prompt_learning = peft_config is not None and peft_config.is_prompt_learning
+        answers = model.get_base_model() if prompt_learning else model
 
         def prefill(ids, mask, keep):
             out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=keep)
@@ -46,7 +51,26 @@ class ContextScorer:
             return answers(input_ids=ids, cache=cache, attention_mask=mask,
                            position_ids=positions, use_cache=True).logits
 
-        return cls(prefill, extend)
+        def packed(ids, mask, positions, keep):
+            return model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         use_cache=False, logits_to_keep=keep).logits
+
+        window = attention_window(model)
+        # peft's prompt methods build their own 2D masks; flash kernels take no 4D mask
+        if prompt_learning or model.config.get_text_config()._attn_implementation not in (
+                "sdpa", "eager"):
+            return cls(prefill, extend, window=window)
+        return cls(prefill, extend, packed, window)
+
+
+def attention_window(model) -> int | None:
+    """How far back the model's sliding-window (or chunked) layers attend; None: no limit."""
+    config = model.config.get_text_config()
+    windows = [getattr(config, key, None) for key in ("sliding_window", "attention_chunk_size")]
+    if getattr(config, "use_sliding_window", True) is False:  # Qwen2 names one it does not use
+        windows[0] = None
+    windows = [w for w in windows if w]
+    return min(windows) if windows else None
 
 
 # A forward call costs about as much as this many more tokens (on a CPU, streaming the weights;
@@ -93,11 +117,12 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
     """lm-eval's HFLM, with two changes to how log-likelihoods are computed:
 
     - `scorer`: requests that share a context (the choices of a question) are scored with the
-      context computed once and each continuation run on its cached keys and values
-      (`ContextScorer`), instead of one whole sequence per choice. Padding is masked and every
-      answer gets its own position ids, so the numbers equal HFLM's up to float rounding (the
-      tests check 1e-4). Rolling windows (perplexity) and sequences lm-eval would truncate go the
-      plain way.
+      context computed once (`ContextScorer`), instead of one whole sequence per choice: in one
+      pass with the answers packed after their context under a block mask where the scorer can
+      (`packed`), else each continuation run on the context's cached keys and values. Padding
+      is masked and every answer gets its own position ids, so the numbers equal HFLM's up to
+      float rounding (the tests check 1e-4). Rolling windows (perplexity) and sequences lm-eval
+      would truncate go the plain way.
     - `padding_aware`: each plain batch reaches the model with an attention mask. lm-eval
       right-pads a batch with zeros and passes no mask, which causal attention makes harmless
       for the real tokens, but IDP scores its prompts by the attention of every input token:
@@ -114,28 +139,96 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
             if scorer is None or self.backend != "causal":
                 return self._plain(requests, disable_tqdm, override_bs)
             out: list = [None] * len(requests)
-            plain, by_context = [], {}  # rolling windows and truncated sequences go plain
+            by_context = {}
             for i, (key, ctx, cont) in enumerate(requests):
-                if key is None or len(ctx) + len(cont) > self.max_length + 1:
-                    plain.append(i)
-                else:
+                if key is not None and len(ctx) + len(cont) <= self.max_length + 1:
                     by_context.setdefault(tuple(ctx), []).append(i)
+
+            def row_width(c):  # the context, then every answer but its last token
+                return len(c) + sum(len(requests[i][2]) - 1 for i in by_context[c])
+
+            # A question goes packed where the scorer can, in one row that a sliding window
+            # would not cut; else two-pass, except with a sliding window: a right-padded cache
+            # loses a short row's tokens when the window trims it, so those go plain (exact).
+            # Rolling windows (perplexity) and sequences lm-eval would truncate go plain.
+            packed, shared = [], []
+            for c in by_context:
+                if scorer.packed is not None and row_width(c) <= (scorer.window or row_width(c)):
+                    packed.append(c)
+                elif not scorer.window:
+                    shared.append(c)
+            scored = {i for c in packed + shared for i in by_context[c]}
+            plain = [i for i in range(len(requests)) if i not in scored]
             if plain:
                 answers = self._plain([requests[i] for i in plain], disable_tqdm, override_bs)
                 for i, answer in zip(plain, answers):
                     out[i] = answer
-            if not by_context:  # rolling windows only (perplexity)
+            if not packed and not shared:
                 return out
             size = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 16)
             # Longest first, in batches of at most the tokens of lm-eval's first batch (size x
-            # the longest sequence): short contexts go many to a call, padded little.
-            contexts = sorted(by_context, key=lambda c: (-len(c), c))
+            # the longest sequence): short rows go many to a call, padded little.
             budget = size * max(len(requests[i][1]) + len(requests[i][2])
-                                for idx in by_context.values() for i in idx)
-            for a, b in padded_chunks([len(c) for c in contexts], budget):
-                batch = contexts[a:b]
+                                for c in packed + shared for i in by_context[c])
+            packed.sort(key=lambda c: (-row_width(c), c))
+            for a, b in padded_chunks([row_width(c) for c in packed], budget):
+                batch = packed[a:b]
+                self._score_packed(batch, [by_context[c] for c in batch], requests, out)
+            shared.sort(key=lambda c: (-len(c), c))
+            for a, b in padded_chunks([len(c) for c in shared], budget):
+                batch = shared[a:b]
                 self._score_shared(batch, [by_context[c] for c in batch], requests, out, budget)
             return out
+
+        def _record(self, request, logp):
+            """A request's answer from the log-probs of its continuation's tokens (one row
+            each): (log-likelihood, greedy)."""
+            key, _, cont = request
+            target = torch.tensor(cont, device=logp.device)
+            out = (float(logp.gather(1, target[:, None]).sum()),
+                   bool((logp.argmax(-1) == target).all()))
+            self.cache_hook.add_partial("loglikelihood", key, out)
+            return out
+
+        @torch.no_grad()
+        def _score_packed(self, contexts, members, requests, out):
+            """One pass: each row is a context followed by its answers (but their last tokens),
+            right-padded; each answer has the positions it would have right after the context."""
+            device, width = self.device, max(len(c) + sum(len(requests[i][2]) - 1 for i in idx)
+                                             for c, idx in zip(contexts, members))
+            ids = torch.zeros(len(contexts), width, dtype=torch.long)
+            positions = torch.zeros_like(ids)
+            segment = torch.full_like(ids, -1)  # -1 padding, 0 the context, s answer s
+            spans = []  # (request, row, columns of the log-probs of its tokens)
+            for r, (context, idx) in enumerate(zip(contexts, members)):
+                n = end = len(context)
+                ids[r, :n] = torch.tensor(context)
+                positions[r, :n] = torch.arange(n)
+                segment[r, :n] = 0
+                for s, i in enumerate(idx, 1):
+                    cont = requests[i][2][:-1]
+                    ids[r, end:end + len(cont)] = torch.tensor(cont, dtype=torch.long)
+                    positions[r, end:end + len(cont)] = torch.arange(n, n + len(cont))
+                    segment[r, end:end + len(cont)] = s
+                    spans.append((i, r, [n - 1, *range(end, end + len(cont))]))
+                    end += len(cont)
+            key, query = segment[:, None, :], segment[:, :, None]
+            allowed = ((key >= 0) & (query >= 0) & ((key == 0) | (key == query))
+                       & (positions[:, None, :] <= positions[:, :, None]))
+            allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no NaN
+            dtype = self.model.dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(
+                ~allowed, torch.finfo(dtype).min)[:, None]
+            keep = width - min(len(c) for c in contexts) + 1
+            logits = scorer.packed(ids.to(device), mask.to(device), positions.to(device), keep)
+            rows = torch.tensor([r for _, r, cols in spans for _ in cols])
+            cols = torch.tensor([col for _, _, cols in spans for col in cols]) - (width - keep)
+            logp = F.log_softmax(logits[rows.to(device), cols.to(device)], dim=-1,
+                                 dtype=self.softmax_dtype)
+            start = 0
+            for i, _, span in spans:
+                out[i] = self._record(requests[i], logp[start:start + len(span)])
+                start += len(span)
 
         @torch.no_grad()
         def _score_shared(self, contexts, members, requests, out, budget):
@@ -157,14 +250,11 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
                                       context_mask], dim=1)
 
             def answer(i, c, later=None):  # later: log-probs after the continuation's 1st token
-                key, _, cont = requests[i]
+                cont = requests[i][2]
                 logp = first[c:c + 1]
                 if later is not None:
                     logp = torch.cat([logp, later[:len(cont) - 1]])
-                target = torch.tensor(cont, device=device)
-                out[i] = (float(logp.gather(1, target[:, None]).sum()),
-                          bool((logp.argmax(-1) == target).all()))
-                self.cache_hook.add_partial("loglikelihood", key, out[i])
+                out[i] = self._record(requests[i], logp)
 
             rows = []  # (context, request) of the continuations longer than one token
             for c, idx in enumerate(members):

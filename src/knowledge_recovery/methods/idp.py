@@ -231,7 +231,7 @@ class DynamicPromptModel(nn.Module):
     def context_scorer(self):
         """Select from the context alone and score the answers on the cached (prompt, context):
         one prompt for every answer of a question."""
-        from ..evaluation import ContextScorer
+        from ..evaluation import ContextScorer, attention_window
 
         def prefill(ids, mask, keep):
             embeds, full_mask = self._prepend(self.prompts[self.select(ids, mask)], ids, mask)
@@ -243,7 +243,7 @@ class DynamicPromptModel(nn.Module):
             return self.base(input_ids=ids, cache=cache, attention_mask=mask,
                              position_ids=positions, use_cache=True).logits
 
-        return ContextScorer(prefill, extend)
+        return ContextScorer(prefill, extend, window=attention_window(self.base))
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, **kwargs):
