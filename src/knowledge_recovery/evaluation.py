@@ -26,7 +26,7 @@ class ContextScorer:
       are right-padded (mask 0);
     - `extend(ids, cache, mask, positions)` -> logits of every position of ids; `mask` covers
       the cache and ids, `positions` are the ids' position ids;
-    - `packed(ids, mask, positions, keep)` (optional) -> logits of the last `keep` positions of
+    - `packed(ids, mask, positions, rows, columns)` (optional) -> logits at (rows, columns) of
       one pass over rows that each hold a question's context followed by all its answers, under
       `mask`, a 4D additive mask (an answer sees the context and itself, not the other answers).
       One call per batch and no cache: the fastest way where the model takes such a mask.
@@ -51,14 +51,24 @@ class ContextScorer:
             return answers(input_ids=ids, cache=cache, attention_mask=mask,
                            position_ids=positions, use_cache=True).logits
 
-        def packed(ids, mask, positions, keep):
-            return model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=False, logits_to_keep=keep).logits
+        def packed(ids, mask, positions, rows, columns):
+            # The output layer costs a fifth of a small model's work per token: run it on the
+            # positions whose log-probs are needed only, gathered before it, not on every row's
+            # whole width (logits_to_keep keeps the same columns in every row).
+            def gather(_, args):
+                return (args[0][rows, columns][None], *args[1:])
+
+            hook = model.get_output_embeddings().register_forward_pre_hook(gather)
+            try:
+                return model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             use_cache=False).logits[0]
+            finally:
+                hook.remove()
 
         window = attention_window(model)
         # peft's prompt methods build their own 2D masks; flash kernels take no 4D mask
-        if prompt_learning or model.config.get_text_config()._attn_implementation not in (
-                "sdpa", "eager"):
+        if (prompt_learning or model.get_output_embeddings() is None
+                or model.config.get_text_config()._attn_implementation not in ("sdpa", "eager")):
             return cls(prefill, extend, window=window)
         return cls(prefill, extend, packed, window)
 
@@ -219,12 +229,11 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
             dtype = self.model.dtype
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(
                 ~allowed, torch.finfo(dtype).min)[:, None]
-            keep = width - min(len(c) for c in contexts) + 1
-            logits = scorer.packed(ids.to(device), mask.to(device), positions.to(device), keep)
-            rows = torch.tensor([r for _, r, cols in spans for _ in cols])
-            cols = torch.tensor([col for _, _, cols in spans for col in cols]) - (width - keep)
-            logp = F.log_softmax(logits[rows.to(device), cols.to(device)], dim=-1,
-                                 dtype=self.softmax_dtype)
+            rows = torch.tensor([r for _, r, cols in spans for _ in cols], device=device)
+            columns = torch.tensor([col for _, _, cols in spans for col in cols], device=device)
+            logits = scorer.packed(ids.to(device), mask.to(device), positions.to(device), rows,
+                                   columns)
+            logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
             start = 0
             for i, _, span in spans:
                 out[i] = self._record(requests[i], logp[start:start + len(span)])
