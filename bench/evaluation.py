@@ -2,7 +2,7 @@
 answers on its cached keys and values, or packed after it in one pass), and the machine's
 forward-pass limit, side by side on the same questions.
 
-    .venv/bin/python bench/evaluation.py [--limit 200] [--rounds 2] [--batch-size 16]
+    .venv/bin/python bench/evaluation.py [--limit 200] [--rounds 2] [--batch-size 16] [--out F]
 
 Tasks: ARC-Easy and PIQA from ../shared/data/benchmarks (skipped when absent) and the default
 grid's knowledge probes, on the embedded SmolLM2-135M (float32). Per task and scorer, over
@@ -11,7 +11,8 @@ requests a second, and unique tokens a second (the tokens of each distinct conte
 every continuation: the work that cannot be avoided). The forward limit is the tokens a second
 of one forward pass over `--batch-size` sequences of the task's mean unique tokens per
 question, no cache: what the model does when nothing is wasted. Also checked: every scorer gives
-the same acc and log-likelihoods (largest difference printed).
+the same acc and log-likelihoods (largest difference printed). The table and notes go to `--out`
+(docs/results/bench/evaluation.md, which the README includes: `make readme`).
 """
 from __future__ import annotations
 
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(REPO / "docs/results/bench/evaluation.md"),
+                        help="where the table goes (the README includes it); '' for nowhere")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -110,11 +113,13 @@ def main() -> None:
             model(input_ids=ids)
             return ids.numel() / (time.perf_counter() - t0)
 
-    print(f"SmolLM2-135M float32, {args.threads} threads, batch {args.batch_size}, "
-          f"{args.limit} questions a task, median of {args.rounds} alternating rounds\n")
-    print("| task | scorer | wall s | CPU s | requests/s | unique tokens/s | "
-          "x plain | forward limit tok/s | limit / ours | acc |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [f"SmolLM2-135M float32, {args.threads} threads, batch {args.batch_size}, "
+             f"{args.limit} questions a task, median of {args.rounds} alternating rounds "
+             f"({time.strftime('%Y-%m-%d')}, commit {commit()}; `{' '.join(sys.argv)}`)", "",
+             "| task | scorer | wall s | CPU s | requests/s | unique tokens/s | x plain | "
+             "forward limit tok/s | limit / ours | acc |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
     for name in names:
         cached = evaluation.ContextScorer.for_model(model)
         cached.packed = None  # the two-pass way (what peft's prompt methods and IDP use)
@@ -134,19 +139,39 @@ def main() -> None:
             wall = statistics.median(w for w, _ in runs)
             cpu = statistics.median(c for _, c in runs)
             unique = size["unique_tokens"] / wall
-            print(f"| {name} | {label} | {wall:.1f} | {cpu:.1f} | {size['requests'] / wall:.1f} | "
-                  f"{unique:.0f} | {plain_wall / wall:.2f} | {limit:.0f} | {limit / unique:.2f} | "
-                  f"{results[label]['acc']:.3f} |")
+            lines.append(f"| {name} | {label} | {wall:.1f} | {cpu:.1f} | "
+                         f"{size['requests'] / wall:.1f} | {unique:.0f} | {plain_wall / wall:.2f} "
+                         f"| {limit:.0f} | {limit / unique:.2f} | {results[label]['acc']:.3f} |")
+            print(lines[-1], flush=True)
         a = results["plain HFLM"]
         diff = max(abs(x - y) for label in scorers if label != "plain HFLM"
                    for la, lb in zip(a["loglikelihoods"], results[label]["loglikelihoods"])
                    for x, y in zip(la, lb))
         same = all(a["correct"] == b["correct"] and a.get("correct_norm") == b.get("correct_norm")
                    for b in results.values())
-        print(f"|  | {name}: requests {size['requests']}, questions {size['questions']}, "
-              f"unique tokens {size['unique_tokens']}, plain tokens {size['plain_tokens']}; "
-              f"per-question correctness identical: {same}; largest log-likelihood difference "
-              f"{diff:.1e} | | | | | | | | |")
+        # the most any scorer can gain on plain HFLM: running at the forward limit on unique
+        # tokens, with nothing else to pay
+        ceiling = plain_wall / (size["unique_tokens"] / limit)
+        notes.append(f"- {name}: {size['requests']} requests, {size['questions']} questions, "
+                     f"{size['unique_tokens']} unique tokens ({size['plain_tokens']} plain); "
+                     f"at the forward limit: {ceiling:.2f}x plain; per-question correctness "
+                     f"identical for every scorer: {same}; largest log-likelihood difference "
+                     f"from plain: {diff:.1e}")
+    text = "\n".join(lines + [""] + notes) + "\n"
+    print("\n" + "\n".join(notes))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"written to {args.out}")
+
+
+def commit() -> str:
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + (" + changes" if git(
+        "status", "--porcelain", "--untracked-files=no", "src", "bench") else "")
 
 
 if __name__ == "__main__":
