@@ -7,7 +7,7 @@ from knowledge_recovery.compression import needs_calibration
 from knowledge_recovery.grid import compression_spec
 from knowledge_recovery.jobs import Jobs
 from knowledge_recovery.paths import unit
-from knowledge_recovery.task_formats import folder_files
+from knowledge_recovery.task_formats import source_files
 
 JOBS = Jobs(config)  # what each job reads (the same graph `integrity` checks)
 paths = JOBS.paths
@@ -54,11 +54,7 @@ def task_sources(wildcards):
     """The local files a task entry reads (a folder: its files), so that replacing one
     prepares the task again; none for probes and hub tasks."""
     path = TASKS[wildcards.task].get("path")
-    if not path:
-        return []
-    if Path(path).is_dir():
-        return [str(p) for p in folder_files(path)]
-    return [path]
+    return [str(p) for p in source_files(Path(path))] if path else []
 
 
 def compress_inputs(wildcards):

@@ -158,6 +158,19 @@ def test_a_group_folder_refuses_files_of_no_subtask(tmp_path):
         task_formats.group_files("mmlu", folder)
 
 
+def test_source_files_are_every_file_a_task_reads(tmp_path):
+    """What the prepare rule takes as inputs: replacing PIQA's labels file, which the original
+    format reads beside valid.jsonl, prepares the task again, as replacing the file does."""
+    piqa = tmp_path / "valid.jsonl"
+    piqa.write_text('{"goal": "g", "sol1": "a", "sol2": "b"}\n')
+    assert task_formats.source_files(piqa) == [piqa]
+    (tmp_path / "valid-labels.lst").write_text("1\n")
+    assert task_formats.source_files(piqa) == [piqa, tmp_path / "valid-labels.lst"]
+    assert task_formats.convert("piqa", piqa)[1][0]["label"] == 1
+    folder = _mmlu_folder(tmp_path / "mmlu")
+    assert task_formats.source_files(folder) == task_formats.folder_files(folder)
+
+
 def test_unknown_shapes_name_the_fields_each_format_needs(tmp_path):
     """(The config-level refusals are cases of tests/bad_configs.py.)"""
     bad = tmp_path / "arc.jsonl"

@@ -106,9 +106,13 @@ def _read_text(path: Path) -> list[dict]:
         return [{"text": fh.read()}]
 
 
-def _labels_beside(path: Path) -> list[str]:
+def _labels_path(path: Path) -> Path:
     """PIQA's labels: `<name>-labels.lst` beside `<name>.jsonl`, one label a line."""
-    labels = path.with_name(f"{path.stem}-labels.lst")
+    return path.with_name(f"{path.stem}-labels.lst")
+
+
+def _labels_beside(path: Path) -> list[str]:
+    labels = _labels_path(path)
     if not labels.is_file():
         raise ValueError(f"{path} has no label field and no label file {labels.name} beside it")
     return labels.read_text(encoding="utf-8").split()
@@ -369,6 +373,14 @@ def entry_files(name: str, source: Path) -> tuple:
             f"{name!r} is an lm-eval group: give a folder with a file per subtask (such as "
             f"MMLU's <subject>_test.csv), not the file {source}")
     return group, group_files(name, source) if group else {name: source}
+
+
+def source_files(path: Path) -> list[Path]:
+    """Every file a local task source is read from: a folder's files, or the file and what a
+    format reads beside it (PIQA's labels), so that replacing any of them prepares it again."""
+    if path.is_dir():
+        return folder_files(path)
+    return [path] + [p for p in (_labels_path(path),) if p.is_file()]
 
 
 SPLIT_SUFFIX = re.compile(r"_(test|validation|val|dev|train)$")
