@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from knowledge_recovery import evaluation, models, tasks
+    from knowledge_recovery import artifacts, evaluation, models, tasks
 
     evaluation.set_offline()
     model, tok, _ = models.acquire(SMOLLM2)
@@ -115,7 +115,7 @@ def main() -> None:
 
     lines = [f"SmolLM2-135M float32, {args.threads} threads, batch {args.batch_size}, "
              f"{args.limit} questions a task, median of {args.rounds} alternating rounds "
-             f"({time.strftime('%Y-%m-%d')}, commit {commit()}; `{' '.join(sys.argv)}`)", "",
+             f"({time.strftime('%Y-%m-%d')}, commit {artifacts.git_commit()}; `{' '.join(sys.argv)}`)", "",
              "| task | scorer | wall s | CPU s | requests/s | unique tokens/s | x plain | "
              "forward limit tok/s | limit / ours | acc |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -163,15 +163,6 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"written to {args.out}")
-
-
-def commit() -> str:
-    import subprocess
-
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + (" + changes" if git(
-        "status", "--porcelain", "--untracked-files=no", "src", "bench") else "")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 
 Runs in a fresh temporary folder, so nothing cached is reused. Prints wall time beside the CPU
 time of all child processes (the machine is noisy: CPU time shows contention), the number of
-jobs each run executed, and the per-rule wall/CPU times from Snakemake's benchmark files.
+jobs each run executed, and the per-rule wall/CPU times from Snakemake's benchmark files; the
+tables also go to `--out` (docs/results/bench/pipeline-<config name>.md, which the README
+includes: `make readme`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+
+from knowledge_recovery import artifacts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +71,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "config" / "smoke.yaml"))
     parser.add_argument("--keep", metavar="DIR", help="run in this new folder and keep it (then "
                         "`python -m knowledge_recovery.readme --configfile DIR/config.yaml`)")
+    parser.add_argument("--out", help="where the tables go (default docs/results/bench/"
+                        "pipeline-<config name>.md, which the README includes); '' for nowhere")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     if args.keep:
@@ -79,14 +85,22 @@ def main() -> None:
         cfg_path.write_text(yaml.safe_dump(config))
         first = run(workdir, cfg_path)
         again = run(workdir, cfg_path)
-        print(f"config: {args.config}  (cores: {os.cpu_count()})")
-        print(f"{'run':<22}{'wall s':>10}{'CPU s':>10}{'jobs':>7}")
-        for name, r in (("fresh grid", first), ("no-op re-run", again)):
-            print(f"{name:<22}{r['wall_s']:>10.1f}{r['cpu_s']:>10.1f}{r['jobs']:>7}")
-        print(f"\n{'rule':<16}{'jobs':>6}{'wall s':>10}{'CPU s':>10}{'max RSS MB':>12}")
         results = workdir / "results" / config.get("experiment", "default")
+        lines = [f"`{' '.join(sys.argv)}`: {os.cpu_count()} cores, "
+                 f"{time.strftime('%Y-%m-%d')}, commit {artifacts.git_commit()}", "",
+                 "| run | wall s | CPU s | jobs |", "|---|---:|---:|---:|"]
+        for name, r in (("fresh grid", first), ("no-op re-run", again)):
+            lines.append(f"| {name} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['jobs']} |")
+        lines += ["", "| rule | jobs | wall s | CPU s | max RSS MB |", "|---|---:|---:|---:|---:|"]
         for rule, (n, wall, cpu, rss) in sorted(per_rule(results).items()):
-            print(f"{rule:<16}{n:>6}{wall:>10.1f}{cpu:>10.1f}{rss:>12.0f}")
+            lines.append(f"| {rule} | {n} | {wall:.1f} | {cpu:.1f} | {rss:.0f} |")
+        text = "\n".join(lines) + "\n"
+        print(text)
+        out = Path(args.out or REPO / "docs/results/bench" / f"pipeline-{Path(args.config).stem}.md")
+        if args.out != "":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            print(f"written to {out}")
         for table in ("results.md", "comparisons.md"):  # what the run computed, for the record
             print(f"\n{table}:\n{(results / 'summary' / table).read_text()}")
 
