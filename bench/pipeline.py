@@ -7,7 +7,7 @@
 Runs in a fresh temporary folder, so nothing cached is reused. Prints wall time beside the CPU
 time of all child processes (the machine is noisy: CPU time shows contention), the number of
 jobs each run executed, and the per-rule wall/CPU times from Snakemake's benchmark files; the
-tables also go to `--out` (docs/results/bench/pipeline-<config name>.md, which the README
+tables also go to `--out` (docs/results/bench/pipeline-<experiment>.md, which the README
 includes: `make readme`).
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR", help="run in this new folder and keep it (then "
                         "`python -m knowledge_recovery.readme --configfile DIR/config.yaml`)")
     parser.add_argument("--out", help="where the tables go (default docs/results/bench/"
-                        "pipeline-<config name>.md, which the README includes); '' for nowhere")
+                        "pipeline-<experiment>.md, which the README includes); '' for nowhere")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     if args.keep:
@@ -96,7 +96,8 @@ def main() -> None:
             lines.append(f"| {rule} | {n} | {wall:.1f} | {cpu:.1f} | {rss:.0f} |")
         text = "\n".join(lines) + "\n"
         print(text)
-        out = Path(args.out or REPO / "docs/results/bench" / f"pipeline-{Path(args.config).stem}.md")
+        out = Path(args.out or REPO / "docs/results/bench"
+                   / f"pipeline-{config.get('experiment', 'default')}.md")
         if args.out != "":
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text)
