@@ -55,15 +55,20 @@ class ContextScorer:
             # The output layer costs a fifth of a small model's work per token: run it on the
             # positions whose log-probs are needed only, gathered before it, not on every row's
             # whole width (logits_to_keep keeps the same columns in every row).
+            gathered = []
+
             def gather(_, args):
+                gathered.append(True)
                 return (args[0][rows, columns][None], *args[1:])
 
             hook = model.get_output_embeddings().register_forward_pre_hook(gather)
             try:
-                return model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             use_cache=False).logits[0]
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                               use_cache=False).logits
             finally:
                 hook.remove()
+            # a model that applies its output weights without calling the module: every row
+            return logits[0] if gathered else logits[rows, columns]
 
         window = attention_window(model)
         # peft's prompt methods build their own 2D masks; flash kernels take no 4D mask
