@@ -96,9 +96,9 @@ def main() -> None:
             lines.append(f"| {rule} | {n} | {wall:.1f} | {cpu:.1f} | {rss:.0f} |")
         text = "\n".join(lines) + "\n"
         print(text)
-        out = Path(args.out or REPO / "docs/results/bench"
-                   / f"pipeline-{config.get('experiment', 'default')}.md")
         if args.out != "":
+            out = Path(args.out or REPO / "docs/results/bench"
+                       / f"pipeline-{config.get('experiment', 'default')}.md")
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text)
             print(f"written to {out}")

@@ -168,7 +168,8 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
             # Rolling windows (perplexity) and sequences lm-eval would truncate go plain.
             packed, shared = [], []
             for c in by_context:
-                if scorer.packed is not None and row_width(c) <= (scorer.window or row_width(c)):
+                if scorer.packed is not None and (not scorer.window
+                                                  or row_width(c) <= scorer.window):
                     packed.append(c)
                 elif not scorer.window:
                     shared.append(c)
@@ -187,8 +188,9 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
                                 for c in packed + shared for i in by_context[c])
             packed.sort(key=lambda c: (-row_width(c), c))
             for a, b in padded_chunks([row_width(c) for c in packed], budget):
-                batch = packed[a:b]
-                self._score_packed(batch, [by_context[c] for c in batch], requests, out)
+                batch = packed[a:b]  # longest first: the batch is as wide as its first row
+                self._score_packed(batch, [by_context[c] for c in batch], requests, out,
+                                   row_width(batch[0]))
             shared.sort(key=lambda c: (-len(c), c))
             for a, b in padded_chunks([len(c) for c in shared], budget):
                 batch = shared[a:b]
@@ -206,11 +208,11 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
             return out
 
         @torch.no_grad()
-        def _score_packed(self, contexts, members, requests, out):
+        def _score_packed(self, contexts, members, requests, out, width):
             """One pass: each row is a context followed by its answers (but their last tokens),
-            right-padded; each answer has the positions it would have right after the context."""
-            device, width = self.device, max(len(c) + sum(len(requests[i][2]) - 1 for i in idx)
-                                             for c, idx in zip(contexts, members))
+            right-padded to `width`; each answer has the positions it would have right after
+            the context."""
+            device = self.device
             ids = torch.zeros(len(contexts), width, dtype=torch.long)
             positions = torch.zeros_like(ids)
             segment = torch.full_like(ids, -1)  # -1 padding, 0 the context, s answer s
