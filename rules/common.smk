@@ -40,6 +40,7 @@ wildcard_constraints:
     train_id=r"[^/]+",
     seed=r"\d+",
     task=r"[^/]+",
+    text=r"[^/]+",
     unit=r"[^/]+|[^/]+/seed\d+",
 
 

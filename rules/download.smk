@@ -21,14 +21,14 @@ rule download_model:
 
 rule download_text:
     output:
-        text=paths.recovery_text,
-        manifest=paths.recovery_text_manifest,
+        text=paths.text("{text}"),
+        manifest=paths.text_manifest("{text}"),
     params:
-        spec=config["text"],
+        spec=lambda w: JOBS.texts[w.text],
     log:
-        paths.log("download_text", "recovery_text"),
+        paths.log("download_text", "{text}"),
     benchmark:
-        paths.benchmark("download_text", "recovery_text")
+        paths.benchmark("download_text", "{text}")
     localrule: True
     conda:
         "../envs/pipeline.yaml"

@@ -62,6 +62,22 @@ def _text_file(body: bytes | None):
     return change
 
 
+def _curated(bodies: list | None):
+    """IDP entries 1 and 2 (one adapter) made a curated pool, on text files with these bodies
+    (None: a file not written)."""
+    def change(config, folder):
+        texts = []
+        for j, body in enumerate(bodies or []):
+            if body is not None:
+                Path(folder, f"curated{j}.txt").write_bytes(body)
+            texts.append({"source": "files", "paths": [f"curated{j}.txt"]})
+        for i in (1, 2):
+            config["recovery"][i]["scheme"] = "curated"
+            if bodies is not None:
+                config["recovery"][i]["texts"] = texts
+    return change
+
+
 ROW = '{"question": "Q?", "choices": ["a", "b"], "gold": 0}\n'
 CASES = [
     ("unknown compression method", _set(("compression", 1, "method"), "wanda2"),
@@ -102,9 +118,16 @@ CASES = [
      "recovery[1].score_layers", "5"),
     ("zero virtual tokens", _set(("recovery", 1, "num_virtual_tokens"), 0),
      "recovery[1].num_virtual_tokens", "0"),
-    ("entry training override out of range", _set(("recovery", 3, "training"), {"steps": 0}),
+    ("entry training override out of range", _set(("recovery", 3, "training"), {"steps": -1}),
      "recovery[3].training.steps", "0"),
-    ("zero steps", _set(("training", "steps"), 0), "training.steps", "0"),
+    ("negative steps", _set(("training", "steps"), -1), "training.steps", "-1"),
+    ("IDP curated pool without texts", _curated(None), "recovery[1].texts", "curated"),
+    ("IDP curated pool, a text short", _curated([b"A text. " * 400]), "recovery[1].texts", "2 prompts"),
+    ("IDP curated text file missing", _curated([b"A text. " * 400, None]),
+     "recovery[1].texts[1].paths[0]", "no such file"),
+    ("IDP texts on a routed pool", lambda c, f: [c["recovery"][i].update(
+        texts=[{"source": "builtin", "name": "python-reference"}] * 2) for i in (1, 2)],
+     "recovery[1].texts", "only scheme 'curated'"),
     ("impossible step count", _set(("training", "steps"), 10 ** 15), "training.steps", "maximum"),
     ("steps as a string", _set(("training", "steps"), "1e15"), "training.steps", "integer"),
     ("negative learning rate", _set(("training", "lr"), -1), "training.lr", "-1"),

@@ -59,7 +59,7 @@ def _broken(path, value):
     (("compression", 1, "bits"), 5, "compression[1].bits", "5"),
     (("recovery", 2, "method"), "qlora", "recovery[2].method", "is not one of"),
     (("recovery", 1, "num_virtual_tokens"), 0, "recovery[1].num_virtual_tokens", "0"),
-    (("training", "steps"), 0, "training.steps", "0"),
+    (("training", "steps"), -1, "training.steps", "-1"),
     (("models", 0, "source"), "ftp", "models[0].source", "is not one of"),
     (("tasks", 0, "relations"), ["country_flag"], "tasks[0].relations[0]", "country_flag"),
     (("unknown_key",), 1, "<top level>", "unknown_key"),

@@ -5,6 +5,7 @@ import torch
 from knowledge_recovery import evaluation, recovery
 from knowledge_recovery.recovery import sample_vocab_embeddings
 from knowledge_recovery.tasks import make_probes, prepare_task
+from test_idp import hand_idp_choice, sharp_idp
 
 N_DOCS = 6
 
@@ -75,35 +76,6 @@ def test_lm_eval_accuracy_matches_hand_computation(tiny, task_dir, method):
     assert results["kp_country_capital"]["acc"] == pytest.approx(correct / N_DOCS)
 
 
-def hand_idp_choice(base, pool, ids, layers):
-    """The prompt the input attends to most, from a plain full forward with all prompts in
-    front (no cache, no hooks): mean over input tokens and heads of each prompt's mass."""
-    m, n, _ = pool.shape
-    embeds = torch.cat([pool.reshape(1, m * n, -1), base.get_input_embeddings()(ids[None])], 1)
-    base.config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            att = base(inputs_embeds=embeds, output_attentions=True).attentions
-    finally:
-        base.config._attn_implementation = "sdpa"
-    mass = torch.stack([att[l][0, :, m * n:, : m * n].reshape(-1, len(ids), m, n).sum(-1)
-                        .mean((0, 1)) for l in layers]).mean(0)
-    return int(mass.argmax())
-
-
-def sharp_idp(tiny):
-    """A tiny IDP model whose inputs pick different prompts: distinct prompts, sharp attention."""
-    base, tok = tiny(seed=3, num_layers=3)
-    model = recovery.attach(base, {"method": "idp", "pool_size": 3, "num_virtual_tokens": 4,
-                                   "score_layers": [0, 2], "scheme": "joint",
-                                   "balance_weight": 0.0})
-    with torch.no_grad():
-        model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(0))
-        for layer in base.model.layers:
-            layer.self_attn.q_proj.weight.mul_(30)
-    return model.eval(), base, tok
-
-
 def test_idp_batches_give_what_single_requests_give(tiny):
     """lm-eval right-pads a batch and passes no mask: without the padding-aware LM, the padding's
     attention sways IDP's choice (the plain harness disagrees with one-at-a-time requests)."""
@@ -153,6 +125,29 @@ def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
     counts = [chosen.count(j) for j in range(model.pool_size)]
     assert results["kp_country_capital"]["selected_per_prompt"] == counts
     assert results["kp_country_capital"]["selected_top_share"] == max(counts) / len(chosen)
+
+
+def test_idp_records_the_prompt_of_each_question(tiny, task_dir):
+    """Selection on the context (the default): each question's prompt, chosen from its context
+    as a plain forward chooses it, is recorded per document, with the selection diagnostics."""
+    model, base, tok = sharp_idp(tiny)
+    manager = evaluation.task_manager([task_dir], need_builtin=False)
+    entry = {"method": "idp", "selection": "attention", "select_on": "context"}
+    results = evaluation.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
+                                            {"batch_size": 4, "bootstrap_iters": 0}, 0, entry)
+    task = results["kp_country_capital"]
+    docs = make_probes("country_capital", N_DOCS, 4, seed=0)
+    hand = [hand_idp_choice(base, model.prompts.detach(),
+                            torch.tensor(tok(d["question"] + "\nAnswer:")["input_ids"]), [0, 2])
+            for d in docs]
+    assert task["prompt"] == hand
+    assert len(set(hand)) > 1, "every question chose the same prompt: the test shows nothing"
+    counts = [hand.count(j) for j in range(model.pool_size)]
+    assert task["selected_per_prompt"] == counts
+    assert 0 < task["selection_entropy"] <= 1.6
+    assert task["selection_mi"] == 0.0  # one task, no relations: nothing to tell
+    _, samples = evaluation.split_samples(results)
+    assert samples["kp_country_capital"]["prompt"] == hand
 
 
 def test_idp_oracle_is_best_prompt_per_document(tiny, task_dir):

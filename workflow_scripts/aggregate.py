@@ -66,6 +66,10 @@ with step(smk):
         compared.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.comparisons_markdown,
                          aggregate.comparisons_markdown(compared, settings["confidence"]))
+    selection = aggregate.selection_table(cells, smk.input.samples)
+    with artifacts.atomic_path(smk.output.selection_csv) as tmp:
+        selection.to_csv(tmp, index=False)
+    artifacts.write_text(smk.output.selection_markdown, aggregate.selection_markdown(selection))
     rows, recovered = displacement.example_level(cells, smk.input.samples, trains, is_baseline)
     pairs = displacement.overlap(rows, recovered)
     for frame, path in ((rows, smk.output.displacement_csv), (pairs, smk.output.overlap_csv)):
@@ -90,6 +94,7 @@ with step(smk):
     print(aggregate.markdown(df))
     print(aggregate.overview_markdown(overview))
     print(aggregate.comparisons_markdown(compared, settings["confidence"]))
+    print(aggregate.selection_markdown(selection))
     print(open(smk.output.displacement_markdown).read())
     artifacts.write_text(smk.output.config, yaml.safe_dump(dict(smk.config), sort_keys=False))
     # every summary file goes onto the parent run; the manifest, written last, records them

@@ -17,9 +17,10 @@ with step(smk):
     preflight.check_context(smk.config, base.config, w.model)
     model = recovery.attach_checked(base, spec, f"recovery (id {w.train_id})", w.model, seed)
     teacher = models.load_checkpoint(smk.input.teacher)[0].eval() if "teacher" in smk.input.keys() else None
-    text = Path(smk.input.text).read_text(encoding="utf-8")
+    files = smk.input.texts if "texts" in smk.input.keys() else [smk.input.text]
+    texts = [Path(f).read_text(encoding="utf-8") for f in files]
     with artifacts.Timer() as timer:
-        best, history = training.train(model, tokenizer, text, spec["training"], seed,
+        best, history = recovery.train(model, spec, tokenizer, texts, spec["training"], seed,
                                        teacher=teacher, resume_path=smk.params.resume)
     training.load_trainable_state(model, best)
     if recovery.zero_count(frozen) != zeros_before:

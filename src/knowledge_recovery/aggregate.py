@@ -1,11 +1,13 @@
 """Aggregate: every cell x task into one CSV, one Markdown table and plots."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from .artifacts import read_json, read_json_gz
+from .stats import MATCHED_BUDGET_RATIO
 
 METRIC = "acc"
 
@@ -53,11 +55,12 @@ def compare(cells: list, samples_files: list, settings: dict, trains, is_baselin
     the mean over tasks, the difference, its interval, whether it excludes zero, McNemar's p.
     Where an entry was trained with several seeds, its comparisons are also pooled over them
     (`stats.pooled_bootstrap`; base and other named without the seed, `seeds` > 1).
-    `budget(cell)`: its trainable parameters (the reference comparison's matched budget)."""
+    `budget(cell)`: its trainable parameters (the reference comparison's budget); the larger
+    of a pair's budgets over the smaller is its `budget_ratio`."""
     from . import stats
 
     records = {c.id: correctness(f) for c, f in zip(cells, samples_files)}
-    rows, pooled = [], {}
+    rows, pooled, ratios = [], {}, {}
     for kind, base, other in stats.comparisons(cells, settings["reference"], trains, is_baseline,
                                                budget):
         a, b = records[base.id], records[other.id]
@@ -70,16 +73,21 @@ def compare(cells: list, samples_files: list, settings: dict, trains, is_baselin
         pooled.setdefault((kind, _entry(base), _entry(other)), []).append(pair)
         result = stats.paired_bootstrap(*pair, settings["resamples"], settings["seed"],
                                         settings["confidence"])
+        ratio = (stats.budget_ratio(budget(base), budget(other))
+                 if budget and kind.startswith(f"vs {settings['reference']} at") else None)
+        ratios[(kind, _entry(base), _entry(other))] = ratio
         rows += [{"comparison": kind, "base": base.id, "other": other.id, "seeds": 1,
-                  "task": task, **r} for task, r in result.items()]
+                  "budget_ratio": ratio, "task": task, **r} for task, r in result.items()]
     for (kind, base, other), pairs in pooled.items():
         if len(pairs) < 2:
             continue
         result = stats.pooled_bootstrap(pairs, settings["resamples"], settings["seed"],
                                         settings["confidence"])
         rows += [{"comparison": kind, "base": base, "other": other, "seeds": len(pairs),
-                  "task": task, **r} for task, r in result.items()]
-    return pd.DataFrame(rows, columns=["comparison", "base", "other", "seeds", "task",
+                  "budget_ratio": ratios[(kind, base, other)], "task": task, **r}
+                 for task, r in result.items()]
+    return pd.DataFrame(rows, columns=["comparison", "base", "other", "seeds", "budget_ratio",
+                                       "task",
                                        "difference", "low", "high", "significant", "mcnemar_p",
                                        "questions"])
 
@@ -202,19 +210,22 @@ def comparisons_markdown(df: pd.DataFrame, confidence: float) -> str:
     head = (f"Paired differences in {METRIC} (other - base) on the same questions, mean over "
             f"tasks, {confidence:.0%} bootstrap interval; * the interval excludes zero; "
             f"McNemar: exact two-sided p; seeds: training seeds pooled (a row without a seed in "
-            f"its ids: seeds and questions resampled)\n\n")
+            f"its ids: seeds and questions resampled); budget ratio: the larger trainable "
+            f"parameter count over the smaller (matched: at most {MATCHED_BUDGET_RATIO}x)\n\n")
     if df.empty:
         return head + "No comparisons: no cells with per-question records.\n"
     per_pair = df.groupby(["comparison", "base", "other", "seeds"], sort=False)
     lines = []
     for (kind, base, other, seeds), rows in per_pair:
+        ratio = rows.budget_ratio.iloc[0] if "budget_ratio" in rows else None
         row = rows[rows.task == "mean"].iloc[0] if (rows.task == "mean").any() else rows.iloc[0]
         mark = " *" if row.significant else ""
         lines.append({"comparison": kind, "other": other, "base": base,
                       "difference": f"{row.difference:+.3f}{mark}",
                       "interval": f"[{row.low:+.3f}, {row.high:+.3f}]",
                       "McNemar p": f"{row.mcnemar_p:.3g}", "questions": int(row.questions),
-                      "seeds": int(seeds)})
+                      "seeds": int(seeds),
+                      "budget ratio": "" if pd.isna(ratio) else f"{ratio:.2f}x"})
     return head + pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
@@ -560,3 +571,49 @@ def plot_pareto(table: pd.DataFrame, path: Path, x: str = "trainable_params") ->
     figure(path, draw, len(units), title,
             empty="no trained recovery" if x == "trainable_params" else
             "no latency measured (displacement.enabled: false)")
+
+
+SELECTION_COLUMNS = ["cell", "tasks", "questions", "selected_per_prompt", "selected_share",
+                     "selected_top_share", "selection_entropy", "max_entropy", "selection_mi"]
+
+
+def selection_table(cells: list, samples_files: list) -> pd.DataFrame:
+    """Per cell that chooses a prompt per question (IDP's attention and random selection, not
+    its oracle): how it spread the questions over its prompts, over all its tasks, and the
+    mutual information between a question's task (a group's leaf: a probe relation) and its
+    prompt (`stats.selection_diagnostics`)."""
+    from .stats import selection_diagnostics
+
+    rows = []
+    for cell, path in zip(cells, samples_files):
+        m = cell.settings.get("pool_size")
+        if not m or cell.settings.get("selection") == "oracle":
+            continue
+        choices, groups = [], []
+        for task, rec in read_json_gz(path).items():
+            prompts = rec.get("prompt")
+            if not prompts or any(p is None for p in prompts):
+                continue
+            choices += prompts
+            groups += [d.split("/")[0] if isinstance(d, str) and "/" in d else task
+                       for d in rec["doc_id"]]
+        if choices:
+            found = selection_diagnostics(choices, groups, m)
+            rows.append({"cell": cell.id, "tasks": len(set(groups)), "questions": len(choices),
+                         **found, "max_entropy": math.log2(m)})
+    return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
+
+
+def selection_markdown(df: pd.DataFrame) -> str:
+    head = ("How each selector spread the questions over its prompts: share per prompt, "
+            "entropy of the shares (bits; the maximum, log2 m, when even; 0 when one prompt "
+            "takes every question), and the mutual information between a question's task "
+            "(or probe relation) and its prompt (bits; 0 when the choice ignores the task)\n\n")
+    if df.empty:
+        return head + "No cell chooses a prompt per question.\n"
+    shown = pd.DataFrame({
+        "cell": df.cell, "tasks": df.tasks, "questions": df.questions,
+        "share per prompt": [" / ".join(f"{s:.2f}" for s in shares) for shares in df.selected_share],
+        "entropy": [f"{e:.2f} of {x:.2f}" for e, x in zip(df.selection_entropy, df.max_entropy)],
+        "MI(task; prompt)": [f"{v:.3f}" for v in df.selection_mi]})
+    return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"

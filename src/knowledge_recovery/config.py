@@ -54,6 +54,8 @@ def validate_schema(config: dict) -> dict:
     _validate(config, set_default=True)
     for i, c in enumerate(config["compression"]):
         compression.check_entry(c, f"compression[{i}]")
+    for i, r in enumerate(config["recovery"]):
+        recovery.check_entry(r, f"recovery[{i}]")
     return config
 
 
@@ -89,11 +91,10 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                 raise ConfigError(f"recovery[{i}]", f"trains adapter {r['train_id']!r} like "
                                   f"recovery[{j}] but with other settings: give one of them a 'name'")
 
-    if config["text"]["source"] == "files":
-        for j, p in enumerate(config["text"]["paths"]):
-            if not (base / p).is_file():
-                raise ConfigError(f"text.paths[{j}]", f"no such file: {p}")
-        _check_text_length(config, base)
+    _check_text(config["text"], "text", base, _text_needs(config, None))
+    for i, r in enumerate(config["recovery"]):
+        for j, spec in enumerate(recovery.training_texts(r) or []):
+            _check_text(spec, f"recovery[{i}].texts[{j}]", base, _text_needs(config, r))
 
     if config["statistics"]["reference"] not in recovery_methods():
         raise ConfigError("statistics.reference", f"{config['statistics']['reference']!r} is not a "
@@ -201,26 +202,40 @@ def _task_file(entry: dict, i: int, base: Path, folder: bool = False) -> Path:
     return path
 
 
-def _check_text_length(config: dict, base: Path) -> None:
-    """The recovery text holds the windows the grid cuts from it: two training windows of each
-    trained entry, one calibration window. A token covers at least one byte of UTF-8 (plus a
-    BOS token), so fewer bytes than that can never be enough."""
-    from .text import load_text
-
+def _text_needs(config: dict, entry: dict | None) -> list[tuple[int, str]]:
+    """The windows cut from a text: from the grid's `text` (entry None), two training windows
+    of each trained entry that reads it and one calibration window; from an entry's own text,
+    two of its training windows."""
+    if entry is not None:
+        return [(2 * entry["training"]["seq_len"], "two training windows of seq_len tokens")]
     needs = [(2 * r["training"]["seq_len"], "two training windows of seq_len tokens")
-             for r in config["recovery"] if "train_id" in r]
+             for r in config["recovery"] if "train_id" in r and not recovery.training_texts(r)]
     if any(compression.needs_calibration(c) for c in config["compression"]):
         needs.append((config["calibration"]["seq_len"] + 1, "one calibration window and a token"))
+    return needs
+
+
+def _check_text(spec: dict, key: str, base: Path, needs: list[tuple[int, str]]) -> None:
+    """A text source's files exist and hold the windows the grid cuts from them. A token
+    covers at least one byte of UTF-8 (plus a BOS token), so fewer bytes than that can never
+    be enough. Only local files are read here (built-in and hub texts at download)."""
+    from .text import load_text
+
+    if spec["source"] != "files":
+        return
+    for j, p in enumerate(spec["paths"]):
+        if not (base / p).is_file():
+            raise ConfigError(f"{key}.paths[{j}]", f"no such file: {p}")
     try:
-        body = load_text(config["text"], base)
+        body = load_text(spec, base)
     except UnicodeDecodeError as err:
-        raise ConfigError("text.paths", f"a recovery text file is not UTF-8 ({err.reason})") from None
+        raise ConfigError(f"{key}.paths", f"a text file is not UTF-8 ({err.reason})") from None
     if not body.strip():
-        raise ConfigError("text.paths", "the recovery text is empty")
+        raise ConfigError(f"{key}.paths", "the text is empty")
     size = len(body.encode("utf-8")) + 1
     for tokens, what in needs:
         if size < tokens:
-            raise ConfigError("text.paths", f"the recovery text has {size - 1} bytes, so at most "
+            raise ConfigError(f"{key}.paths", f"the text has {size - 1} bytes, so at most "
                               f"{size} tokens, fewer than the {tokens} the grid needs ({what})")
 
 

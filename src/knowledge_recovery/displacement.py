@@ -78,6 +78,25 @@ def _mean_row(compared: pd.DataFrame, kind: str, other: str):
     return mean.iloc[0] if not mean.empty else (sel.iloc[0] if len(sel) == 1 else None)
 
 
+def _reference_row(compared: pd.DataFrame, reference: str, other: str):
+    """`other` against the reference method: at a matched budget if the grid has one, else at
+    the nearest (`stats.comparisons`); None if neither."""
+    for matched in (True, False):
+        row = _mean_row(compared, reference_kind(reference, matched), other)
+        if row is not None:
+            return row
+    return None
+
+
+def _budget(row) -> str:
+    """How the reference row's budgets compare: matched, or the nearest with its ratio."""
+    if row.comparison.endswith("matched budget"):
+        return "at a matched parameter budget"
+    ratio = getattr(row, "budget_ratio", None)
+    return ("at the nearest parameter budget, not matched" + ("" if ratio is None or pd.isna(ratio)
+                                                               else f" ({ratio:.1f}x apart)"))
+
+
 def _diff(row) -> str:
     return (f"{row.difference:+.3f} [{row.low:+.3f}, {row.high:+.3f}]"
             + (" *" if row.significant else ""))
@@ -113,7 +132,7 @@ def reading(rows: pd.DataFrame, pairs: pd.DataFrame, compared: pd.DataFrame,
             ratio = (gain.difference / -drop.difference
                      if gain is not None and drop is not None and drop.significant
                      and drop.difference < 0 else None)
-            vs_ref = _mean_row(compared, reference_kind(reference), r.cell)
+            vs_ref = _reference_row(compared, reference, r.cell)
             table.append({"recovery": r.cell.split("/", 2)[2], "side": r.side,
                           "recovered of lost": f"{r.recovered}/{r.lost} ({_pct(r.recovered_share)})",
                           "broken of kept": f"{r.broken}/{r.kept} ({_pct(r.broken_share)})",
@@ -151,13 +170,13 @@ def _verdict(group: pd.DataFrame, drop, compared: pd.DataFrame, reference: str) 
         text = (f"Displaced rather than forgotten: recovery from the input side "
                 f"({best.split('/', 2)[2]}, weights untouched) brings back accuracy the "
                 f"compression lost ({_diff(up[best])} over the compressed model).")
-        vs_ref = _mean_row(compared, reference_kind(reference), best)
+        vs_ref = _reference_row(compared, reference, best)
         if vs_ref is not None:
             how = ("no measurable difference: the input side recovers as much as the weights"
                    if vs_ref.low <= 0 <= vs_ref.high else
                    "it recovers measurably less" if vs_ref.high < 0 else
                    "it recovers measurably more")
-            text += (f" Against {reference} at the nearest parameter budget "
+            text += (f" Against {reference} {_budget(vs_ref)} "
                      f"({vs_ref.base.split('/', 2)[2]}) on the same compressed model: {_diff(vs_ref)}, "
                      f"{how}.")
         return text

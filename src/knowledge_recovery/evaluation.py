@@ -150,6 +150,12 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
     class HarnessLM(hf.HFLM):
         _lengths = None
 
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            # the prompt a model that chooses one per input (IDP: `last_choice` after each
+            # call) chose for each context, by context string: `per_question` records it
+            self.choices: dict[str, int] = {}
+
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
             if scorer is None or self.backend != "causal":
                 return self._plain(requests, disable_tqdm, override_bs)
@@ -256,7 +262,14 @@ def harness_lm(padding_aware: bool = False, scorer: ContextScorer | None = None,
             for c, context in enumerate(contexts):
                 ids[c, :len(context)] = torch.tensor(context)
                 context_mask[c, :len(context)] = 1
+            chooser = self.model if hasattr(self.model, "last_choice") else None
+            if chooser is not None:
+                chooser.last_choice = None
             logits, cache = scorer.prefill(ids, context_mask, keep)
+            if chooser is not None and chooser.last_choice is not None:
+                for c, idx in enumerate(members):
+                    for i in idx:
+                        self.choices[requests[i][0][0]] = int(chooser.last_choice[c])
             last = torch.tensor(lengths, device=device) - 1 - (longest - keep)
             first = F.log_softmax(logits[torch.arange(len(contexts), device=device), last],
                                   dim=-1, dtype=self.softmax_dtype)
@@ -362,7 +375,8 @@ def evaluate(model, tokenizer, tasks: list[dict], manager, batch_size: int,
             leaves = _leaf_tasks(out, name)
             results[name]["documents"] = sum(out["n-samples"][t]["effective"] for t in leaves)
             if log_samples:
-                results[name].update(_group_questions(out["samples"], leaves, name))
+                results[name].update(_group_questions(out["samples"], leaves, name,
+                                                      getattr(lm, "choices", None)))
                 correct = results[name]["correct"]
                 if "acc" not in results[name] and all(c is not None for c in correct):
                     # a group lm-eval does not aggregate: the accuracy over its questions
@@ -376,14 +390,14 @@ def _leaf_tasks(out: dict, name: str) -> list[str]:
     return [leaf for s in subtasks for leaf in _leaf_tasks(out, s)] if subtasks else [name]
 
 
-def _group_questions(samples: dict, leaves: list[str], name: str) -> dict:
+def _group_questions(samples: dict, leaves: list[str], name: str, choices=None) -> dict:
     """`per_question` of a task, or of a group as one task: its leaves' questions one after
     the other, each document id prefixed by its leaf task (ids repeat across leaves)."""
     if leaves == [name]:
-        return per_question(samples[name])
+        return per_question(samples[name], choices)
     merged: dict = {}
     for leaf in leaves:
-        rec = per_question(samples[leaf])
+        rec = per_question(samples[leaf], choices)
         rec["doc_id"] = [f"{leaf}/{d}" for d in rec["doc_id"]]
         for key, values in rec.items():
             merged.setdefault(key, []).extend(values)
@@ -395,9 +409,10 @@ def _group_questions(samples: dict, leaves: list[str], name: str) -> dict:
 SAMPLE_KEYS = ("doc_id", "target", "loglikelihoods", "correct", "correct_norm", "prompt")
 
 
-def per_question(samples: list[dict]) -> dict:
+def per_question(samples: list[dict], choices: dict | None = None) -> dict:
     """Each document's choice log-likelihoods, gold index and correctness (acc; acc_norm where
-    the task has it; exact match for generation tasks), in document order."""
+    the task has it; exact match for generation tasks), in document order; with `choices`
+    (context string -> prompt, `harness_lm`), the prompt chosen for each document's context."""
     samples = sorted(samples, key=lambda s: s["doc_id"])
 
     def loglikelihoods(s):
@@ -409,7 +424,9 @@ def per_question(samples: list[dict]) -> dict:
                        for s in samples],
             "loglikelihoods": [loglikelihoods(s) for s in samples],
             "correct": [s.get("acc", s.get("exact_match")) for s in samples],
-            "correct_norm": [s.get("acc_norm") for s in samples]}
+            "correct_norm": [s.get("acc_norm") for s in samples],
+            **({"prompt": [choices.get(s["arguments"][0][0]) for s in samples]}
+               if choices else {})}
 
 
 def split_samples(results: dict) -> tuple[dict, dict]:

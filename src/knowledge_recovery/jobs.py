@@ -12,7 +12,9 @@ from typing import NamedTuple
 from .compression import needs_calibration
 from .deployment import deploys_with_prompt
 from .grid import Cell, by_id, cells, trained
-from .paths import Layout
+from .paths import RECOVERY_TEXT, Layout
+from .recovery import training_texts
+from .text import text_id
 from .registry import compression_method
 
 
@@ -42,6 +44,10 @@ class Jobs:
         self.trained = trained(config)
         self.tasks = by_id(config["tasks"], key="name")
         self.cells = cells(config)
+        # every text a job reads, by id: the grid's `text`, and the entries' own (IDP curated)
+        self.texts = {RECOVERY_TEXT: config["text"]}
+        for entry in self.trained.values():
+            self.texts.update((text_id(s), s) for s in training_texts(entry) or [])
 
     def compress_inputs(self, model: str, compression: str) -> dict:
         """Methods that need input statistics also read the calibration text; the others not."""
@@ -51,9 +57,12 @@ class Jobs:
         return inputs
 
     def train_inputs(self, model: str, compression: str, train_id: str) -> dict:
+        entry = self.trained[train_id]
+        own = training_texts(entry)
         inputs = {"checkpoint": self.paths.checkpoint(model, compression),
-                  "text": self.paths.recovery_text}
-        if self.trained[train_id]["training"]["objective"] == "distill":
+                  **({"texts": [self.paths.text(text_id(s)) for s in own]} if own
+                     else {"text": self.paths.recovery_text})}
+        if entry["training"]["objective"] == "distill":
             inputs["teacher"] = self.paths.checkpoint(model)
         return inputs
 
@@ -171,8 +180,8 @@ class Jobs:
     def graph(self) -> list[Job]:
         """Every job of the grid, upstream before downstream."""
         p = self.paths
-        out = [Job("download_text recovery_text", (p.recovery_text, p.recovery_text_manifest),
-                   p.recovery_text_manifest, ())]
+        out = [Job(f"download_text {t}", (p.text(t), p.text_manifest(t)), p.text_manifest(t), ())
+               for t in self.texts]
         out += [Job(f"prepare_task {t}", (p.task_dir(t), p.task_manifest(t)), p.task_manifest(t), ())
                 for t in self.tasks]
         for m in self.models:

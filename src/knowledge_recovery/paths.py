@@ -5,6 +5,8 @@ their patterns; steps, `show` and `aggregate` call them with real values.
 """
 from __future__ import annotations
 
+RECOVERY_TEXT = "recovery_text"  # the id of the grid's `text` (`text.text_id` of the others)
+
 
 def unit(recovery: str, seed: int | str | None) -> str:
     """One recovery of a compressed model in paths and MLflow keys: the recovery id alone when
@@ -68,13 +70,20 @@ class Layout:
                 else f"{self.root}/eval/{model}/{compression}/{unit_}")
 
     # text and tasks
+    def text(self, text_id) -> str:
+        """A training text (`text.text_id`): the grid's `text` is "recovery_text"."""
+        return f"{self.root}/data/{text_id}.txt"
+
+    def text_manifest(self, text_id) -> str:
+        return f"{self.root}/data/{text_id}.manifest.json"
+
     @property
     def recovery_text(self) -> str:
-        return f"{self.root}/data/recovery_text.txt"
+        return self.text(RECOVERY_TEXT)
 
     @property
     def recovery_text_manifest(self) -> str:
-        return f"{self.root}/data/recovery_text.manifest.json"
+        return self.text_manifest(RECOVERY_TEXT)
 
     def task_dir(self, task) -> str:
         return f"{self.root}/tasks/{task}/lm_eval"
@@ -122,6 +131,8 @@ class Layout:
                 "plot": f"{self.root}/summary/mean_acc.png",
                 "comparisons_csv": f"{self.root}/summary/comparisons.csv",
                 "comparisons_markdown": f"{self.root}/summary/comparisons.md",
+                "selection_csv": f"{self.root}/summary/selection.csv",
+                "selection_markdown": f"{self.root}/summary/selection.md",
                 # per model x compression x recovery: task groups, recovery ratio, sizes
                 "overview_csv": f"{self.root}/summary/overview.csv",
                 "overview_markdown": f"{self.root}/summary/overview.md",

@@ -44,6 +44,32 @@ def check_settings(entry: dict, key: str) -> None:
                           + (f" ({reason})" if reason else ""))
 
 
+def check_entry(entry: dict, key: str) -> None:
+    """Settings of an entry (defaults filled in) that contradict each other."""
+    record = recovery_method(entry["method"])
+    if record.check:
+        record.check(entry, key)
+
+
+def training_texts(entry: dict) -> list[dict] | None:
+    """The text sources a trained entry reads, in order (IDP's curated pools: one per prompt);
+    None: the grid's `text`."""
+    return entry.get("texts")
+
+
+def train(model, entry: dict, tokenizer, texts: list[str], cfg: dict, seed: int, **kwargs):
+    """Train an attached adapter in place on its texts (`training_texts`, read): the method's
+    own way, else `training.train` on the one text. Returns (best trainable state, history)."""
+    record = recovery_method(entry["method"])
+    if record.train:
+        return record.train(model, entry, tokenizer, texts, cfg, seed, **kwargs)
+    from .training import train as train_on
+
+    if len(texts) != 1:
+        raise ValueError(f"method {entry['method']!r} trains on one text, got {len(texts)}")
+    return train_on(model, tokenizer, texts[0], cfg, seed, **kwargs)
+
+
 def sample_vocab_embeddings(model, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of the input embedding for `count` random token ids (Lester et al.'s initialisation)."""
     emb = model.get_input_embeddings().weight

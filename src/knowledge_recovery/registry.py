@@ -53,6 +53,13 @@ class RecoveryMethod:
     # the method puts before every input, the same for all inputs. Set: the method deploys as
     # that cache in front of the unchanged exported model (deployment.py).
     prompt_cache: Callable | None = None
+    # (entry with defaults, config key) -> None: settings that contradict each other; raises
+    # ConfigError naming the key
+    check: Callable | None = None
+    # (model, entry, tokenizer, texts, cfg, seed, log=, teacher=, resume_path=) -> (best state,
+    # history), `texts` the entry's training texts (`recovery.training_texts`); unset:
+    # `training.train` on the one text
+    train: Callable | None = None
 
     @property
     def trains(self) -> bool:

@@ -83,17 +83,30 @@ def baselines(cells: list, trains, is_baseline) -> tuple[dict, dict]:
     return {c.model: c for c in untrained.values() if is_baseline(c)}, untrained
 
 
-def reference_kind(reference: str) -> str:
-    """The comparison of a recovery with the reference method (`comparisons`)."""
-    return f"vs {reference} at matched budget"
+# Two budgets within this ratio of each other are "matched"; a reference entry further off is
+# the nearest budget, labelled so, with the ratio in the comparisons table.
+MATCHED_BUDGET_RATIO = 1.25
+
+
+def reference_kind(reference: str, matched: bool = True) -> str:
+    """The comparison of a recovery with the reference method (`comparisons`): at a matched
+    budget (trainable parameters within MATCHED_BUDGET_RATIO), or at the nearest one the grid
+    has (or every one, where counts are unknown)."""
+    return f"vs {reference} at {'matched' if matched else 'nearest'} budget"
+
+
+def budget_ratio(a: int | None, b: int | None) -> float | None:
+    """The larger of two parameter counts over the smaller (1.0: equal); None if unknown."""
+    return max(a, b) / min(a, b) if a and b else None
 
 
 def comparisons(cells: list, reference: str, trains, is_baseline, budget=None) -> list[tuple]:
     """The comparisons the study makes, as (kind, base cell, other cell), other minus base:
     compressed vs dense (the untrained rows); each trained recovery vs its compressed model;
     each recovery vs the entry of the `reference` method on the same model, compression and seed
-    whose trainable parameters (`budget(cell)`) are nearest its own, on a log scale (all of
-    them where a count is unknown); an evaluation-only variant (an entry evaluating another
+    whose trainable parameters (`budget(cell)`) are nearest its own, on a log scale: "at matched
+    budget" within MATCHED_BUDGET_RATIO, else "at nearest budget" (all of them, "nearest",
+    where a count is unknown); an evaluation-only variant (an entry evaluating another
     entry's adapter, such as IDP's random and oracle selection) vs that entry. `trains(cell)`,
     `is_baseline(cell)`: whether its recovery method trains, whether its compression is the
     dense baseline."""
@@ -123,6 +136,36 @@ def comparisons(cells: list, reference: str, trains, is_baseline, budget=None) -
             references = [d for d in cells if trains(d) and same_unit(c, d)
                           and d.settings["method"] == reference
                           and d.settings["train_id"] == d.settings["id"]]
-            if references:
-                out += [(reference_kind(reference), d, c) for d in nearest(c, references)]
+            for d in nearest(c, references) if references else []:
+                ratio = budget_ratio(budget(c), budget(d)) if budget else None
+                matched = ratio is not None and ratio <= MATCHED_BUDGET_RATIO
+                out.append((reference_kind(reference, matched), d, c))
     return out
+
+
+def selection_diagnostics(choices: list[int], groups: list[str], m: int) -> dict:
+    """How a selector spread its inputs over m prompts: the share each prompt got, the entropy
+    of those shares (bits; log2 m when even, 0 when one prompt takes all), and the mutual
+    information between an input's group (its task, or a probe relation) and its prompt (bits;
+    0 when the choice ignores the group, at most the smaller of both entropies). A selector
+    that routes by content has high entropy and mutual information; one that routes by
+    position, or not at all, has neither."""
+    n = len(choices)
+    if n == 0:
+        return {"selected_per_prompt": [0] * m, "selected_share": [0.0] * m,
+                "selected_top_share": 0.0, "selection_entropy": 0.0, "selection_mi": 0.0}
+    counts = np.bincount(np.asarray(choices, dtype=int), minlength=m)
+    joint: dict = {}
+    for g, c in zip(groups, choices):
+        joint[(g, c)] = joint.get((g, c), 0) + 1
+    per_group: dict = {}
+    for g in groups:
+        per_group[g] = per_group.get(g, 0) + 1
+
+    def entropy(ps):
+        return max(0.0, float(-sum(p * math.log2(p) for p in ps if p > 0)))  # never -0.0
+
+    mi = sum(k / n * math.log2(k * n / (per_group[g] * counts[c])) for (g, c), k in joint.items())
+    return {"selected_per_prompt": counts.tolist(), "selected_share": (counts / n).tolist(),
+            "selected_top_share": float(counts.max() / n),
+            "selection_entropy": entropy(counts / n), "selection_mi": max(0.0, float(mi))}

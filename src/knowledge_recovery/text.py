@@ -4,8 +4,17 @@ The download step writes the chosen text to one plain-text file; later steps rea
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
+
+
+def text_id(spec: dict) -> str:
+    """The id of a text source other than the grid's `text` (an IDP curated pool's texts): its
+    kind and a hash of its settings, so that two entries naming one source share its file."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{spec['source']}-{digest}"
 
 
 def python_reference() -> str:
@@ -26,11 +35,31 @@ def python_reference() -> str:
     return "\n\n".join(paragraphs)
 
 
+# Pure-Python standard-library modules, in this order: source code (code, comments, docstrings)
+# as a text domain of its own, offline on every machine, fixed for a given Python minor version.
+PYTHON_SOURCE_MODULES = ("argparse", "dataclasses", "functools", "textwrap", "fractions",
+                         "statistics", "pathlib", "shutil", "tempfile", "inspect", "typing",
+                         "string", "heapq", "bisect", "calendar", "difflib", "csv", "configparser",
+                         "gettext", "ipaddress", "logging/__init__", "json/decoder", "json/encoder")
+
+
+def python_source() -> str:
+    """The source files of PYTHON_SOURCE_MODULES, one after the other."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return "\n\n".join((stdlib / f"{name}.py").read_text(encoding="utf-8")
+                        for name in PYTHON_SOURCE_MODULES)
+
+
+BUILTIN = {"python-reference": python_reference, "python-source": python_source}
+
+
 def load_text(spec: dict, base_dir: str | Path = ".") -> str:
     """Return the text a `text:` config entry names, cut to max_chars."""
     source = spec["source"]
     if source == "builtin":
-        text = python_reference()
+        text = BUILTIN[spec["name"]]()
     elif source == "files":
         text = "\n\n".join(Path(base_dir, p).read_text(encoding="utf-8") for p in spec["paths"])
     else:
