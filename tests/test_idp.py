@@ -227,3 +227,14 @@ def test_selection_diagnostics():
     assert routed["selection_mi"] == pytest.approx(1.0)  # the group tells the prompt: 1 bit
     half = selection_diagnostics([0, 0, 1, 1], ["a", "b", "a", "b"], 2)
     assert half["selection_mi"] == pytest.approx(0.0)
+
+
+def test_identical_prompts_share_the_inputs_evenly(tiny):
+    """Ties at the top go by the input's hash: m copies of one prompt each get about 1/m of the
+    inputs under attention selection (not all the first)."""
+    model, _, tok = sharp_idp(tiny)
+    with torch.no_grad():
+        model.prompts.copy_(model.prompts[0:1].expand_as(model.prompts))
+    _, ids, mask = _batch(tok, [f"input number {i} of many" for i in range(60)])
+    counts = torch.bincount(model.select(ids, mask), minlength=3).tolist()
+    assert min(counts) >= 10, counts

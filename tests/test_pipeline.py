@@ -100,12 +100,17 @@ def test_every_output_exists_with_real_values(finished):
         for ll, t in zip(record["loglikelihoods"], record["target"])]
     compared = pd.read_csv(res / "summary" / "comparisons.csv")
     assert set(compared.comparison) == {"compressed vs dense", "recovered vs compressed",
-                                        "vs lora at matched budget",
+                                        "vs lora at nearest budget",
                                         "variant vs the adapter's own selection"}
     assert len(compared) == 5 * 3  # five pairs x (two tasks + their mean)
     assert (compared.low <= compared.difference + 1e-12).all()
     assert (compared.difference <= compared.high + 1e-12).all()
     assert "McNemar" in (res / "summary" / "comparisons.md").read_text()
+    # the IDP cell's selection: every question's prompt recorded, its diagnostics summarised
+    # (its oracle variant selects nothing and has no row)
+    selection = pd.read_csv(res / "summary" / "selection.csv")
+    assert list(selection.cell) == ["tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed/seed0"]
+    assert selection.questions.iloc[0] == 16 and 0 <= selection.selection_entropy.iloc[0] <= 1
     # A temporary name never survives a finished step.
     assert not list(res.rglob(".*.tmp-*"))
 

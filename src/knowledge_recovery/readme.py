@@ -20,7 +20,8 @@ from .config import load_config
 from .paths import Layout
 
 REPO = Path(__file__).resolve().parents[2]
-SHOWN = ("overview_markdown", "comparisons_markdown", "displacement_markdown", "markdown", "plot",
+SHOWN = ("overview_markdown", "comparisons_markdown", "selection_markdown", "displacement_markdown",
+         "markdown", "plot",
          "accuracy_vs_compression_plot", "recovery_ratio_plot", "pareto_plot", "cka_plot",
          "latency_plot", "deployment_markdown", "manifest")
 BLOCK = re.compile(r"(<!-- include: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end include -->)", re.S)

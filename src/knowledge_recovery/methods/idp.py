@@ -188,7 +188,8 @@ class DynamicPromptModel(nn.Module):
 
     def _pool_cache(self, layers: int):
         """`_pool_keys_values` of the scoring layers, computed once per pool at inference."""
-        key = (self.prompts.data_ptr(), self.prompts._version, self.prompts.device, layers)
+        key = (self.prompts.data_ptr(), self.prompts._version, self.prompts.device, layers,
+               self.layout)
         if self._pool_kv is None or self._pool_kv[0] != key:
             with torch.no_grad():
                 self._pool_kv = (key, self._pool_keys_values(layers))
@@ -240,15 +241,16 @@ class DynamicPromptModel(nn.Module):
 
     def select(self, input_ids, attention_mask=None) -> torch.Tensor:
         """The prompt of each input, counted in `selected` and kept in `last_choice`."""
+        mask = _mask_or_ones(input_ids, attention_mask)
         if isinstance(self.selection, int):
             chosen = torch.full((len(input_ids),), self.selection, device=input_ids.device)
         elif self.selection == "random":
-            chosen = torch.tensor([_hash_index(row, mask_row, self.pool_size) for row, mask_row
-                                   in zip(input_ids, _mask_or_ones(input_ids, attention_mask))],
+            chosen = torch.tensor([_hash_index(row, mask_row, self.pool_size)
+                                   for row, mask_row in zip(input_ids, mask)],
                                   device=input_ids.device)
         elif self.selection == "attention":
             with torch.no_grad():
-                chosen = self.scores(input_ids, attention_mask).argmax(-1)
+                chosen = _argmax_ties_by_hash(self.scores(input_ids, mask), input_ids, mask)
         else:
             raise ValueError(f"unknown IDP selection {self.selection!r}")
         self.selected += torch.bincount(chosen.cpu(), minlength=self.pool_size)
@@ -399,6 +401,21 @@ def _output(logits, mask, labels):
 
 def _mask_or_ones(input_ids, attention_mask):
     return torch.ones_like(input_ids) if attention_mask is None else attention_mask
+
+
+# Scores this close to the best are a tie (identical prompts score equal to ~1e-8 in float32)
+TIE = 1e-6
+
+
+def _argmax_ties_by_hash(scores, input_ids, mask) -> torch.Tensor:
+    """The best prompt of each row; among prompts tied for best, the input's hash picks, so
+    that identical prompts share the inputs evenly instead of all going to the first."""
+    chosen = scores.argmax(-1)
+    tied = scores >= scores.max(-1, keepdim=True).values - TIE
+    for r in torch.nonzero(tied.sum(-1) > 1).flatten().tolist():
+        candidates = torch.nonzero(tied[r]).flatten()
+        chosen[r] = candidates[_hash_index(input_ids[r], mask[r], len(candidates))]
+    return chosen
 
 
 def _hash_index(ids: torch.Tensor, mask: torch.Tensor, m: int) -> int:
