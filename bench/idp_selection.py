@@ -171,7 +171,8 @@ def main(argv=None) -> None:
                 for i, l in enumerate(shown)}})
         with torch.no_grad():
             pool.prompts.copy_(original)
-    routing = routing_test(config, paths, base, tok, pools, identical, args.blocks)
+    routing = routing_test(config, paths, base, tok, pools, identical, args.blocks,
+                           inputs["128-token blocks"])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     head = (f"`bench/idp_selection.py --configfile {Path(args.configfile).name}` on "
             f"{model_name} / {compression}, pool m={m} x n={n}, commit "
@@ -193,9 +194,12 @@ def main(argv=None) -> None:
     print(routing)
 
 
-def routing_test(config, paths, base, tok, pools, identical, count: int) -> str:
+def routing_test(config, paths, base, tok, pools, identical, count: int, reference) -> str:
     """The curated pool on held-out text of its domains: confusion matrix per layout at the
-    default score layers, routing accuracy per layer, beside the lowest-loss prompt."""
+    default score layers, routing accuracy per layer, beside the lowest-loss prompt. A
+    diagnostic beside it: the scores centred per prompt (each prompt's mean score over the
+    `reference` inputs, the grid's own recovery text, subtracted), which removes what a prompt
+    draws from every input alike and keeps what depends on the input."""
     entry = next((c.settings for c in cells(config) if c.settings["method"] == "idp"
                   and c.settings["scheme"] == "curated" and c.settings["id"] == c.settings["train_id"]
                   and len({json.dumps(s, sort_keys=True) for s in c.settings["texts"]}) > 1), None)
@@ -246,11 +250,15 @@ def routing_test(config, paths, base, tok, pools, identical, count: int) -> str:
     accuracy = []
     for layout in LAYOUTS:
         scores = all_layer_scores(pool, rows, layout)
+        centred = scores - all_layer_scores(pool, reference, layout).mean(1, keepdim=True)
         out.append(confusion(at(scores, "0-1"), f"Attention selection, layout {layout}, score "
                                                  f"layers 0-1"))
-        accuracy.append({"layout": layout, **{
-            f"L{l}": f"{float((winners(scores[l:l + 1])[0] == domain).float().mean()):.2f}"
-            for l in range(scores.shape[0])}})
+        for name, s in (("attention", scores), ("centred (diagnostic)", centred)):
+            accuracy.append({"layout": layout, "scores": name, **{
+                f"L{l}": f"{float((winners(s[l:l + 1])[0] == domain).float().mean()):.2f}"
+                for l in range(s.shape[0])}})
+        out.append(confusion(at(centred, "0-1"), f"Centred scores (diagnostic), layout {layout}, "
+                                                  f"score layers 0-1"))
     with torch.no_grad():
         identical.selection = "attention"
         identical.layout = "independent"
