@@ -85,10 +85,10 @@ def table(rows: list[dict]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
-def probe_rows(tok, task_dir: Path) -> list[list[int]]:
+def probe_rows(tok, task_dir: Path, per_file: int) -> list[list[int]]:
     rows = []
     for path in sorted(task_dir.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
+        for line in path.read_text().splitlines()[:per_file]:
             rows.append(tok(json.loads(line)["question"] + "\nAnswer:")["input_ids"])
     return rows
 
@@ -101,7 +101,9 @@ def blocks(tok, text: str, count: int, length: int = 128) -> list[list[int]]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", default=str(REPO / "config" / "idp.yaml"))
-    parser.add_argument("--blocks", type=int, default=32, help="text blocks per set")
+    parser.add_argument("--blocks", type=int, default=16, help="text blocks per set")
+    parser.add_argument("--per-relation", type=int, default=20,
+                        help="probe questions per task file (the first ones)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "bench"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -122,7 +124,7 @@ def main(argv=None) -> None:
     identical = DynamicPromptModel(base, m, n, [0], "joint", 0.0, seed=12345).eval()
     with torch.no_grad():
         identical.prompts.copy_(identical.prompts[0:1].expand_as(identical.prompts))
-    probes = probe_rows(tok, Path(paths.task_dir(config["tasks"][0]["name"])))
+    probes = probe_rows(tok, Path(paths.task_dir(config["tasks"][0]["name"])), args.per_relation)
     text = Path(paths.text(RECOVERY_TEXT)).read_text()
     inputs = {"probe questions": probes, "128-token blocks": blocks(tok, text, args.blocks)}
     layers = base.config.num_hidden_layers
@@ -152,7 +154,12 @@ def main(argv=None) -> None:
                                 **{f"layer {l}": shares(at(scores, l), m) for l in shown}})
     # rotation: slots of each trained pool rotated m ways
     rotation_rows = []
+    # the seeds pool (one text, m seeds) is a null for the oracle, not a pool to route
+    routed_or_curated = {c.settings["train_id"] for c in idp if len(
+        {json.dumps(t, sort_keys=True) for t in c.settings.get("texts") or [0, 1]}) > 1}
     for train_id, pool in pools.items():
+        if pool.scheme == "curated" and train_id not in routed_or_curated:
+            continue
         original = pool.prompts.detach().clone()
         for layout in LAYOUTS:
             slot, prompt = [], []
