@@ -30,7 +30,7 @@ import torch
 from knowledge_recovery import artifacts, models, recovery
 from knowledge_recovery.config import load_config
 from knowledge_recovery.grid import cells
-from knowledge_recovery.methods.idp import LAYOUTS, DynamicPromptModel
+from knowledge_recovery.methods.idp import LAYOUTS, TIE, DynamicPromptModel
 from knowledge_recovery.paths import RECOVERY_TEXT, Layout
 from knowledge_recovery.text import load_text, text_id
 
@@ -62,7 +62,7 @@ def all_layer_scores(pool: DynamicPromptModel, rows, layout: str) -> torch.Tenso
 def winners(scores: torch.Tensor) -> torch.Tensor:
     """The winning slot of each input (layers, inputs), -1 where the best scores tie."""
     top = scores.max(-1, keepdim=True).values
-    tied = (scores >= top - 1e-6).sum(-1) > 1
+    tied = (scores >= top - TIE).sum(-1) > 1
     return scores.argmax(-1).masked_fill(tied, -1)
 
 

@@ -73,8 +73,9 @@ def compare(cells: list, samples_files: list, settings: dict, trains, is_baselin
         pooled.setdefault((kind, _entry(base), _entry(other)), []).append(pair)
         result = stats.paired_bootstrap(*pair, settings["resamples"], settings["seed"],
                                         settings["confidence"])
+        reference = {stats.reference_kind(settings["reference"], m) for m in (True, False)}
         ratio = (stats.budget_ratio(budget(base), budget(other))
-                 if budget and kind.startswith(f"vs {settings['reference']} at") else None)
+                 if budget and kind in reference else None)
         ratios[(kind, _entry(base), _entry(other))] = ratio
         rows += [{"comparison": kind, "base": base.id, "other": other.id, "seeds": 1,
                   "budget_ratio": ratio, "task": task, **r} for task, r in result.items()]
@@ -582,7 +583,7 @@ def selection_table(cells: list, samples_files: list) -> pd.DataFrame:
     its oracle): how it spread the questions over its prompts, over all its tasks, and the
     mutual information between a question's task (a group's leaf: a probe relation) and its
     prompt (`stats.selection_diagnostics`)."""
-    from .stats import selection_diagnostics
+    from .stats import question_groups, selection_diagnostics
 
     rows = []
     for cell, path in zip(cells, samples_files):
@@ -595,8 +596,7 @@ def selection_table(cells: list, samples_files: list) -> pd.DataFrame:
             if not prompts or any(p is None for p in prompts):
                 continue
             choices += prompts
-            groups += [d.split("/")[0] if isinstance(d, str) and "/" in d else task
-                       for d in rec["doc_id"]]
+            groups += question_groups(task, rec["doc_id"])
         if choices:
             found = selection_diagnostics(choices, groups, m)
             rows.append({"cell": cell.id, "tasks": len(set(groups)), "questions": len(choices),

@@ -206,10 +206,13 @@ def _text_needs(config: dict, entry: dict | None) -> list[tuple[int, str]]:
     """The windows cut from a text: from the grid's `text` (entry None), two training windows
     of each trained entry that reads it and one calibration window; from an entry's own text,
     two of its training windows."""
+    def windows(r):
+        return 2 * r["training"]["seq_len"], "two training windows of seq_len tokens"
+
     if entry is not None:
-        return [(2 * entry["training"]["seq_len"], "two training windows of seq_len tokens")]
-    needs = [(2 * r["training"]["seq_len"], "two training windows of seq_len tokens")
-             for r in config["recovery"] if "train_id" in r and not recovery.training_texts(r)]
+        return [windows(entry)]
+    needs = [windows(r) for r in config["recovery"]
+             if "train_id" in r and not recovery.training_texts(r)]
     if any(compression.needs_calibration(c) for c in config["compression"]):
         needs.append((config["calibration"]["seq_len"] + 1, "one calibration window and a token"))
     return needs

@@ -88,9 +88,9 @@ def _reference_row(compared: pd.DataFrame, reference: str, other: str):
     return None
 
 
-def _budget(row) -> str:
+def _budget(row, reference: str) -> str:
     """How the reference row's budgets compare: matched, or the nearest with its ratio."""
-    if row.comparison.endswith("matched budget"):
+    if row.comparison == reference_kind(reference, matched=True):
         return "at a matched parameter budget"
     ratio = getattr(row, "budget_ratio", None)
     return ("at the nearest parameter budget, not matched" + ("" if ratio is None or pd.isna(ratio)
@@ -176,7 +176,7 @@ def _verdict(group: pd.DataFrame, drop, compared: pd.DataFrame, reference: str) 
                    if vs_ref.low <= 0 <= vs_ref.high else
                    "it recovers measurably less" if vs_ref.high < 0 else
                    "it recovers measurably more")
-            text += (f" Against {reference} {_budget(vs_ref)} "
+            text += (f" Against {reference} {_budget(vs_ref, reference)} "
                      f"({vs_ref.base.split('/', 2)[2]}) on the same compressed model: {_diff(vs_ref)}, "
                      f"{how}.")
         return text

@@ -7,6 +7,7 @@ correctness in the cells' samples files (`evaluation.per_question`).
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 
@@ -143,6 +144,12 @@ def comparisons(cells: list, reference: str, trains, is_baseline, budget=None) -
     return out
 
 
+def question_groups(task: str, doc_ids: list) -> list[str]:
+    """Each question's group for `selection_diagnostics`: its leaf task when the task is a
+    group (document ids "leaf/3", `evaluation.per_question`), else the task."""
+    return [d.split("/")[0] if isinstance(d, str) and "/" in d else task for d in doc_ids]
+
+
 def selection_diagnostics(choices: list[int], groups: list[str], m: int) -> dict:
     """How a selector spread its inputs over m prompts: the share each prompt got, the entropy
     of those shares (bits; log2 m when even, 0 when one prompt takes all), and the mutual
@@ -155,12 +162,7 @@ def selection_diagnostics(choices: list[int], groups: list[str], m: int) -> dict
         return {"selected_per_prompt": [0] * m, "selected_share": [0.0] * m,
                 "selected_top_share": 0.0, "selection_entropy": 0.0, "selection_mi": 0.0}
     counts = np.bincount(np.asarray(choices, dtype=int), minlength=m)
-    joint: dict = {}
-    for g, c in zip(groups, choices):
-        joint[(g, c)] = joint.get((g, c), 0) + 1
-    per_group: dict = {}
-    for g in groups:
-        per_group[g] = per_group.get(g, 0) + 1
+    joint, per_group = Counter(zip(groups, choices)), Counter(groups)
 
     def entropy(ps):
         return max(0.0, float(-sum(p * math.log2(p) for p in ps if p > 0)))  # never -0.0

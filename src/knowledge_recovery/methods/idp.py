@@ -443,17 +443,12 @@ def oracle_results(per_prompt: list[dict]) -> dict:
     return out
 
 
-def _groups(task: str, doc_ids: list) -> list[str]:
-    """Each document's group: its leaf task in a group ("leaf/3"), else the task."""
-    return [d.split("/")[0] if isinstance(d, str) and "/" in d else task for d in doc_ids]
-
-
 def _evaluate(model, entry: dict, run) -> dict:
     """Attention selection (the method) or random: one lm-eval run, with how the selector
     spread the questions over the prompts (`stats.selection_diagnostics`: shares, entropy, and
     mutual information between a question's leaf task, such as a probe relation, and its
     prompt). Oracle: one run per prompt of the pool, keeping per document the best of them."""
-    from ..stats import selection_diagnostics
+    from ..stats import question_groups, selection_diagnostics
 
     if entry["selection"] == "oracle":
         per_prompt = []
@@ -468,8 +463,8 @@ def _evaluate(model, entry: dict, run) -> dict:
     for task, metrics in results.items():
         prompts = metrics.get("prompt")
         if prompts and all(p is not None for p in prompts):  # one prompt per question
-            metrics.update(selection_diagnostics(prompts, _groups(task, metrics["doc_id"]),
-                                                 model.pool_size))
+            metrics.update(selection_diagnostics(
+                prompts, question_groups(task, metrics["doc_id"]), model.pool_size))
         else:  # select_on: sequence, a prompt per answer: the counts only
             metrics.pop("prompt", None)
             choices = [j for j, k in enumerate(counts) for _ in range(k)]
