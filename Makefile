@@ -21,29 +21,29 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 # The YAML check first: Snakemake's own message for a syntax error gives no line or column.
 run: venv
-	$(BIN)/python -m knowledge_recovery.config $(CONFIG)
+	$(BIN)/python -m knowledge_recovery.pipeline.config $(CONFIG)
 	if grep -Eq 'deploy:[[:space:]]*openvino' $(CONFIG); then $(MAKE) .venv-openvino; fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --configfile $(CONFIG) $(SMK_ARGS)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m knowledge_recovery.report --if-finished --configfile $(CONFIG)
-	@$(BIN)/python -m knowledge_recovery.show --configfile $(CONFIG)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m knowledge_recovery.cli.report --if-finished --configfile $(CONFIG)
+	@$(BIN)/python -m knowledge_recovery.cli.show --configfile $(CONFIG)
 
 # The grid's Snakemake report (summary/report.html), attached to the parent MLflow run
 report: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m knowledge_recovery.report --configfile $(CONFIG)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m knowledge_recovery.cli.report --configfile $(CONFIG)
 
 # Check every artifact of a results folder against its manifest (file hashes); what is damaged
 # is listed, and the next `make run` sets it aside and rebuilds it.
 verify: venv
-	$(BIN)/python -m knowledge_recovery.verify --configfile $(CONFIG)
+	$(BIN)/python -m knowledge_recovery.cli.verify --configfile $(CONFIG)
 
 # Log to MLflow whatever a results folder holds and the store lacks (after a tracking outage),
 # or copy a finished grid into another store: MLFLOW_TRACKING_URI=http://host:5000 make resync
 resync: venv
-	$(BIN)/python -m knowledge_recovery.resync --configfile $(CONFIG)
+	$(BIN)/python -m knowledge_recovery.cli.resync --configfile $(CONFIG)
 
 # The README's results blocks from a finished run of CONFIG (docs/results/<experiment>/)
 readme: venv
-	$(BIN)/python -m knowledge_recovery.readme --configfile $(CONFIG)
+	$(BIN)/python -m knowledge_recovery.cli.readme --configfile $(CONFIG)
 
 test: lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -2,8 +2,8 @@
 # Run with a profile: `snakemake --profile profiles/default [--configfile my.yaml]`.
 import time
 
-from knowledge_recovery import integrity, runlock
-from knowledge_recovery.config import prepare, read_yaml, validate_schema
+from knowledge_recovery.pipeline import integrity, runlock
+from knowledge_recovery.pipeline.config import prepare, read_yaml, validate_schema
 
 if not config:  # no --configfile given: the embedded default grid, wherever --directory points
     configfile: f"{workflow.basedir}/config.yaml"
@@ -22,9 +22,9 @@ include: "rules/common.smk"
 report: "report/workflow.rst"
 
 # One run per results folder: a killed run's stale locks are cleared, a live one elsewhere is not
-# disturbed (runlock.py). Only the main process decides; only a run that executes jobs claims.
-# Then damaged artifacts (missing, truncated, altered; integrity.py) and what was built from them
-# are set aside, so that this run rebuilds them.
+# disturbed (pipeline/runlock.py). Only the main process decides; only a run that executes jobs
+# claims. Then damaged artifacts (missing, truncated, altered; pipeline/integrity.py) and what was
+# built from them are set aside, so that this run rebuilds them.
 STARTED = time.time()
 if workflow.is_main_process:
     runlock.clear_if_stale(paths.root)

@@ -1,6 +1,6 @@
 """Compression methods on a real model: time, CPU time, peak memory and WikiText-2 perplexity.
 
-    .venv/bin/python bench/compression.py [--checkpoint DIR] [--samples 16 --seq-len 256]
+    .venv/bin/python bench/apply.py [--checkpoint DIR] [--samples 16 --seq-len 256]
 
 Each method runs in its own process (clean peak-RSS figure) on the same dense checkpoint and the
 same calibration windows. Default checkpoint: the default grid's SmolLM2-135M (run `make run`
@@ -66,24 +66,27 @@ def one(args) -> None:
     import torch
     import transformers  # noqa: F401 - imported before the baseline is taken
 
-    from knowledge_recovery import artifacts, calibration, compression, evaluation, models, packing
+    from knowledge_recovery import artifacts
+    from knowledge_recovery.compression import apply, calibration, entries, packing
+    from knowledge_recovery.evaluation import harness
+    from knowledge_recovery.models import checkpoints
 
     torch.set_num_threads(args.threads)
     libraries = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # interpreter + libraries
-    model, tok = models.load_checkpoint(args.checkpoint)
+    model, tok = checkpoints.load_checkpoint(args.checkpoint)
     calib_text, eval_text = texts(args.calibration)
     batch = calibration.calibration_batch(tok, calib_text, args.samples, args.seq_len, seed=0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0, c0 = time.perf_counter(), time.process_time()
-    _, grids, stats = compression.compress(model, METHODS[args.one], batch, log=lambda *_: None)
+    _, grids, stats = apply.compress(model, METHODS[args.one], batch, log=lambda *_: None)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
-    ppl = evaluation.perplexity(model, tok, eval_text, 256, args.ppl_windows)
+    ppl = harness.perplexity(model, tok, eval_text, 256, args.ppl_windows)
     packed_mb = None
-    if args.one != "dense" and packing.unpackable_reason(METHODS[args.one]) is None:
+    if args.one != "dense" and entries.unpackable_reason(METHODS[args.one]) is None:
         with tempfile.TemporaryDirectory() as tmp:
-            models.save_checkpoint(model, tok, f"{tmp}/checkpoint")
+            checkpoints.save_checkpoint(model, tok, f"{tmp}/checkpoint")
             packing.export_packed(model, tok, grids, METHODS[args.one], f"{tmp}/packed")
             packing.verify(f"{tmp}/packed", f"{tmp}/checkpoint")
             packed_mb = artifacts.dir_bytes(f"{tmp}/packed") / 2**20

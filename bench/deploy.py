@@ -4,7 +4,7 @@
     .venv-openvino/bin/python bench/deploy.py --config config/deploy.yaml [--rounds 5]
 
 Runs in the deploy environment. The deploy_latency step's measurement
-(deployment.latency_variants, deployment.latency: the dense model in PyTorch float32, every
+(openvino.latency_variants, openvino.latency: the dense model in PyTorch float32, every
 deployed model on OpenVINO with the exact runtime the deploy step checked, a recovery cell as its
 prompt cache in front of its compressed model's export, and the first quantized export again
 with OpenVINO's CPU defaults), with the rounds and sizes given here, printed.
@@ -28,9 +28,9 @@ def main() -> None:
     import yaml
     from transformers import AutoTokenizer
 
-    from knowledge_recovery import deployment
-    from knowledge_recovery.jobs import Jobs
-    from knowledge_recovery.paths import Layout
+    from knowledge_recovery.deployment import openvino
+    from knowledge_recovery.pipeline.jobs import Jobs
+    from knowledge_recovery.pipeline.paths import Layout
     from knowledge_recovery.text import python_reference
 
     torch.set_num_threads(args.threads)
@@ -44,15 +44,15 @@ def main() -> None:
         raise SystemExit(f"{args.config} deploys no model (deploy: openvino on a compression entry)")
     model_name = deployed[0].model
     tok = AutoTokenizer.from_pretrained(jobs.paths.checkpoint(model_name))
-    variants = deployment.latency_variants(jobs, model_name, args.threads)
+    variants = openvino.latency_variants(jobs, model_name, args.threads)
     ids = tok(python_reference()[:200000], return_attention_mask=False)["input_ids"]
     settings = {"batches": args.batches, "seq_len": args.seq_len, "new_tokens": args.new_tokens,
                 "rounds": args.rounds}
     print(f"model {model_name}; cpu, {args.threads} threads; input {args.seq_len} tokens (after "
           f"the prompt, if any); decode {args.new_tokens} tokens; median of {args.rounds} rounds; "
-          f"{deployment.versions()}")
+          f"{openvino.versions()}")
     batch = None
-    for row in deployment.latency(variants, ids, settings, tok.eos_token_id):
+    for row in openvino.latency(variants, ids, settings, tok.eos_token_id):
         if row["batch"] != batch:
             batch = row["batch"]
             print(f"\nbatch {batch}")
@@ -61,7 +61,7 @@ def main() -> None:
         print(f"{row['variant']:<44}{row['prefill_ms']:>11.1f}{row['prefill_cpu_ms']:>9.1f}"
               f"{row['decode_ms']:>15.2f}{row['decode_cpu_ms']:>9.2f}"
               f"{row['decode_tokens_per_s']:>8.1f}{row['prefill_x']:>11.2f}{row['decode_x']:>10.2f}")
-    print("\nsize on disk (MB):", {d.compression: round(deployment.disk_bytes(
+    print("\nsize on disk (MB):", {d.compression: round(openvino.disk_bytes(
         jobs.paths.deployed(*d[:3])) / 1e6, 1) for d in deployed if d.unit is None
         and d.model == model_name})
 

@@ -49,9 +49,9 @@ def unique_tokens(model, tok, names, manager, limit):
     requests and tokenisation, recorded from a run)."""
     import lm_eval
 
-    from knowledge_recovery import evaluation
+    from knowledge_recovery.evaluation.lm import RecoveredLM
 
-    lm = evaluation.harness_lm(pretrained=model, tokenizer=tok, batch_size=1)
+    lm = RecoveredLM(model, tok, shared_context=False, batch_size=1)
     out = {}
     for name in names:
         requests = []
@@ -85,23 +85,28 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from knowledge_recovery import artifacts, evaluation, models, tasks
+    from knowledge_recovery import artifacts
+    from knowledge_recovery.evaluation import harness, tasks
+    from knowledge_recovery.evaluation.lm import ContextScorer, RecoveredLM
+    from knowledge_recovery.models import checkpoints
 
-    evaluation.set_offline()
-    model, tok, _ = models.acquire(SMOLLM2)
+    harness.set_offline()
+    model, tok, _ = checkpoints.acquire(SMOLLM2)
     model.eval()
     entries = task_entries()
     folder = Path(tempfile.mkdtemp())
     names = []
     for e in entries:
         names += list(tasks.prepare_task(e, folder / e["name"], seed=0))
-    manager = evaluation.task_manager([folder / e["name"] for e in entries], need_builtin=False)
+    manager = harness.task_manager([folder / e["name"] for e in entries], need_builtin=False)
     sizes = unique_tokens(model, tok, names, manager, args.limit)
 
     def run(name, scorer):
         t0, c0 = time.perf_counter(), time.process_time()
-        res = evaluation.evaluate(model, tok, [{"name": name, "limit": args.limit}], manager,
-                                  args.batch_size, 0, 0, log_samples=True, scorer=scorer)[name]
+        lm = RecoveredLM(model, tok, batch_size=args.batch_size)
+        lm.scorer = scorer  # the scorer under test (None: HFLM's own way)
+        res = harness.evaluate(model, tok, [{"name": name, "limit": args.limit}], manager,
+                               args.batch_size, 0, 0, log_samples=True, lm=lm)[name]
         return time.perf_counter() - t0, time.process_time() - c0, res
 
     def forward_limit(tokens_per_question):
@@ -121,10 +126,10 @@ def main() -> None:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for name in names:
-        cached = evaluation.ContextScorer.for_model(model)
+        cached = ContextScorer.for_model(model)
         cached.packed = None  # the two-pass way (what peft's prompt methods and IDP use)
         scorers = {"plain HFLM": None, "context once, cached": cached,
-                   "context once, packed": evaluation.ContextScorer.for_model(model)}
+                   "context once, packed": ContextScorer.for_model(model)}
         times = {label: [] for label in scorers}
         results = {}
         for _ in range(args.rounds):

@@ -27,11 +27,13 @@ from pathlib import Path
 
 import torch
 
-from knowledge_recovery import artifacts, models, recovery
-from knowledge_recovery.config import load_config
-from knowledge_recovery.grid import cells
-from knowledge_recovery.methods.idp import LAYOUTS, TIE, DynamicPromptModel
-from knowledge_recovery.paths import RECOVERY_TEXT, Layout
+from knowledge_recovery import artifacts
+from knowledge_recovery.models import checkpoints
+from knowledge_recovery.pipeline.config import load_config
+from knowledge_recovery.pipeline.grid import cells
+from knowledge_recovery.pipeline.paths import RECOVERY_TEXT, Layout
+from knowledge_recovery.recovery import adapters
+from knowledge_recovery.recovery.dynamic_prompts import LAYOUTS, TIE, DynamicPromptModel
 from knowledge_recovery.text import load_text, text_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,12 +114,12 @@ def main(argv=None) -> None:
     paths = Layout(config)
     model_name = config["models"][0]["name"]
     compression = next(c["id"] for c in config["compression"] if c["method"] != "dense")
-    base, tok = models.load_checkpoint(paths.checkpoint(model_name, compression))
+    base, tok = checkpoints.load_checkpoint(paths.checkpoint(model_name, compression))
     base.eval()
     idp = [c for c in cells(config) if c.settings["method"] == "idp" and c.model == model_name
            and c.compression == compression and c.settings["id"] == c.settings["train_id"]
            and c.settings["training"]["steps"] > 0]
-    pools = {c.settings["train_id"]: recovery.load(base, c.settings, paths.adapter(
+    pools = {c.settings["train_id"]: adapters.load(base, c.settings, paths.adapter(
         c.model, c.compression, c.train_unit)) for c in idp}
     first = next(iter(pools.values()))
     m, n = first.pool_size, first.num_tokens

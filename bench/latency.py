@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/latency.py [--dense DIR --compressed DIR] [--rounds 5]
 
-Prefill and decode as knowledge_recovery.timing measures them (alternating rounds, medians, wall and CPU),
+Prefill and decode as knowledge_recovery.models.timing measures them (alternating rounds, medians,
+wall and CPU),
 batch 1 and 8 of the same real text (--seq-len tokens each).
 Adapters are untrained: latency does not depend on the values of their weights.
 Also reported: IDP's selection overhead (attention selection vs the same pool with a fixed prompt,
@@ -15,14 +16,16 @@ import argparse
 from pathlib import Path
 
 import torch
-from knowledge_recovery.timing import generation_times
+
+from knowledge_recovery.models.timing import generation_times
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "results/default/models/smollm2-135m"
 
 
 def variants(args):
-    from knowledge_recovery import models, recovery
+    from knowledge_recovery.models import checkpoints
+    from knowledge_recovery.recovery import adapters
 
     n = args.tokens
     entries = {
@@ -34,16 +37,16 @@ def variants(args):
                                    "score_layers": args.score_layers, "scheme": "joint",
                                    "balance_weight": 0.0},
     }
-    out = {"dense": models.load_checkpoint(args.dense)[0].eval(),
-           "compressed": models.load_checkpoint(args.compressed)[0].eval()}
+    out = {"dense": checkpoints.load_checkpoint(args.dense)[0].eval(),
+           "compressed": checkpoints.load_checkpoint(args.compressed)[0].eval()}
     for name, entry in entries.items():
-        out[f"+{name}"] = recovery.attach(models.load_checkpoint(args.compressed)[0], entry).eval()
+        out[f"+{name}"] = adapters.attach(checkpoints.load_checkpoint(args.compressed)[0], entry).eval()
         if entry["method"] == "idp":  # the same pool, one fixed prompt: no selection
-            fixed = recovery.attach(models.load_checkpoint(args.compressed)[0], entry).eval()
+            fixed = adapters.attach(checkpoints.load_checkpoint(args.compressed)[0], entry).eval()
             fixed.selection = 0
             out[f"+{name} fixed"] = fixed
     # adapters' parameters only (the base models are unchanged and not counted)
-    return {k: (m, recovery.trainable_parameters(m) if k.startswith("+") else 0)
+    return {k: (m, adapters.trainable_parameters(m) if k.startswith("+") else 0)
             for k, m in out.items()}
 
 
@@ -62,11 +65,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from knowledge_recovery import models
+    from knowledge_recovery.models import checkpoints
     from knowledge_recovery.text import python_reference
 
     torch.set_num_threads(args.threads)
-    tok = models.load_checkpoint(args.dense)[1]
+    tok = checkpoints.load_checkpoint(args.dense)[1]
     ids = tok(python_reference()[:200000], return_attention_mask=False)["input_ids"]
     models_ = variants(args)
     k = args.new_tokens

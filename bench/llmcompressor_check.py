@@ -73,12 +73,13 @@ def their_recipe(name: str):
 
 def theirs(args) -> None:
     import torch
+    from compression import head_sparsity, texts
     from datasets import Dataset
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from compression import head_sparsity, texts
-    from knowledge_recovery import calibration, evaluation
+    from knowledge_recovery.compression import calibration
+    from knowledge_recovery.evaluation import harness
 
     torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32)
@@ -92,7 +93,7 @@ def theirs(args) -> None:
             num_calibration_samples=args.samples, max_seq_length=args.seq_len)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ppl = evaluation.perplexity(model, tok, eval_text, 256, args.ppl_windows)
+    ppl = harness.perplexity(model, tok, eval_text, 256, args.ppl_windows)
     linears = [m.weight for n, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
     sparsity = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)

@@ -52,6 +52,31 @@ def run(workdir: Path, config: Path) -> dict:
     return {"wall_s": wall, "cpu_s": cpu, "jobs": jobs}
 
 
+def timed(argv: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (children included) of one command, which must succeed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        sys.exit(f"{' '.join(argv)} failed:\n{proc.stderr[-4000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def make_run(workdir: Path, config: Path) -> dict:
+    """A no-op `make run` on a finished grid, part by part (the Makefile's commands, with the
+    grid in `workdir`): the YAML check, Snakemake, the report, the table."""
+    where = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    py = sys.executable
+    return {"config check": timed([py, "-m", "knowledge_recovery.pipeline.config", str(config)]),
+            "snakemake": timed([py, "-m", "snakemake", *where, "--configfile", str(config)]),
+            "report": timed([py, "-m", "knowledge_recovery.cli.report", "--if-finished",
+                             "--configfile", str(config), "--", *where]),
+            "show": timed([py, "-m", "knowledge_recovery.cli.show", "--configfile", str(config)])}
+
+
 def per_rule(results: Path) -> dict:
     totals = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for tsv in (results / "benchmarks").rglob("*.tsv"):
@@ -70,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(REPO / "config" / "smoke.yaml"))
     parser.add_argument("--keep", metavar="DIR", help="run in this new folder and keep it (then "
-                        "`python -m knowledge_recovery.readme --configfile DIR/config.yaml`)")
+                        "`python -m knowledge_recovery.cli.readme --configfile DIR/config.yaml`)")
     parser.add_argument("--out", help="where the tables go (default docs/results/bench/"
                         "pipeline-<experiment>.md, which the README includes); '' for nowhere")
     args = parser.parse_args()
@@ -85,12 +110,22 @@ def main() -> None:
         cfg_path.write_text(yaml.safe_dump(config))
         first = run(workdir, cfg_path)
         again = run(workdir, cfg_path)
+        timed([sys.executable, "-m", "knowledge_recovery.cli.report", "--configfile",
+               str(cfg_path), "--", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(workdir)])  # as the first `make run` ends: the report made and attached
+        noop = make_run(workdir, cfg_path)
         results = workdir / "results" / config.get("experiment", "default")
         lines = [f"`{' '.join(sys.argv)}`: {os.cpu_count()} cores, "
                  f"{time.strftime('%Y-%m-%d')}, commit {artifacts.git_commit()}", "",
                  "| run | wall s | CPU s | jobs |", "|---|---:|---:|---:|"]
         for name, r in (("fresh grid", first), ("no-op re-run", again)):
             lines.append(f"| {name} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['jobs']} |")
+        lines += ["", "No-op `make run` on the finished grid (target: at most 8 s):", "",
+                  "| part | wall s | CPU s |", "|---|---:|---:|"]
+        for part, (wall, cpu) in noop.items():
+            lines.append(f"| {part} | {wall:.1f} | {cpu:.1f} |")
+        lines.append(f"| total | {sum(w for w, _ in noop.values()):.1f} | "
+                     f"{sum(c for _, c in noop.values()):.1f} |")
         lines += ["", "| rule | jobs | wall s | CPU s | max RSS MB |", "|---|---:|---:|---:|---:|"]
         for rule, (n, wall, cpu, rss) in sorted(per_rule(results).items()):
             lines.append(f"| {rule} | {n} | {wall:.1f} | {cpu:.1f} | {rss:.0f} |")

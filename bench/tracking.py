@@ -4,7 +4,7 @@
     .venv/bin/python bench/tracking.py --processes 8 32 --stores server
 
 Each of N processes logs what an evaluate step of the paper grid logs (40 params, 60 metrics,
-one 10 kB results file, the run created under the grid's parent run) with `tracking.log_step`,
+one 10 kB results file, the run created under the grid's parent run) with `mlflow_runs.log_step`,
 the steps' own code: store set-up, file lock and retries on a locked SQLite file included. They
 are forked from one process that has imported MLflow (128 fresh interpreters would not fit in
 memory here), get their own store clients, and start logging at the same instant. The store and
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import mlflow  # noqa: F401 - imported once, before forking, and shared copy-on-write
 
-from knowledge_recovery import tracking
-from knowledge_recovery.mlflow_server import Server
+from knowledge_recovery.tracking import mlflow_runs
+from knowledge_recovery.tracking.mlflow_server import Server
 
 EXPERIMENT = "load"
 
@@ -37,7 +37,7 @@ def evaluate_sized_record(root: Path, i: int) -> dict:
     artifact.parent.mkdir(parents=True, exist_ok=True)
     artifact.write_text(json.dumps({"results": {f"task{t}": {"acc": 0.5, "acc_stderr": 0.01}
                                                 for t in range(400)}})[:10_000])
-    return tracking.record(
+    return mlflow_runs.record(
         root, "evaluate", f"model/compression-{i}/recovery",
         tags={"model": "model", "compression": f"compression-{i}", "recovery": "recovery"},
         params={f"setting{k}": k for k in range(40)},
@@ -49,7 +49,7 @@ def one_step(root: Path, uri: str, i: int, start_at: float) -> None:
     rec = evaluate_sized_record(root, i)
     time.sleep(max(0.0, start_at - time.time()))
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    run_id = tracking.log_step(root, EXPERIMENT, rec)
+    run_id = mlflow_runs.log_step(root, EXPERIMENT, rec)
     out = {"run_id": run_id, "wall_s": time.perf_counter() - wall0,
            "cpu_s": time.process_time() - cpu0}
     (root / "out" / f"{i}.json").write_text(json.dumps(out))
@@ -60,7 +60,7 @@ def prepare(root: Path, uri: str) -> None:
     the fork)."""
     def setup():
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        tracking._setup(root, EXPERIMENT)
+        mlflow_runs._setup(root, EXPERIMENT)
     proc = multiprocessing.get_context("fork").Process(target=setup)
     proc.start()
     proc.join()
@@ -83,7 +83,7 @@ def trial(root: Path, uri: str, n: int) -> dict:
     runs = client.search_runs([exp.experiment_id], "tags.`kr.role` = 'step'", max_results=5000)
     keys = [r.data.tags["kr.step_key"] for r in runs]
     finished = {r.data.tags["kr.step_key"] for r in runs
-                if r.info.status == "FINISHED" and tracking.RECORD_TAG in r.data.tags}
+                if r.info.status == "FINISHED" and mlflow_runs.RECORD_TAG in r.data.tags}
     walls = sorted(o["wall_s"] for o in outs)
     cpus = sorted(o["cpu_s"] for o in outs)
 
@@ -104,7 +104,7 @@ def warm_up(root: Path) -> None:
 
     root.mkdir()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    tracking.log_step(root, EXPERIMENT, evaluate_sized_record(root, 0))
+    mlflow_runs.log_step(root, EXPERIMENT, evaluate_sized_record(root, 0))
     del os.environ["MLFLOW_TRACKING_URI"]
 
 

@@ -46,17 +46,18 @@ def main() -> None:
                         choices=["float32", "bfloat16"])
     args = parser.parse_args()
 
-    from knowledge_recovery import models, recovery, training
+    from knowledge_recovery.models import checkpoints
+    from knowledge_recovery.recovery import adapters, training
     from knowledge_recovery.text import python_reference
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tok = models.load_checkpoint(args.checkpoint)[1]
+    tok = checkpoints.load_checkpoint(args.checkpoint)[1]
     blocks = training.token_blocks(tok, python_reference()[:400000], args.seq_len)
     runs = {}
     for name in args.methods:
         for precision in args.precisions:
-            model = recovery.attach(models.load_checkpoint(args.checkpoint)[0], ENTRIES[name])
+            model = adapters.attach(checkpoints.load_checkpoint(args.checkpoint)[0], ENTRIES[name])
             params = [p for p in model.parameters() if p.requires_grad]
             runs[(name, precision)] = (model, params, torch.optim.AdamW(params, lr=1e-3))
 
@@ -101,7 +102,7 @@ def main() -> None:
         wall = statistics.median(t[0] for t in times[(name, precision)])
         cpu = statistics.median(t[1] for t in times[(name, precision)])
         work = flops[(name, precision)]
-        print(f"{name:<20}{precision:<11}{recovery.trainable_parameters(model):>10,}"
+        print(f"{name:<20}{precision:<11}{adapters.trainable_parameters(model):>10,}"
               f"{wall:>9.2f}{cpu:>8.2f}{work:>8.0f}{work / wall:>9.0f}{work / rate:>9.2f}")
 
 

@@ -3,11 +3,11 @@ from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
 
-from knowledge_recovery.compression import needs_calibration
-from knowledge_recovery.grid import compression_spec
-from knowledge_recovery.jobs import Jobs
-from knowledge_recovery.paths import unit
-from knowledge_recovery.task_formats import source_files
+from knowledge_recovery.compression.entries import needs_calibration
+from knowledge_recovery.evaluation.task_formats import source_files
+from knowledge_recovery.pipeline.grid import compression_spec
+from knowledge_recovery.pipeline.jobs import Jobs
+from knowledge_recovery.pipeline.paths import unit
 
 JOBS = Jobs(config)  # what each job reads (the same graph `integrity` checks)
 paths = JOBS.paths

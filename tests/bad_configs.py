@@ -10,7 +10,6 @@ import copy
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
 
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from knowledge_recovery.evaluation import set_offline
+from knowledge_recovery.evaluation.harness import set_offline
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny():
     """A factory of fresh tiny random Llama models with the byte tokenizer."""
-    from knowledge_recovery.models import tiny_random
+    from knowledge_recovery.models.checkpoints import tiny_random
 
     spec = {"architecture": "llama", "hidden_size": 64, "num_layers": 2, "num_heads": 4,
             "intermediate_size": 128}

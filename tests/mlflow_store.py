@@ -1,8 +1,7 @@
 """What an MLflow store holds for one experiment, in a form two stores can be compared by."""
 import mlflow
 
-from knowledge_recovery import tracking
-
+from knowledge_recovery.tracking import mlflow_runs
 
 # set by MLflow itself, per store (the user, the run's own name tag, its parent's id)
 VOLATILE_TAGS = {"mlflow.user", "mlflow.runName", "mlflow.parentRunId", "mlflow.source.name",
@@ -16,10 +15,10 @@ def snapshot(uri: str, experiment: str) -> dict:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=5000)
-    parent = {r.info.run_id for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "grid"}
+    parent = {r.info.run_id for r in runs if r.data.tags.get(mlflow_runs.ROLE_TAG) == "grid"}
     out = {}
     for r in runs:
-        key = r.data.tags.get(tracking.KEY_TAG, "grid")
+        key = r.data.tags.get(mlflow_runs.KEY_TAG, "grid")
         assert key not in out, f"two runs for {key}"
         tags = {k: v for k, v in r.data.tags.items() if k not in VOLATILE_TAGS}
         if "mlflow.parentRunId" in r.data.tags:

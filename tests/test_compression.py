@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from knowledge_recovery.compression import compress, pack_mask, target_linears, unpack_mask
-from knowledge_recovery.methods.magnitude import magnitude
-from knowledge_recovery.quantization import quantize_rtn
+from knowledge_recovery.compression.apply import compress, pack_mask, target_linears, unpack_mask
+from knowledge_recovery.compression.methods.magnitude import magnitude
+from knowledge_recovery.compression.quantization import quantize_rtn
 
 
 def test_targets_are_block_linears_not_embeddings_or_head(tiny):
@@ -35,7 +35,7 @@ def test_packed_masks_round_trip_in_an_eighth_of_the_bytes(cols):
 
 
 def test_lowest_scores_break_ties_by_position_like_a_stable_sort():
-    from knowledge_recovery.pruning import lowest_per_row
+    from knowledge_recovery.compression.pruning import lowest_per_row
 
     gen = torch.Generator().manual_seed(0)
     # few distinct values (ties in most rows, as in an already-quantized layer), then none

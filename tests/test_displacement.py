@@ -1,12 +1,11 @@
 """The question-level displacement analysis on samples files with known answers."""
 import yaml
-
 from conftest import REPO
-from knowledge_recovery import aggregate, displacement
+
+from knowledge_recovery.analysis import aggregate, displacement
 from knowledge_recovery.artifacts import write_json_gz
-from knowledge_recovery.config import load_config
-from knowledge_recovery.grid import by_id, cells
-from knowledge_recovery.registry import compression_method, recovery_method
+from knowledge_recovery.pipeline.config import load_config
+from knowledge_recovery.pipeline.grid import cells
 
 QUESTIONS = 400
 
@@ -14,26 +13,19 @@ QUESTIONS = 400
 def _grid():
     config = load_config(yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()),
                          check_models=False)
-    compression = by_id(config["compression"])
-
-    def trains(c):
-        return recovery_method(c.settings["method"]).trains
-
-    def is_baseline(c):
-        return compression_method(compression[c.compression]["method"]).family == "none"
-    return cells(config), trains, is_baseline
+    return cells(config)
 
 
-def _role(cell, is_baseline):
-    if is_baseline(cell):
+def _role(cell):
+    if cell.baseline:
         return "dense"
     return cell.id.split("/", 2)[2].split("/")[0]
 
 
-def _write(tmp_path, grid_cells, is_baseline, right: dict) -> list:
+def _write(tmp_path, grid_cells, right: dict) -> list:
     files = []
     for i, c in enumerate(grid_cells):
-        correct = right.get(_role(c, is_baseline), right["none"])  # unlisted: as compressed
+        correct = right.get(_role(c), right["none"])  # unlisted: as compressed
         f = tmp_path / f"{i}.json.gz"
         write_json_gz(f, {"probes": {"doc_id": list(range(QUESTIONS)), "correct": correct}})
         files.append(f)
@@ -57,11 +49,11 @@ def _answers(dense_right, lost, gained, recovered_by: dict, broken_by: dict) -> 
 
 
 def _analyse(tmp_path, right):
-    grid_cells, trains, is_baseline = _grid()
-    files = _write(tmp_path, grid_cells, is_baseline, right)
+    grid_cells = _grid()
+    files = _write(tmp_path, grid_cells, right)
     settings = {"resamples": 2000, "seed": 0, "confidence": 0.95, "reference": "lora"}
-    compared = aggregate.compare(grid_cells, files, settings, trains, is_baseline)
-    rows, recovered = displacement.example_level(grid_cells, files, trains, is_baseline)
+    compared = aggregate.compare(grid_cells, files, settings)
+    rows, recovered = displacement.example_level(grid_cells, files)
     pairs = displacement.overlap(rows, recovered)
     return rows, pairs, displacement.reading(rows, pairs, compared, 0.95, "lora")
 
@@ -104,7 +96,7 @@ def test_layer_table_and_plot_without_prompt_methods(tmp_path):
     """Only weight-side recoveries traced: no attention column values, the plot still draws."""
     from knowledge_recovery.artifacts import write_json
 
-    grid_cells, _, _ = _grid()
+    grid_cells = _grid()
     traced = [c for c in grid_cells if c.recovery in ("none", "lora-r2") and "gptq" in c.compression]
     files = []
     for i in range(len(traced)):

@@ -1,11 +1,15 @@
 """lm-eval's log-likelihoods must equal a hand computation, for every recovery method."""
+from unittest import mock
+
 import pytest
 import torch
-
-from knowledge_recovery import evaluation, recovery
-from knowledge_recovery.recovery import sample_vocab_embeddings
-from knowledge_recovery.tasks import make_probes, prepare_task
 from test_idp import hand_idp_choice, sharp_idp
+
+from knowledge_recovery.evaluation import harness
+from knowledge_recovery.evaluation.lm import ContextScorer, RecoveredLM, cache_rows
+from knowledge_recovery.evaluation.tasks import make_probes, prepare_task
+from knowledge_recovery.recovery import adapters
+from knowledge_recovery.recovery.adapters import sample_vocab_embeddings
 
 N_DOCS = 6
 
@@ -38,35 +42,35 @@ def test_lm_eval_accuracy_matches_hand_computation(tiny, task_dir, method):
     base, tok = tiny(seed=3)
     model, prompt, prefix_ids = base, None, None
     if method == "prefix_tuning":  # vocab init: the prefix is the cache of real tokens
-        model = recovery.attach(base, {"method": method, "num_virtual_tokens": 5}, seed=2)
+        model = adapters.attach(base, {"method": method, "num_virtual_tokens": 5}, seed=2)
         prefix_ids, _ = sample_vocab_embeddings(base, 5, seed=2)
     if method == "prompt_tuning":
-        model = recovery.attach(base, {"method": method, "num_virtual_tokens": 5})
+        model = adapters.attach(base, {"method": method, "num_virtual_tokens": 5})
         prompt = model.get_prompt_embedding_to_save("default").detach()
     elif method in ("lora", "dora"):
-        model = recovery.attach(base, {"method": method, "r": 2, "alpha": 4, "dropout": 0.0,
+        model = adapters.attach(base, {"method": method, "r": 2, "alpha": 4, "dropout": 0.0,
                                        "target_modules": ["q_proj", "v_proj"]})
         for name, p in model.named_parameters():  # non-zero B so LoRA changes the outputs
             if "lora_B" in name or "magnitude" in name:
                 torch.nn.init.normal_(p, mean=float("magnitude" in name), std=0.5)
     elif method == "ia3":
-        model = recovery.attach(base, {"method": method, "target_modules": ["k_proj", "v_proj", "down_proj"],
+        model = adapters.attach(base, {"method": method, "target_modules": ["k_proj", "v_proj", "down_proj"],
                                        "feedforward_modules": ["down_proj"]})
         for p in model.parameters():  # scales away from 1 so (IA)3 changes the outputs
             if p.requires_grad:
                 torch.nn.init.normal_(p, mean=1.0, std=0.5)
     model.eval()
-    manager = evaluation.task_manager([task_dir], need_builtin=False)
-    results = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
+    manager = harness.task_manager([task_dir], need_builtin=False)
+    results = harness.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
                                   batch_size=4, bootstrap_iters=0, seed=0, log_samples=True)
     correct = 0
     hand_model = model.get_base_model() if method.endswith("_tuning") else model
     docs = make_probes("country_capital", N_DOCS, 4, seed=0)
-    for doc, harness in zip(docs, results["kp_country_capital"]["loglikelihoods"]):
+    for doc, logged_scores in zip(docs, results["kp_country_capital"]["loglikelihoods"]):
         context = doc["question"] + "\nAnswer:"
         scores = [hand_loglik(hand_model, tok, context, " " + c, prompt, prefix_ids)
                   for c in doc["choices"]]
-        assert harness == pytest.approx(scores, abs=1e-3)
+        assert logged_scores == pytest.approx(scores, abs=1e-3)
         if method != "none":  # the adapter is in play: without it the scores differ
             with model.disable_adapter():
                 plain = [hand_loglik(model.get_base_model(), tok, context, " " + c) for c in doc["choices"]]
@@ -88,7 +92,8 @@ def test_idp_batches_give_what_single_requests_give(tiny):
     requests = [Instance("loglikelihood", {}, (t, " x"), i) for i, t in enumerate(texts)]
     single = [HFLM(pretrained=model, tokenizer=tok, batch_size=1).loglikelihood([r])[0][0]
               for r in requests]
-    lm = evaluation.harness_lm(True, pretrained=model, tokenizer=tok, batch_size=8)
+    lm = RecoveredLM(model, tok, recovery={"method": "idp", "select_on": "sequence"},
+                     batch_size=8)
     assert [r[0] for r in lm.loglikelihood(requests)] == pytest.approx(single, abs=1e-4)
     plain = HFLM(pretrained=model, tokenizer=tok, batch_size=8).loglikelihood(requests)
     assert [r[0] for r in plain] != pytest.approx(single, abs=1e-4)
@@ -97,18 +102,18 @@ def test_idp_batches_give_what_single_requests_give(tiny):
 def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
     """Selection on each whole (context, answer) sequence (`select_on: sequence`)."""
     model, base, tok = sharp_idp(tiny)
-    manager = evaluation.task_manager([task_dir], need_builtin=False)
-    results = evaluation.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
+    manager = harness.task_manager([task_dir], need_builtin=False)
+    results = harness.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
                                             {"batch_size": 4, "bootstrap_iters": 0}, seed=0,
                                             entry={"method": "idp", "selection": "attention",
                                                    "select_on": "sequence"})
     model.selection = "attention"
     # batches of 4 inputs of different lengths: the padding must not sway the choice
-    logged = evaluation.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
+    logged = harness.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
                                  batch_size=4, bootstrap_iters=0, seed=0, log_samples=True,
-                                 padding_aware=True)
+                                 recovery={"method": "idp", "select_on": "sequence"})
     chosen, correct = [], 0
-    for doc, harness in zip(make_probes("country_capital", N_DOCS, 4, seed=0),
+    for doc, logged_scores in zip(make_probes("country_capital", N_DOCS, 4, seed=0),
                             logged["kp_country_capital"]["loglikelihoods"]):
         context = doc["question"] + "\nAnswer:"
         scores = []
@@ -117,7 +122,7 @@ def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
             j = hand_idp_choice(base, model.prompts.detach(), torch.tensor(ids[:-1]), [0, 2])
             chosen.append(j)
             scores.append(hand_loglik(base, tok, context, " " + choice, model.prompts[j].detach()))
-        assert harness == pytest.approx(scores, abs=1e-3)
+        assert logged_scores == pytest.approx(scores, abs=1e-3)
         correct += int(max(range(4), key=scores.__getitem__) == doc["gold"])
     assert len(set(chosen)) > 1, "every input chose the same prompt: the test shows nothing"
     assert results["kp_country_capital"]["acc"] == pytest.approx(correct / N_DOCS)
@@ -131,9 +136,9 @@ def test_idp_records_the_prompt_of_each_question(tiny, task_dir):
     """Selection on the context (the default): each question's prompt, chosen from its context
     as a plain forward chooses it, is recorded per document, with the selection diagnostics."""
     model, base, tok = sharp_idp(tiny)
-    manager = evaluation.task_manager([task_dir], need_builtin=False)
+    manager = harness.task_manager([task_dir], need_builtin=False)
     entry = {"method": "idp", "selection": "attention", "select_on": "context"}
-    results = evaluation.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
+    results = harness.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
                                             {"batch_size": 4, "bootstrap_iters": 0}, 0, entry)
     task = results["kp_country_capital"]
     docs = make_probes("country_capital", N_DOCS, 4, seed=0)
@@ -146,27 +151,27 @@ def test_idp_records_the_prompt_of_each_question(tiny, task_dir):
     assert task["selected_per_prompt"] == counts
     assert 0 < task["selection_entropy"] <= 1.6
     assert task["selection_mi"] == 0.0  # one task, no relations: nothing to tell
-    _, samples = evaluation.split_samples(results)
+    _, samples = harness.split_samples(results)
     assert samples["kp_country_capital"]["prompt"] == hand
 
 
 def test_idp_oracle_is_best_prompt_per_document(tiny, task_dir):
     base, tok = tiny(seed=3)
-    model = recovery.attach(base, {"method": "idp", "pool_size": 2, "num_virtual_tokens": 3,
+    model = adapters.attach(base, {"method": "idp", "pool_size": 2, "num_virtual_tokens": 3,
                                    "score_layers": [0], "scheme": "joint", "balance_weight": 0.0})
     with torch.no_grad():
         model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(1))
     model.eval()
-    manager = evaluation.task_manager([task_dir], need_builtin=False)
+    manager = harness.task_manager([task_dir], need_builtin=False)
     task = [{"name": "kp_country_capital"}]
     cfg = {"batch_size": 4, "bootstrap_iters": 0}
-    oracle = evaluation.evaluate_recovered(model, tok, task, manager, cfg, 0,
+    oracle = harness.evaluate_recovered(model, tok, task, manager, cfg, 0,
                                            {"method": "idp", "selection": "oracle"})
     per_prompt = []
     for j in range(2):
         model.selection = j
-        per_prompt.append(evaluation.evaluate(model, tok, task, manager, 4, 0, 0,
-                                              log_samples=True)["kp_country_capital"]["correct"])
+        per_prompt.append(harness.evaluate(model, tok, task, manager, 4, 0, 0, log_samples=True,
+                                           recovery={"method": "idp"})["kp_country_capital"]["correct"])
     best = [max(a, b) for a, b in zip(*per_prompt)]
     assert oracle["kp_country_capital"]["acc"] == pytest.approx(sum(best) / N_DOCS)
     assert oracle["kp_country_capital"]["acc"] >= max(sum(c) for c in per_prompt) / N_DOCS
@@ -177,7 +182,7 @@ def test_perplexity_is_exp_of_mean_window_loss(tiny):
 
     model, tok = tiny(seed=1)
     text = python_reference()[:5000]
-    ppl = evaluation.perplexity(model, tok, text, seq_len=64, max_windows=5, batch_size=2)
+    ppl = harness.perplexity(model, tok, text, seq_len=64, max_windows=5, batch_size=2)
     ids = torch.tensor(tok(text)["input_ids"][: 5 * 64]).view(5, 64)
     with torch.no_grad():
         losses = [model(input_ids=w[None], labels=w[None]).loss.item() for w in ids]
@@ -189,13 +194,13 @@ def test_a_killed_evaluation_keeps_its_finished_tasks(tiny, tmp_path, monkeypatc
     what they were computed from) and the result equals an uninterrupted run's."""
     prepare_task({"name": "kp", "type": "probes", "relations": ["country_capital", "element_symbol"],
                   "per_relation": 4, "num_choices": 4}, tmp_path / "tasks", seed=0)
-    manager = evaluation.task_manager([tmp_path / "tasks"], need_builtin=False)
+    manager = harness.task_manager([tmp_path / "tasks"], need_builtin=False)
     tasks = [{"name": "kp_country_capital"}, {"name": "kp_element_symbol"}]
     model, tok = tiny(seed=3)
     args = (model, tok, tasks, manager, {"batch_size": 4, "bootstrap_iters": 10}, 0,
             {"method": "none"})
-    whole = evaluation.evaluate_cell(*args)
-    real, calls = evaluation.evaluate_recovered, []
+    whole = harness.evaluate_cell(*args)
+    real, calls = harness.evaluate_recovered, []
 
     def counted(*a, **kw):
         calls.append(a[2][0]["name"])
@@ -203,15 +208,15 @@ def test_a_killed_evaluation_keeps_its_finished_tasks(tiny, tmp_path, monkeypatc
             raise KeyboardInterrupt  # the job is killed during its second task
         return real(*a, **kw)
 
-    monkeypatch.setattr(evaluation, "evaluate_recovered", counted)
+    monkeypatch.setattr(harness, "evaluate_recovered", counted)
     kill = True
     with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-1")
+        harness.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-1")
     kill, calls[:] = False, []
-    resumed = evaluation.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-1")
+    resumed = harness.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-1")
     assert calls == ["kp_element_symbol"] and resumed == whole
     calls.clear()  # an input rebuilt since: its fingerprint differs, nothing is kept
-    evaluation.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-2")
+    harness.evaluate_cell(*args, state_dir=tmp_path / "state", key="inputs-2")
     assert calls == ["kp_country_capital", "kp_element_symbol"]
 
 
@@ -228,8 +233,8 @@ def attached(tiny, method):
     if method == "ia3":
         entry.update(target_modules=["k_proj", "v_proj", "down_proj"],
                      feedforward_modules=["down_proj"])
-    model = recovery.attach(base, {k: v for k, v in entry.items()
-                                   if k in recovery.recovery_method(method).settings | {"method"}},
+    model = adapters.attach(base, {k: v for k, v in entry.items()
+                                   if k in adapters.recovery_method(method).settings | {"method"}},
                             seed=2)
     torch.manual_seed(0)
     for name, p in model.named_parameters():
@@ -257,12 +262,11 @@ def test_shared_context_scoring_equals_lm_eval(tiny, method):
         for choice in doc["choices"] + ["", doc["choices"][0] * 3]:
             cont = " " + choice if choice else "x"  # answers of one token and of several
             requests.append(Instance("loglikelihood", {}, (context, cont), len(requests)))
-    scorer = evaluation.ContextScorer.for_model(model) if method != "idp" else model.context_scorer()
+    lm = RecoveredLM(model, tok, recovery={"method": method, "select_on": "context"}, batch_size=5)
     # one pass with the answers packed after their context, except for the methods that put a
     # prompt before the input (their answers run on the cached prompt and context)
-    assert (scorer.packed is not None) == (method in ("none", "lora", "dora", "ia3"))
-    shared = evaluation.harness_lm(method == "idp", scorer, pretrained=model, tokenizer=tok,
-                                   batch_size=5).loglikelihood(requests)
+    assert (lm.scorer.packed is not None) == (method in ("none", "lora", "dora", "ia3"))
+    shared = lm.loglikelihood(requests)
     if method == "idp":  # the reference: HFLM with each question's chosen prompt fixed
         assert int(model.selected.sum()) == len(contexts)  # one choice per question
         chosen = {}
@@ -292,7 +296,8 @@ def test_packed_scoring_equals_lm_eval(tiny, architecture, attention):
 
     model, tok = tiny(architecture=architecture, num_layers=2)
     model.config._attn_implementation = attention
-    scorer = evaluation.ContextScorer.for_model(model)
+    lm = RecoveredLM(model, tok, batch_size=2)
+    scorer = lm.scorer
     calls = {"packed": 0, "extend": 0}
 
     def counted(name, call):
@@ -308,10 +313,15 @@ def test_packed_scoring_equals_lm_eval(tiny, architecture, attention):
                              ("Hi", [" there, and more", " you"])]:
         for answer in answers:
             requests.append(Instance("loglikelihood", {}, (context, answer), len(requests)))
-    lm = evaluation.harness_lm(scorer=scorer, pretrained=model, tokenizer=tok, batch_size=2)
     calls["plain"] = 0
-    lm._plain = counted("plain", lm._plain)
-    shared = lm.loglikelihood(requests)
+    whole = HFLM._loglikelihood_tokens
+
+    def counted_whole(self, reqs, *args):
+        calls["plain"] += 1
+        return whole(self, reqs, *args)
+
+    with mock.patch.object(HFLM, "_loglikelihood_tokens", counted_whole):
+        shared = lm.loglikelihood(requests)
     plain = HFLM(pretrained=model, tokenizer=tok, batch_size=2).loglikelihood(requests)
     assert [s[0] for s in shared] == pytest.approx([p[0] for p in plain], abs=1e-4)
     assert [s[1] for s in shared] == [p[1] for p in plain]
@@ -324,7 +334,7 @@ def test_cache_rows_leave_the_context_cache_as_it_was(tiny, architecture):
     """Answers run on rows of a context cache: the cache the next chunk starts from is unchanged
     (Gemma-3: sliding-window layers too)."""
     model, _ = tiny(architecture=architecture, num_layers=2)
-    scorer = evaluation.ContextScorer.for_model(model)
+    scorer = ContextScorer.for_model(model)
     ids = torch.randint(5, 200, (3, 7))
     mask = torch.ones_like(ids)
     with torch.no_grad():
@@ -333,11 +343,11 @@ def test_cache_rows_leave_the_context_cache_as_it_was(tiny, architecture):
         index = torch.tensor([0, 0, 2, 1])
         answers = torch.randint(5, 200, (4, 2))
         positions = 7 + torch.arange(2).expand(4, -1)
-        first = scorer.extend(answers, evaluation.cache_rows(cache, index),
+        first = scorer.extend(answers, cache_rows(cache, index),
                               torch.ones(4, 9, dtype=torch.long), positions)
         for layer, (k, v) in zip(cache.layers, before):
             assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
-        again = scorer.extend(answers, evaluation.cache_rows(cache, index, last=True),
+        again = scorer.extend(answers, cache_rows(cache, index, last=True),
                               torch.ones(4, 9, dtype=torch.long), positions)
     assert torch.equal(first, again)
 
@@ -354,7 +364,7 @@ def test_generation_runs_the_recovered_model(tiny, method):
     settings = {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}
     requests = [Instance("generate_until", {}, (c, dict(settings)), i)
                 for i, c in enumerate(contexts)]
-    lm = evaluation.harness_lm(pretrained=model, tokenizer=tok, batch_size=2)
+    lm = RecoveredLM(model, tok, batch_size=2)
     generated = lm.generate_until(requests)
     for context, text in zip(contexts, generated):
         ids = torch.tensor([tok(context)["input_ids"]])

@@ -6,11 +6,11 @@ import zipfile
 
 import pytest
 import yaml
-
 from conftest import REPO
-from knowledge_recovery import gguf_wheels
-from knowledge_recovery.config import load_config
+
 from knowledge_recovery.errors import ConfigError
+from knowledge_recovery.models import gguf_wheels
+from knowledge_recovery.pipeline.config import load_config
 
 NAME = "model.gguf"
 BODY = bytes(range(256)) * 1000  # 256 kB standing in for a GGUF

@@ -3,9 +3,9 @@ tie; the chosen prompt runs as prompt tuning would run it; curated pools; select
 import pytest
 import torch
 
-from knowledge_recovery import recovery, training
-from knowledge_recovery.methods.idp import train_curated
-from knowledge_recovery.stats import selection_diagnostics
+from knowledge_recovery.analysis.stats import selection_diagnostics
+from knowledge_recovery.recovery import adapters, training
+from knowledge_recovery.recovery.dynamic_prompts import train_curated
 from knowledge_recovery.text import python_reference
 
 LAYOUTS = ["independent", "concatenated"]
@@ -19,7 +19,7 @@ def idp_entry(**over):
 def sharp_idp(tiny, **over):
     """A tiny IDP model whose inputs pick different prompts: distinct prompts, sharp attention."""
     base, tok = tiny(seed=3, num_layers=3)
-    model = recovery.attach(base, idp_entry(**over))
+    model = adapters.attach(base, idp_entry(**over))
     with torch.no_grad():
         model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(0))
         for layer in base.model.layers:
@@ -185,16 +185,16 @@ def test_curated_pool_trains_each_prompt_alone_on_its_text(tiny, tmp_path):
     entry = idp_entry(scheme="curated", pool_size=2, score_layers=[0])
     reference = python_reference()
     texts = [reference[:20000], "def f(x):\n    return x * 2\n" * 800]
-    model = recovery.attach(base, entry)
+    model = adapters.attach(base, entry)
     start = model.prompts.detach().clone()
-    state, history = recovery.train(model, entry, tok, texts, CFG, seed=0, log=lambda *_: None,
+    state, history = adapters.train(model, entry, tok, texts, CFG, seed=0, log=lambda *_: None,
                                     resume_path=tmp_path / "state")
     pool = state["prompts"]
     assert all(not torch.equal(pool[j], start[j]) for j in range(2))
     assert len(history["prompts"]) == 2 and len(history["train_loss"]) == 2 * CFG["steps"]
     # prompt 1 kept from the first run; prompt 0 trained again, from the same seed
     (tmp_path / "state" / "prompt0.pt").unlink()
-    again = recovery.attach(tiny()[0], entry)
+    again = adapters.attach(tiny()[0], entry)
     state2, _ = train_curated(again, tok, texts, CFG, seed=0, log=lambda *_: None,
                               resume_path=tmp_path / "state")
     assert torch.equal(state2["prompts"], pool)
@@ -213,7 +213,7 @@ def test_curated_pool_needs_one_text_per_prompt(tiny):
     base, tok = tiny()
     entry = idp_entry(scheme="curated", pool_size=2, score_layers=[0])
     with pytest.raises(ValueError, match="needs as many texts"):
-        recovery.train(recovery.attach(base, entry), entry, tok, ["a" * 9000], CFG, seed=0)
+        adapters.train(adapters.attach(base, entry), entry, tok, ["a" * 9000], CFG, seed=0)
 
 
 def test_selection_diagnostics():

@@ -4,12 +4,12 @@ import os
 
 import pytest
 import yaml
-
 from conftest import REPO
-from knowledge_recovery import integrity
+
 from knowledge_recovery.artifacts import read_json, write_manifest
-from knowledge_recovery.config import load_config
-from knowledge_recovery.jobs import Jobs
+from knowledge_recovery.pipeline import integrity
+from knowledge_recovery.pipeline.config import load_config
+from knowledge_recovery.pipeline.jobs import Jobs
 
 
 def _job_outputs(tmp_path):

@@ -4,8 +4,9 @@ from functools import partial
 import pandas as pd
 import pytest
 
-from knowledge_recovery import aggregate
-from knowledge_recovery.grid import Cell
+from knowledge_recovery.analysis import aggregate
+from knowledge_recovery.evaluation.tasks import result_groups
+from knowledge_recovery.pipeline.grid import Cell
 
 TASKS = {"knowledge_country_capital": "world knowledge", "arc_easy": "commonsense",
          "boolq": "reading"}
@@ -13,10 +14,10 @@ TASKS = {"knowledge_country_capital": "world knowledge", "arc_easy": "commonsens
 
 def _cells():
     lora = {"method": "lora", "id": "lora-r2", "train_id": "lora-r2"}
-    return [Cell("m", "dense", "none", settings={"method": "none", "id": "none"}),
+    return [Cell("m", "dense", "none", settings={"method": "none", "id": "none"}, baseline=True),
             Cell("m", "rtn-w4", "none", settings={"method": "none", "id": "none"}),
-            Cell("m", "rtn-w4", "lora-r2", 0, settings=lora),
-            Cell("m", "rtn-w4", "lora-r2", 1, settings=lora)]
+            Cell("m", "rtn-w4", "lora-r2", 0, settings=lora, trains=True),
+            Cell("m", "rtn-w4", "lora-r2", 1, settings=lora, trains=True)]
 
 
 # accuracy per task (in TASKS order) of each cell, and its model's compress manifest
@@ -41,14 +42,12 @@ def _frame(accs: dict) -> pd.DataFrame:
 
 
 def test_groups_pooled_seeds_drop_ratio_and_sizes():
-    groups = aggregate.result_groups(
+    groups = result_groups(
         [{"name": "knowledge", "type": "probes", "relations": ["country_capital"]},
          {"name": "arc_easy", "type": "lm_eval"},
          {"name": "boolq", "type": "lm_eval"}], TASKS)
     assert groups == TASKS
-    table = aggregate.overview(_frame(ACCS), _cells(), groups, INFO,
-                               trains=lambda c: c.seed is not None,
-                               is_baseline=lambda c: c.compression == "dense")
+    table = aggregate.overview(_frame(ACCS), _cells(), groups, INFO)
     assert list(table.recovery) == ["none", "none", "lora-r2"]  # seeds pooled into one row
     dense, compressed, lora = (table.iloc[i] for i in range(3))
     assert dense.overall == pytest.approx(0.7) and dense.bits_per_weight == 16.0
@@ -66,33 +65,27 @@ def test_groups_pooled_seeds_drop_ratio_and_sizes():
 
 
 def test_task_groups_by_name_and_override():
-    from knowledge_recovery.tasks import task_group
+    from knowledge_recovery.evaluation.tasks import task_group
 
     assert task_group({"name": "triviaqa", "type": "lm_eval"}) == "world knowledge"
     assert task_group({"name": "wikitext", "type": "lm_eval"}) == "language modelling"
     assert task_group({"name": "mine", "type": "local"}) == "other"
     assert task_group({"name": "mine", "type": "local", "group": "reading"}) == "reading"
-    assert aggregate.result_groups([{"name": "mmlu", "type": "lm_eval"}],
+    assert result_groups([{"name": "mmlu", "type": "lm_eval"}],
                                    ["mmlu_anatomy"]) == {"mmlu_anatomy": "world knowledge"}
 
 
 def test_the_summary_plots_are_drawn(tmp_path):
     cells = _cells()
-
-    def trains(c):
-        return c.seed is not None
-
-    def is_baseline(c):
-        return c.compression == "dense"
     df = _frame(ACCS)
-    table = aggregate.overview(df, cells, TASKS, INFO, trains, is_baseline)
-    ratios = aggregate.task_recovery_ratios(df, cells, trains, is_baseline)
+    table = aggregate.overview(df, cells, TASKS, INFO)
+    ratios = aggregate.task_recovery_ratios(df, cells)
     row = ratios.iloc[0]
     # knowledge: (0.65 - 0.5) / 0.3; arc_easy lost nothing (blank); boolq: (0.55 - 0.4) / 0.3
     assert row["knowledge_country_capital"] == pytest.approx(0.5)
     assert pd.isna(row["arc_easy"]) and row["boolq"] == pytest.approx(0.5)
     latency = {c.id: 1.0 + 0.1 * i for i, c in enumerate(cells)}  # the dense row is set to 1
-    timed = aggregate.overview(df, cells, TASKS, INFO, trains, is_baseline, latency)
+    timed = aggregate.overview(df, cells, TASKS, INFO, latency)
     assert timed.latency_over_dense.iloc[0] == 1.0 and timed.latency_over_dense.notna().all()
     assert table.latency_over_dense.isna().all()  # nothing measured: blank, not 1
     for name, draw, data in (("compression", aggregate.plot_accuracy_vs_compression, table),

@@ -4,9 +4,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from knowledge_recovery import models, packing
-from knowledge_recovery.calibration import calibration_batch
-from knowledge_recovery.compression import compress, quant_stage, target_linears
+from knowledge_recovery.compression import packing
+from knowledge_recovery.compression.apply import compress, target_linears
+from knowledge_recovery.compression.calibration import calibration_batch
+from knowledge_recovery.compression.entries import quant_stage
+from knowledge_recovery.models import checkpoints
 from knowledge_recovery.text import python_reference
 
 
@@ -26,7 +28,7 @@ def test_packed_checkpoint_decodes_to_the_compressed_weights(tiny, tmp_path, ent
     model, tok = tiny()
     batch = calibration_batch(tok, python_reference()[:20000], 4, 32, seed=0)
     masks, grids, _ = compress(model, entry, batch, log=lambda *_: None)
-    models.save_checkpoint(model, tok, tmp_path / "checkpoint")
+    checkpoints.save_checkpoint(model, tok, tmp_path / "checkpoint")
     ids = batch[:2, :16]
     expected = model(input_ids=ids).logits
 
@@ -51,7 +53,7 @@ def test_verify_catches_a_checkpoint_that_differs(tiny, tmp_path):
     weight = model.model.layers[1].mlp.down_proj.weight.data
     original = weight.clone()
     weight[0, 0] += 0.5 * weight.abs().max()  # the checkpoint's weights differ from the grid's
-    models.save_checkpoint(model, tok, tmp_path / "checkpoint")
+    checkpoints.save_checkpoint(model, tok, tmp_path / "checkpoint")
     weight.copy_(original)
     packing.export_packed(model, tok, grids, entry, tmp_path / "packed")
     with pytest.raises(ValueError, match="down_proj.weight decodes to other weights"):

@@ -13,7 +13,6 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -115,6 +114,39 @@ def test_every_output_exists_with_real_values(finished):
     assert not list(res.rglob(".*.tmp-*"))
 
 
+@pytest.mark.parametrize("unit", ["none", "lora-r2/seed0", "idp-m2-n4-routed/seed0"])
+def test_lm_eval_alone_reproduces_a_cell(finished, tmp_path, unit):
+    """lm-eval's own command line with the registered model ("knowledge-recovery") on a cell's
+    checkpoint and adapter gives its results.json numbers to the last digit, one task a call as
+    the evaluate step scores them (docs/evaluation.md)."""
+    from knowledge_recovery.artifacts import read_json_gz
+
+    workdir, _, _ = finished
+    res = workdir / "results" / "smoke"
+    cell = res / "eval/tiny-llama/gptq-w4-g32-sym" / unit / "results.json"
+    expected = json.loads(cell.read_text())["results"]
+    samples = read_json_gz(cell.with_name("samples.json.gz"))
+    model_args = f"pretrained={res}/models/tiny-llama/gptq-w4-g32-sym/checkpoint"
+    if unit != "none":
+        model_args += f",adapter={res}/adapters/tiny-llama/gptq-w4-g32-sym/{unit}/adapter"
+    for task in ("kp_country_capital", "kp_element_symbol"):
+        out = tmp_path / task
+        subprocess.run([sys.executable, "-m", "knowledge_recovery.cli.lm_eval", "run",
+                        "--model", "knowledge-recovery", "--model_args", model_args,
+                        "--include_path", str(res / "tasks/kp/lm_eval"), "--tasks", task,
+                        "--batch_size", "8", "--seed", "0", "--num_fewshot", "0",
+                        "--output_path", str(out), "--log_samples"], check=True,
+                       capture_output=True, text=True,
+                       env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+        found = json.loads(next(out.rglob("results_*.json")).read_text())["results"][task]
+        for metric in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
+            assert found[f"{metric},none"] == expected[task][metric], (task, metric)
+        docs = sorted((json.loads(line) for line in next(out.rglob(f"samples_{task}_*.jsonl"))
+                       .read_text().splitlines()), key=lambda d: d["doc_id"])
+        assert [[float(r[0]) for r in d["filtered_resps"]] for d in docs] == samples[task][
+            "loglikelihoods"]
+
+
 def test_mlflow_has_one_run_per_step_with_axes(finished):
     workdir, _, _ = finished
     res = workdir / "results" / "smoke"
@@ -172,7 +204,7 @@ def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
     metric."""
     from urllib.parse import quote
 
-    from knowledge_recovery.mlflow_server import free_port, wait_until_up
+    from knowledge_recovery.tracking.mlflow_server import free_port, wait_until_up
 
     browser = _browser()
     workdir, _, _ = finished
@@ -206,11 +238,11 @@ def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
 
 
 def test_the_report_holds_every_captioned_summary_output(finished):
-    """`snakemake --report` through `knowledge_recovery.report` (what `make run` ends with): one
+    """`snakemake --report` through `knowledge_recovery.cli.report` (what `make run` ends with): one
     self-contained HTML file with the tables, plots and summary, each with its caption
     (report/*.rst), without rendering warnings, attached to the parent MLflow run."""
     workdir, config, _ = finished
-    out = subprocess.run([sys.executable, "-m", "knowledge_recovery.report", "--configfile",
+    out = subprocess.run([sys.executable, "-m", "knowledge_recovery.cli.report", "--configfile",
                           str(config), "--", "--snakefile", str(REPO / "Snakefile")],
                          cwd=workdir, capture_output=True, text=True)
     assert out.returncode == 0 and "WARNING" not in out.stdout + out.stderr, \
@@ -255,8 +287,8 @@ def test_every_artifact_has_exactly_one_rule(finished):
 def test_the_job_graph_names_every_output_the_rules_write(tmp_path):
     """integrity walks `jobs.Jobs.graph()`: its outputs are exactly Snakemake's, on a grid with a
     packed export, distillation, a deployment with a prompt cell on it, and two models."""
-    from knowledge_recovery.config import load_config
-    from knowledge_recovery.jobs import Jobs
+    from knowledge_recovery.pipeline.config import load_config
+    from knowledge_recovery.pipeline.jobs import Jobs
 
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     config["compression"][1]["export_packed"] = True
@@ -302,7 +334,7 @@ def test_damaged_artifacts_are_found_and_exactly_their_cells_rebuilt(tmp_path, f
     reference = weights.read_bytes()
     weights.write_bytes(reference[: len(reference) // 2])
 
-    verify = subprocess.run([sys.executable, "-m", "knowledge_recovery.verify", "--configfile",
+    verify = subprocess.run([sys.executable, "-m", "knowledge_recovery.cli.verify", "--configfile",
                              str(config)], cwd=workdir, capture_output=True, text=True)
     assert verify.returncode == 1
     for words in ("results.json: edited", "manifest.json: missing", "truncated"):
@@ -340,7 +372,7 @@ def test_an_altered_checkpoint_is_refused_then_rebuilt(tmp_path, finished):
     assert out.returncode != 0
     log = (res / "logs" / "evaluate" / "tiny-llama" / "gptq-w4-g32-sym" / "none.log").read_text()
     assert "job 'compress tiny-llama/gptq-w4-g32-sym'" in log and "model.safetensors: altered" in log
-    verify = subprocess.run([sys.executable, "-m", "knowledge_recovery.verify", "--configfile",
+    verify = subprocess.run([sys.executable, "-m", "knowledge_recovery.cli.verify", "--configfile",
                              str(config)], cwd=workdir, capture_output=True, text=True)
     assert verify.returncode == 1 and "model.safetensors: altered" in verify.stdout
     assert _run_jobs(workdir, config) == {"compress": 1, "train": 2, "evaluate": 4, "represent": 3,

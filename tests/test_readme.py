@@ -1,5 +1,5 @@
 """The README's results come from files a run wrote (docs/results/), never a hand copy."""
-from knowledge_recovery import readme
+from knowledge_recovery.cli import readme
 
 
 def test_the_readme_shows_exactly_the_files_a_run_wrote():

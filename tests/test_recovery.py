@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from knowledge_recovery import artifacts, recovery, training
-from knowledge_recovery.compression import compress, target_linears
+from knowledge_recovery import artifacts
+from knowledge_recovery.compression.apply import compress, target_linears
+from knowledge_recovery.recovery import adapters, training
 from knowledge_recovery.text import python_reference
 
 CFG = {"steps": 30, "batch_size": 4, "seq_len": 64, "lr": 0.01, "weight_decay": 0.0,
@@ -40,9 +41,9 @@ def test_training_lowers_validation_loss_and_keeps_compression(tiny, text, entry
     compress(base, {"method": "magnitude", "sparsity": 0.5})
     frozen = {n: l.weight.detach().clone() for n, l in target_linears(base).items()}
     base_params = list(base.parameters())
-    zeros = recovery.zero_count(base_params)
-    model = recovery.attach(base, entry)
-    assert recovery.trainable_parameters(model) == params
+    zeros = adapters.zero_count(base_params)
+    model = adapters.attach(base, entry)
+    assert adapters.trainable_parameters(model) == params
     best, history = training.train(model, tok, text, {**CFG, **entry.get("training", {})}, seed=0,
                                    log=lambda *_: None)
     # IDP gains less on validation: joint trains all prompts at once but infers with one, routed
@@ -50,7 +51,7 @@ def test_training_lowers_validation_loss_and_keeps_compression(tiny, text, entry
     gain = 0.05 if entry["method"] == "idp" else 0.1
     assert history["best_val_loss"] < history["initial_val_loss"] - gain
     assert set(best) and all(isinstance(v, torch.Tensor) for v in best.values())
-    assert recovery.zero_count(base_params) == zeros
+    assert adapters.zero_count(base_params) == zeros
     for name, layer in target_linears(base).items():
         if "lora" not in name:
             w = layer.base_layer.weight if hasattr(layer, "base_layer") else layer.weight
@@ -62,7 +63,7 @@ def test_training_is_seeded(tiny, text):
     losses = []
     for _ in range(2):
         base, tok = tiny()
-        model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
+        model = adapters.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
         _, history = training.train(model, tok, text, {**CFG, "steps": 3}, seed=1,
                                     log=lambda *_: None)
         losses.append(history["train_loss"])
@@ -78,7 +79,7 @@ def test_too_little_text_is_a_clear_error(tiny):
 def test_routed_idp_uses_every_prompt(tiny, text):
     """The balance term keeps every prompt of the pool in use during routed training."""
     base, tok = tiny()
-    model = recovery.attach(base, {**IDP, "scheme": "routed", "balance_weight": 1.0})
+    model = adapters.attach(base, {**IDP, "scheme": "routed", "balance_weight": 1.0})
     _, history = training.train(model, tok, text, {**CFG, "steps": 20, "batch_size": 8}, seed=0,
                                 log=lambda *_: None)
     totals = torch.tensor(history["routing"]).sum(0)
@@ -96,14 +97,14 @@ def _perturb(model) -> None:
 def test_adapter_saves_and_loads_identically(tiny, tmp_path):
     for entry, _ in ENTRIES:
         base, tok = tiny(seed=1)
-        model = recovery.attach(base, entry).eval()
+        model = adapters.attach(base, entry).eval()
         _perturb(model)
         ids = torch.randint(0, 250, (2, 12))
         with torch.no_grad():
             before = model(input_ids=ids).logits
         out = tmp_path / entry["method"] / entry.get("scheme", "")
-        recovery.save(model, entry, out)
-        loaded = recovery.load(tiny(seed=1)[0], entry, out)
+        adapters.save(model, entry, out)
+        loaded = adapters.load(tiny(seed=1)[0], entry, out)
         with torch.no_grad():
             assert torch.allclose(loaded(input_ids=ids).logits, before, atol=1e-5), entry
 
@@ -114,7 +115,7 @@ def test_killed_training_resumes_where_it_stopped(tiny, text, tmp_path):
 
     def run(steps):
         base, tok = tiny()
-        model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
+        model = adapters.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
         return training.train(model, tok, text, {**cfg, "steps": steps} if steps else cfg, seed=0,
                               log=lambda *_: None, resume_path=tmp_path / "state")
 
@@ -122,7 +123,7 @@ def test_killed_training_resumes_where_it_stopped(tiny, text, tmp_path):
     artifacts.remove_state(tmp_path / "state", tmp_path)  # the step, once outputs are saved
     assert not (tmp_path / "state").exists()
     base, tok = tiny()
-    model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
+    model = adapters.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
 
     class Killed(Exception):
         pass
@@ -141,7 +142,7 @@ def test_killed_training_resumes_where_it_stopped(tiny, text, tmp_path):
     assert (tmp_path / "state" / "training_state.pt").exists()
     logs = []
     base, tok = tiny()
-    model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
+    model = adapters.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 2})
     _, resumed = training.train(model, tok, text, cfg, seed=0, log=logs.append,
                                 resume_path=tmp_path / "state")
     assert any("resumed" in line and "step 3" in line for line in logs)
@@ -154,7 +155,7 @@ def test_distillation_lowers_kl_to_the_dense_model(tiny, text):
     teacher, tok = tiny()
     base, _ = tiny()
     compress(base, {"method": "magnitude", "sparsity": 0.5})
-    model = recovery.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 4})
+    model = adapters.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 4})
     blocks = training.token_blocks(tok, text, 64)[:4]
     with torch.no_grad():
         before = training.distill_loss(model, teacher, blocks, 1.0).item()
@@ -171,7 +172,7 @@ def test_a_finished_run_keeps_its_checkpoint_and_an_unreadable_one_is_set_aside(
     cfg = {**CFG, "steps": 4, "eval_every": 2, "checkpoint_every": 2}
     entry = {"method": "prompt_tuning", "num_virtual_tokens": 2}
     base, tok = tiny()
-    _, first = training.train(recovery.attach(base, entry), tok, text, cfg, seed=0,
+    _, first = training.train(adapters.attach(base, entry), tok, text, cfg, seed=0,
                               log=lambda *_: None, resume_path=tmp_path)
     state = training.checkpoint_file(tmp_path)
     assert state.is_file()
@@ -179,7 +180,7 @@ def test_a_finished_run_keeps_its_checkpoint_and_an_unreadable_one_is_set_aside(
     state.write_bytes(state.read_bytes()[:100])  # truncated by a kill during a write elsewhere
     logs = []
     base, tok = tiny()
-    _, again = training.train(recovery.attach(base, entry), tok, text, cfg, seed=0,
+    _, again = training.train(adapters.attach(base, entry), tok, text, cfg, seed=0,
                               log=logs.append, resume_path=tmp_path)
     assert any("unreadable" in line for line in logs)
     assert state.with_suffix(".unreadable").is_file()
@@ -189,7 +190,7 @@ def test_a_finished_run_keeps_its_checkpoint_and_an_unreadable_one_is_set_aside(
 
 
 def test_a_prompt_cache_is_what_the_method_puts_before_every_input(tiny):
-    """Methods with a prompt cache (deployment.py) deploy as keys and values in front of the
+    """Methods with a prompt cache (deployment/openvino.py) deploy as keys and values in front of the
     unchanged model: with that cache the base model computes what the adapter model does."""
     from transformers import DynamicCache
 
@@ -200,7 +201,7 @@ def test_a_prompt_cache_is_what_the_method_puts_before_every_input(tiny):
     ids = torch.randint(0, 250, (2, 9))
     for entry, _ in ENTRIES[:2]:
         base, _tok = tiny(seed=2)
-        model = recovery.attach(base, entry).eval()
+        model = adapters.attach(base, entry).eval()
         _perturb(model)
         with torch.no_grad():
             want = model(input_ids=ids).logits[:, -9:]  # prompt tuning's has the prompt's too

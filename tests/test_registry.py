@@ -6,13 +6,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from knowledge_recovery import compression, recovery
-from knowledge_recovery.config import SCHEMA_PATH
+import knowledge_recovery
+from knowledge_recovery.compression import entries as compression
+from knowledge_recovery.evaluation.tasks import RELATIONS
+from knowledge_recovery.pipeline.config import SCHEMA_PATH
+from knowledge_recovery.recovery import entries as recovery
 from knowledge_recovery.registry import STATISTICS, compression_methods, recovery_methods
-from knowledge_recovery.tasks import RELATIONS
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
-PACKAGE = Path(compression.__file__).parent
+PACKAGE = Path(knowledge_recovery.__file__).parent
 
 
 def item(section):

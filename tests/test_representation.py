@@ -2,10 +2,11 @@
 batched tracing, the fixed sample of evaluation inputs."""
 import pytest
 import torch
-
-from knowledge_recovery import evaluation, representation
-from knowledge_recovery.tasks import prepare_task
 from test_evaluation import attached
+
+from knowledge_recovery.analysis import representation
+from knowledge_recovery.evaluation import harness
+from knowledge_recovery.evaluation.tasks import prepare_task
 
 METHODS = ["none", "prompt_tuning", "prefix_tuning", "lora", "dora", "ia3", "idp"]
 
@@ -80,7 +81,7 @@ def test_a_model_is_its_own_reference(tiny):
 def test_sample_inputs_spreads_over_tasks_and_is_fixed(tmp_path):
     prepare_task({"name": "kp", "type": "probes", "relations": ["country_capital", "element_symbol"],
                   "per_relation": 10, "num_choices": 4}, tmp_path, seed=0)
-    manager = evaluation.task_manager([tmp_path], False)
+    manager = harness.task_manager([tmp_path], False)
     names = ["kp_country_capital", "kp_element_symbol"]
 
     def draw(count, seed):

@@ -3,12 +3,11 @@ import math
 
 import pytest
 import yaml
-
 from conftest import REPO
-from knowledge_recovery import stats
-from knowledge_recovery.config import load_config
-from knowledge_recovery.grid import by_id, cells
-from knowledge_recovery.registry import compression_method, recovery_method
+
+from knowledge_recovery.analysis import stats
+from knowledge_recovery.pipeline.config import load_config
+from knowledge_recovery.pipeline.grid import cells
 
 
 def test_mcnemar_exact_p_values():
@@ -46,10 +45,7 @@ def test_paired_bootstrap_intervals():
 def test_the_comparisons_the_study_makes():
     config = load_config(yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()),
                          check_models=False)
-    compression = by_id(config["compression"])
-    found = stats.comparisons(
-        cells(config), "lora", lambda c: recovery_method(c.settings["method"]).trains,
-        lambda c: compression_method(compression[c.compression]["method"]).family == "none")
+    found = stats.comparisons(cells(config), "lora")
     pairs = {(kind, base.id.split("/", 2)[2], other.id.split("/", 2)[2])
              for kind, base, other in found}
     assert pairs == {
@@ -66,18 +62,15 @@ def test_the_comparisons_the_study_makes():
 def _paper_grid():
     config = load_config(yaml.safe_load((REPO / "config" / "paper.yaml").read_text()),
                          check_models=False)
-    compression = by_id(config["compression"])
-    return (cells(config), lambda c: recovery_method(c.settings["method"]).trains,
-            lambda c: compression_method(compression[c.compression]["method"]).family == "none")
+    return cells(config)
 
 
 def test_each_recovery_meets_the_lora_entry_nearest_its_budget():
     """paper.yaml: three LoRA ranks; each other recovery is compared with the one whose
     trainable parameters are nearest its own (log scale), not with all three."""
-    grid, trains, is_baseline = _paper_grid()
+    grid = _paper_grid()
     # a stand-in count per entry: its max_params (what each entry's budget is checked against)
-    found = stats.comparisons(grid, "lora", trains, is_baseline,
-                              budget=lambda c: c.settings.get("max_params"))
+    found = stats.comparisons(grid, "lora", budget=lambda c: c.settings.get("max_params"))
     matched = {other.settings["id"]: base.settings["id"] for kind, base, other in found
                if kind.startswith("vs lora at") and other.model == "llama-7b"
                and other.compression == grid[1].compression and other.seed == 0}
@@ -92,7 +85,7 @@ def test_each_recovery_meets_the_lora_entry_nearest_its_budget():
     assert matched["dora-r8"] == "lora-r8" and matched["dora-r16"] == "lora-r16"
     assert matched["ia3-all"] == "lora-r4"
     # without counts: every LoRA entry
-    everything = stats.comparisons(grid, "lora", trains, is_baseline)
+    everything = stats.comparisons(grid, "lora")
     assert len([1 for k, *_ in everything if k.startswith("vs lora")]) == 3 * len(
         [1 for k, *_ in found if k.startswith("vs lora")])
 

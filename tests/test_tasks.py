@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from knowledge_recovery.tasks import RELATIONS, make_probes, prepare_task
+from knowledge_recovery.evaluation.tasks import RELATIONS, make_probes, prepare_task
 
 
 @pytest.mark.parametrize("relation", sorted(RELATIONS))
@@ -53,7 +53,7 @@ def test_local_task_from_shared_arc_easy(tmp_path, shared_benchmarks):
 
 
 def test_per_relation_all_asks_every_fact_and_extends_a_smaller_set():
-    from knowledge_recovery.tasks import make_probes, relation_size
+    from knowledge_recovery.evaluation.tasks import make_probes, relation_size
 
     every = make_probes("element_symbol", "all", 4, seed=0)
     assert len(every) == relation_size("element_symbol")[0]

@@ -1,8 +1,8 @@
 import mlflow
 import pytest
-
-from knowledge_recovery import tracking
 from mlflow_store import snapshot
+
+from knowledge_recovery.tracking import mlflow_runs
 
 
 @pytest.fixture()
@@ -12,14 +12,14 @@ def store(tmp_path, monkeypatch):
 
 
 def _runs(store, experiment):
-    client = mlflow.MlflowClient(tracking.tracking_uri(store))
+    client = mlflow.MlflowClient(mlflow_runs.tracking_uri(store))
     exp = client.get_experiment_by_name(experiment)
     return client, client.search_runs([exp.experiment_id])
 
 
 def _evaluate_record(store, value, unit="m/dense/none"):
     (store / "results.json").write_text(f'{{"acc": {value}}}\n')
-    return tracking.record(store, "evaluate", unit, tags={"model": "m", "compression": "dense",
+    return mlflow_runs.record(store, "evaluate", unit, tags={"model": "m", "compression": "dense",
                                                           "empty": ""},
                            params={"evaluation": {"batch_size": 4}, "unset": None},
                            metrics={"kp.acc": value, "skipped": "text", "a/b": 1},
@@ -29,7 +29,7 @@ def _evaluate_record(store, value, unit="m/dense/none"):
 
 def _grid_record(store):
     (store / "table.md").write_text("| a |\n")
-    return tracking.record(store, "aggregate", "grid", metrics={"mean_acc.m/c/none": 0.5},
+    return mlflow_runs.record(store, "aggregate", "grid", metrics={"mean_acc.m/c/none": 0.5},
                            artifacts=[store / "table.md"])
 
 
@@ -44,13 +44,13 @@ def test_a_record_is_plain_json_with_no_empty_tags_or_slashes(store):
 
 def test_metric_names_mlflow_refuses_are_cleaned_and_logged(store):
     # deployment variants are named like this; MLflow refuses '+' and parentheses in a key
-    rec = tracking.record(store, "deploy_latency", "m", metrics={
+    rec = mlflow_runs.record(store, "deploy_latency", "m", metrics={
         "b1.openvino rtn-w4 + prompt-n20/seed0.prefill_ms": 1.0,
         "b1.openvino rtn-w4 (runtime defaults).prefill_ms": 2.0},
         series={"loss (val)": [(1, 3.0)]})
     assert rec["metrics"] == {"b1.openvino_rtn-w4_prompt-n20.seed0.prefill_ms": 1.0,
                               "b1.openvino_rtn-w4_runtime_defaults.prefill_ms": 2.0}
-    assert tracking.log_step(store, "exp", rec)
+    assert mlflow_runs.log_step(store, "exp", rec)
     _, runs = _runs(store, "exp")
     run = next(r for r in runs if r.data.tags.get("kr.role") == "step")
     assert run.data.metrics == {**rec["metrics"], "loss_val": 3.0}
@@ -58,7 +58,7 @@ def test_metric_names_mlflow_refuses_are_cleaned_and_logged(store):
 
 def test_a_rerun_replaces_its_run_instead_of_duplicating(store):
     for value in (0.5, 0.7):
-        assert tracking.log_step(store, "exp", _evaluate_record(store, value))
+        assert mlflow_runs.log_step(store, "exp", _evaluate_record(store, value))
     client, runs = _runs(store, "exp")
     steps = [r for r in runs if r.data.tags.get("kr.role") == "step"]
     parents = [r for r in runs if r.data.tags.get("kr.role") == "grid"]
@@ -68,12 +68,12 @@ def test_a_rerun_replaces_its_run_instead_of_duplicating(store):
     assert run.data.params["evaluation.batch_size"] == "4"
     assert run.data.tags["compression"] == "dense"
     assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-    assert run.info.status == "FINISHED" and run.data.tags[tracking.RECORD_TAG]
+    assert run.info.status == "FINISHED" and run.data.tags[mlflow_runs.RECORD_TAG]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.5]
 
 
 def test_artifacts_land_beside_the_store(store):
-    assert tracking.log_grid(store, "exp", _grid_record(store))
+    assert mlflow_runs.log_grid(store, "exp", _grid_record(store))
     client, runs = _runs(store, "exp")
     parent = next(r for r in runs if r.data.tags.get("kr.role") == "grid")
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["table.md"]
@@ -84,7 +84,7 @@ def test_artifacts_land_beside_the_store(store):
 
 def test_tracking_failure_is_reported_not_raised(store, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
-    assert tracking.log_step(store, "exp", tracking.record(store, "evaluate", "cell",
+    assert mlflow_runs.log_step(store, "exp", mlflow_runs.record(store, "evaluate", "cell",
                                                            metrics={"a": 1})) is None
     err = capsys.readouterr().err
     assert "MLflow tracking failed for evaluate cell" in err and "127.0.0.1:9" in err
@@ -95,34 +95,34 @@ def test_resync_logs_what_is_missing_replaces_what_is_stale_and_is_idempotent(st
                                                                              monkeypatch):
     a, b = _evaluate_record(store, 0.5, "m/a/none"), _evaluate_record(store, 0.6, "m/b/none")
     grid = _grid_record(store)
-    tracking.log_step(store, "exp", a)  # b and the grid never reached the store (an outage)
+    mlflow_runs.log_step(store, "exp", a)  # b and the grid never reached the store (an outage)
     stale = dict(b, metrics={"kp.acc": 0.1})  # another execution's run of b
-    tracking.log_step(store, "exp", stale)
-    uri = tracking.tracking_uri(store)
-    planned = tracking.resync(store, "exp", [a, b], grid, dry_run=True)
+    mlflow_runs.log_step(store, "exp", stale)
+    uri = mlflow_runs.tracking_uri(store)
+    planned = mlflow_runs.resync(store, "exp", [a, b], grid, dry_run=True)
     assert planned["replaced"] == ["evaluate:m/b/none"] and planned["current"] == ["evaluate:m/a/none"]
     assert planned["logged"] == ["aggregate:grid"]
     before = snapshot(uri, "exp")
     assert before["evaluate:m/b/none"]["metrics"]["kp.acc"] == [(0, 0.1)]  # dry run: unchanged
-    done = tracking.resync(store, "exp", [a, b], grid)
+    done = mlflow_runs.resync(store, "exp", [a, b], grid)
     assert done["replaced"] == ["evaluate:m/b/none"] and done["logged"] == ["aggregate:grid"]
     after = snapshot(uri, "exp")
     assert after["evaluate:m/b/none"]["metrics"]["kp.acc"] == [(0, 0.6)]
     assert after["grid"]["status"] == "FINISHED"
-    again = tracking.resync(store, "exp", [a, b], grid)
+    again = mlflow_runs.resync(store, "exp", [a, b], grid)
     assert again["logged"] == again["replaced"] == [] and len(again["current"]) == 3
     assert snapshot(uri, "exp") == after
     # The same records into a new store: what an uninterrupted run would have logged.
     other = f"sqlite:///{tmp_path / 'other.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
-    tracking.log_step(store, "exp", a)
-    tracking.log_step(store, "exp", b)
-    tracking.log_grid(store, "exp", grid)
+    mlflow_runs.log_step(store, "exp", a)
+    mlflow_runs.log_step(store, "exp", b)
+    mlflow_runs.log_grid(store, "exp", grid)
     assert snapshot(other, "exp") == after
 
 
 def test_a_locked_sqlite_file_is_retried_other_errors_are_not(store, monkeypatch, capsys):
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(mlflow_runs.time, "sleep", lambda s: None)
     calls = []
 
     def locked_twice():
@@ -130,24 +130,24 @@ def test_a_locked_sqlite_file_is_retried_other_errors_are_not(store, monkeypatch
         if len(calls) < 3:
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "run"
-    assert tracking._reported("evaluate cell", store, locked_twice) == "run" and len(calls) == 3
+    assert mlflow_runs._reported("evaluate cell", store, locked_twice) == "run" and len(calls) == 3
     assert "tracking failed" not in capsys.readouterr().err
 
     def broken():
         calls.append(1)
         raise ValueError("no such table")
     calls.clear()
-    assert tracking._reported("evaluate cell", store, broken) is None and len(calls) == 1
+    assert mlflow_runs._reported("evaluate cell", store, broken) is None and len(calls) == 1
     assert "MLflow tracking failed for evaluate cell" in capsys.readouterr().err
 
 
 def test_the_grid_is_logged_again_after_a_rerun_with_other_tags(store):
     """The parent run outlives re-runs: a second aggregate (another commit) updates it."""
-    first = tracking.record(store, "aggregate", "grid", tags={"mlflow.source.git.commit": "a"},
+    first = mlflow_runs.record(store, "aggregate", "grid", tags={"mlflow.source.git.commit": "a"},
                             metrics={"mean_acc.c": 0.5})
     second = dict(first, tags={"mlflow.source.git.commit": "b"}, metrics={"mean_acc.c": 0.6})
-    assert tracking.log_grid(store, "exp", first) and tracking.log_grid(store, "exp", second)
-    parent = snapshot(tracking.tracking_uri(store), "exp")["grid"]
+    assert mlflow_runs.log_grid(store, "exp", first) and mlflow_runs.log_grid(store, "exp", second)
+    parent = snapshot(mlflow_runs.tracking_uri(store), "exp")["grid"]
     assert parent["tags"]["mlflow.source.git.commit"] == "b"
     assert parent["metrics"]["mean_acc.c"][-1] == (0, 0.6)
-    assert tracking.resync(store, "exp", [], second)["current"] == ["aggregate:grid"]
+    assert mlflow_runs.resync(store, "exp", [], second)["current"] == ["aggregate:grid"]

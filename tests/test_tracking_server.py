@@ -8,21 +8,21 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import REPO
-from knowledge_recovery import resync
-from knowledge_recovery.config import load_config
-from knowledge_recovery.mlflow_server import Server
 from mlflow_store import snapshot
 from test_pipeline import SNAKEMAKE_BASE
 from test_slurm import grid, require_slurm, slurm_command
+
+from knowledge_recovery.cli import resync
+from knowledge_recovery.pipeline.config import load_config
+from knowledge_recovery.tracking.mlflow_server import Server
 
 pytestmark = pytest.mark.e2e
 EXPERIMENT = "smoke"
 
 
 def run_resync(folder: Path, uri: str, *args) -> str:
-    proc = subprocess.run([sys.executable, "-m", "knowledge_recovery.resync", "--configfile",
+    proc = subprocess.run([sys.executable, "-m", "knowledge_recovery.cli.resync", "--configfile",
                            "slurm.yaml", *args], cwd=folder, capture_output=True, text=True,
                           env={**os.environ, "MLFLOW_TRACKING_URI": uri}, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -129,17 +129,17 @@ def test_a_server_outage_mid_grid_costs_no_result_and_resync_restores_every_run(
 
 
 def test_the_cluster_server_answers_jobs_that_name_its_host(tmp_path):
-    """`python -m knowledge_recovery.mlflow_server` (the README's recipe): MLflow 3 refuses a
+    """`python -m knowledge_recovery.tracking.mlflow_server` (the README's recipe): MLflow 3 refuses a
     request whose Host header is a host name unless told to accept it; jobs on other nodes send
     this host's name."""
     import socket
     import urllib.error
     import urllib.request
 
-    from knowledge_recovery.mlflow_server import free_port, wait_until_up
+    from knowledge_recovery.tracking.mlflow_server import free_port, wait_until_up
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "knowledge_recovery.mlflow_server", "--store",
+    proc = subprocess.Popen([sys.executable, "-m", "knowledge_recovery.tracking.mlflow_server", "--store",
                              str(tmp_path / "store"), "--port", str(port), "--workers", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

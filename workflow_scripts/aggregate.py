@@ -7,23 +7,18 @@ from pathlib import Path
 
 import yaml
 
-from knowledge_recovery import aggregate, artifacts, displacement, tracking
-from knowledge_recovery.grid import by_id
-from knowledge_recovery.jobs import Jobs
-from knowledge_recovery.registry import compression_method, recovery_method
-from knowledge_recovery.step import record, results_root, step
+from knowledge_recovery import artifacts
+from knowledge_recovery.analysis import aggregate, displacement
+from knowledge_recovery.evaluation.tasks import result_groups
+from knowledge_recovery.pipeline.grid import by_id
+from knowledge_recovery.pipeline.jobs import Jobs
+from knowledge_recovery.pipeline.step import record, results_root, step
+from knowledge_recovery.tracking import mlflow_runs
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 cells = smk.params.cells
 compression = by_id(smk.config["compression"])
 
-
-def is_baseline(cell):
-    return compression_method(compression[cell.compression]["method"]).family == "none"
-
-
-def trains(cell):
-    return recovery_method(cell.settings["method"]).trains
 
 
 with step(smk):
@@ -32,20 +27,20 @@ with step(smk):
         df.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.markdown, aggregate.markdown(df))
     aggregate.plot(df, Path(smk.output.plot), chance_level=aggregate.chance(smk.input.samples),
-                   dense_cells=[c.id for c in cells if is_baseline(c) and not trains(c)])
+                   dense_cells=[c.id for c in cells if c.baseline and not c.trains])
     info = {key: aggregate.compression_info(artifacts.read_json(path))
             for key, path in Jobs(smk.config).model_manifests().items()}
-    groups = aggregate.result_groups(smk.config["tasks"], df.task.unique())
+    groups = result_groups(smk.config["tasks"], df.task.unique())
     layers = displacement.layer_table(Jobs(smk.config).represented(), smk.input.representations)
     with artifacts.atomic_path(smk.output.layers_csv) as tmp:
         layers.to_csv(tmp, index=False)
     latency = dict(zip(layers.cell, layers.latency_over_dense))
-    overview = aggregate.overview(df, cells, groups, info, trains, is_baseline, latency)
+    overview = aggregate.overview(df, cells, groups, info, latency)
     with artifacts.atomic_path(smk.output.overview_csv) as tmp:
         overview.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.overview_markdown, aggregate.overview_markdown(overview))
     artifacts.write_text(smk.output.overview_latex, aggregate.overview_latex(overview))
-    ratios = aggregate.task_recovery_ratios(df, cells, trains, is_baseline)
+    ratios = aggregate.task_recovery_ratios(df, cells)
     with artifacts.atomic_path(smk.output.recovery_ratio_csv) as tmp:
         ratios.to_csv(tmp, index=False)
     for draw, data, path in ((aggregate.plot_accuracy_vs_compression, overview,
@@ -60,7 +55,7 @@ with step(smk):
             draw(data, tmp)
     settings = smk.config["statistics"]
     params = df.drop_duplicates("cell").set_index("cell")["trainable_params"]
-    compared = aggregate.compare(cells, smk.input.samples, settings, trains, is_baseline,
+    compared = aggregate.compare(cells, smk.input.samples, settings,
                                  budget=lambda c: params.get(c.id) or None)
     with artifacts.atomic_path(smk.output.comparisons_csv) as tmp:
         compared.to_csv(tmp, index=False)
@@ -70,7 +65,7 @@ with step(smk):
     with artifacts.atomic_path(smk.output.selection_csv) as tmp:
         selection.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.selection_markdown, aggregate.selection_markdown(selection))
-    rows, recovered = displacement.example_level(cells, smk.input.samples, trains, is_baseline)
+    rows, recovered = displacement.example_level(cells, smk.input.samples)
     pairs = displacement.overlap(rows, recovered)
     for frame, path in ((rows, smk.output.displacement_csv), (pairs, smk.output.overlap_csv)):
         with artifacts.atomic_path(path) as tmp:
@@ -81,7 +76,7 @@ with step(smk):
     deployments = Jobs(smk.config).deployments()
     deployed = aggregate.deployment_table(
         deployments, smk.input.deployments, smk.input.deployed_samples, cells,
-        smk.input.samples, settings, trains, is_baseline)
+        smk.input.samples, settings)
     with artifacts.atomic_path(smk.output.deployment_csv) as tmp:
         deployed.to_csv(tmp, index=False)
     latency = aggregate.deployment_latency_table(smk.input.deploy_latency)
@@ -105,5 +100,5 @@ with step(smk):
         **{f"versions.{k}": v for k, v in artifacts.versions().items()}},
         metrics={f"mean_acc.{cell}": v for cell, v in means.items()}, artifacts=tables)
     artifacts.write_manifest(smk.output.manifest, artifacts.manifest(
-        "aggregate", settings, cells=[c.id for c in cells], **{tracking.RECORD_KEY: grid}), tables)
-    tracking.log_grid(results_root(smk), smk.config["experiment"], grid)
+        "aggregate", settings, cells=[c.id for c in cells], **{mlflow_runs.RECORD_KEY: grid}), tables)
+    mlflow_runs.log_grid(results_root(smk), smk.config["experiment"], grid)

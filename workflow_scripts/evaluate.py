@@ -1,27 +1,30 @@
 """Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json, task by
 task; a killed job's finished tasks are kept and not evaluated again."""
-from knowledge_recovery import artifacts, evaluation, models, recovery
-from knowledge_recovery.grid import harness_tasks
-from knowledge_recovery.paths import Layout
-from knowledge_recovery.step import finish, record, results_root, step
-from knowledge_recovery.tasks import from_hub
+from knowledge_recovery import artifacts
+from knowledge_recovery.evaluation import harness
+from knowledge_recovery.evaluation.tasks import from_hub
+from knowledge_recovery.models import checkpoints
+from knowledge_recovery.pipeline.grid import harness_tasks
+from knowledge_recovery.pipeline.paths import Layout
+from knowledge_recovery.pipeline.step import finish, record, results_root, step
+from knowledge_recovery.recovery import adapters
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 cell = smk.params.cell
 cfg = smk.params.evaluation
 with step(smk):
-    model, tokenizer = models.load_checkpoint(smk.input.checkpoint, cfg["dtype"])
+    model, tokenizer = checkpoints.load_checkpoint(smk.input.checkpoint, cfg["dtype"])
     if cell.train_unit:
-        model = recovery.load(model, cell.settings, smk.input.adapter)
+        model = adapters.load(model, cell.settings, smk.input.adapter)
     tasks = harness_tasks(smk.params.tasks)
-    manager = evaluation.task_manager(smk.input.tasks, any(map(from_hub, smk.params.tasks)))
+    manager = harness.task_manager(smk.input.tasks, any(map(from_hub, smk.params.tasks)))
     state = Layout(smk.config).eval_state(cell.model, cell.compression, cell.recovery_unit)
     key = artifacts.fingerprint(smk.input, {"cell": cell.settings, "evaluation": cfg,
                                             "tasks": smk.params.tasks, "seed": smk.config["seed"]})
     with artifacts.Timer() as timer:
-        results = evaluation.evaluate_cell(model, tokenizer, tasks, manager, cfg,
+        results = harness.evaluate_cell(model, tokenizer, tasks, manager, cfg,
                                            smk.config["seed"], cell.settings, state, key)
-    results, samples = evaluation.split_samples(results)
+    results, samples = harness.split_samples(results)
     artifacts.write_json_gz(smk.output.samples, samples)
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
                              **timer.as_dict(), results=results)
@@ -34,6 +37,6 @@ with step(smk):
         params={"evaluation": cfg, **cell.axes, "compression": compression,
                 "recovery": {k: v for k, v in cell.settings.items() if k != "training"},
                 "training": cell.settings.get("training", {})},
-        metrics={**evaluation.tracked_metrics(results), **timer.as_dict()},
+        metrics={**harness.tracked_metrics(results), **timer.as_dict()},
         artifacts=[smk.output.results]))
     artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place

@@ -2,14 +2,16 @@
 the compress step evaluated."""
 from safetensors.torch import load_file
 
-from knowledge_recovery import artifacts, models, packing
-from knowledge_recovery.step import finish, record, step
+from knowledge_recovery import artifacts
+from knowledge_recovery.compression import packing
+from knowledge_recovery.models import checkpoints
+from knowledge_recovery.pipeline.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
 model_name, comp = smk.wildcards.model, smk.wildcards.compression
 with step(smk):
-    model, tokenizer = models.load_checkpoint(smk.input.checkpoint, device="cpu")
+    model, tokenizer = checkpoints.load_checkpoint(smk.input.checkpoint, device="cpu")
     with artifacts.Timer() as timer, artifacts.atomic_dir(smk.output.packed) as tmp:
         packing.export_packed(model, tokenizer, load_file(smk.input.grids), spec, tmp)
         del model  # verify loads the packed model; the reference is read a tensor at a time

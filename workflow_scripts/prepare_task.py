@@ -1,8 +1,9 @@
 """Write one task entry as an lm-eval task folder (probes generated, local files converted)."""
 from pathlib import Path
 
-from knowledge_recovery import artifacts, tasks
-from knowledge_recovery.step import finish, record, step
+from knowledge_recovery import artifacts
+from knowledge_recovery.evaluation import tasks
+from knowledge_recovery.pipeline.step import finish, record, step
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)

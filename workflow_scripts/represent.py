@@ -1,17 +1,20 @@
 """Trace one cell and the dense model on the fixed sample of inputs: per layer CKA with the dense
 model, attention mass on prompt tokens, forward latency beside the dense model's."""
-from knowledge_recovery import artifacts, models, recovery, representation
-from knowledge_recovery.step import finish, record, step
+from knowledge_recovery import artifacts
+from knowledge_recovery.analysis import representation
+from knowledge_recovery.models import checkpoints
+from knowledge_recovery.pipeline.step import finish, record, step
+from knowledge_recovery.recovery import adapters
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 cell = smk.params.cell
 settings = smk.params.settings
 with step(smk):
     texts = [i["text"] for i in artifacts.read_json(smk.input.inputs)["inputs"]]
-    dense, tokenizer = models.load_checkpoint(smk.input.dense, smk.params.dtype)
-    model, _ = models.load_checkpoint(smk.input.checkpoint, smk.params.dtype)
+    dense, tokenizer = checkpoints.load_checkpoint(smk.input.dense, smk.params.dtype)
+    model, _ = checkpoints.load_checkpoint(smk.input.checkpoint, smk.params.dtype)
     if cell.train_unit:
-        model = recovery.load(model, cell.settings, smk.input.adapter)
+        model = adapters.load(model, cell.settings, smk.input.adapter)
     model.eval()
     with artifacts.Timer() as timer:
         found = representation.analyse(dense, model, tokenizer, texts, settings)

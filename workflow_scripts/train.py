@@ -1,36 +1,40 @@
 """Train one recovery adapter on a compressed model; keep the best validation checkpoint."""
 from pathlib import Path
 
-from knowledge_recovery import artifacts, models, preflight, recovery, training
-from knowledge_recovery.paths import unit
-from knowledge_recovery.step import finish, record, results_root, step
+from knowledge_recovery import artifacts
+from knowledge_recovery.models import checkpoints
+from knowledge_recovery.pipeline import preflight
+from knowledge_recovery.pipeline.paths import unit
+from knowledge_recovery.pipeline.step import finish, record, results_root, step
+from knowledge_recovery.recovery import adapters, training
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(smk.params.spec)
 w = smk.wildcards
 seed = int(w.seed)
 with step(smk):
-    base, tokenizer = models.load_checkpoint(smk.input.checkpoint)
+    base, tokenizer = checkpoints.load_checkpoint(smk.input.checkpoint)
     frozen = list(base.parameters())
-    zeros_before = recovery.zero_count(frozen)
+    zeros_before = adapters.zero_count(frozen)
     # the same checks as preflight, for models whose shape was unknown before download
     preflight.check_context(smk.config, base.config, w.model)
-    model = recovery.attach_checked(base, spec, f"recovery (id {w.train_id})", w.model, seed)
-    teacher = models.load_checkpoint(smk.input.teacher)[0].eval() if "teacher" in smk.input.keys() else None
+    model = adapters.attach_checked(base, spec, f"recovery (id {w.train_id})", w.model, seed)
+    teacher = (checkpoints.load_checkpoint(smk.input.teacher)[0].eval()
+               if "teacher" in smk.input.keys() else None)
     files = smk.input.texts if "texts" in smk.input.keys() else [smk.input.text]
     texts = [Path(f).read_text(encoding="utf-8") for f in files]
     with artifacts.Timer() as timer:
-        best, history = recovery.train(model, spec, tokenizer, texts, spec["training"], seed,
+        best, history = adapters.train(model, spec, tokenizer, texts, spec["training"], seed,
                                        teacher=teacher, resume_path=smk.params.resume)
     training.load_trainable_state(model, best)
-    if recovery.zero_count(frozen) != zeros_before:
+    if adapters.zero_count(frozen) != zeros_before:
         raise RuntimeError("training changed the compressed model's weights")
     with artifacts.atomic_dir(smk.output.adapter) as tmp:
-        recovery.save(model, spec, tmp)
+        adapters.save(model, spec, tmp)
     step_s = sorted(history["step_s"])
     manifest = artifacts.manifest(
         "train", spec, **timer.as_dict(), seed=seed, history=history,
-        trainable_params=recovery.trainable_parameters(model),
+        trainable_params=adapters.trainable_parameters(model),
         adapter_bytes=artifacts.dir_bytes(smk.output.adapter),
         median_step_s=step_s[len(step_s) // 2] if step_s else None,
         base_zero_weights=zeros_before)

@@ -1,12 +1,13 @@
 """Method registries: one record per compression or recovery method.
 
-Each method's module in `knowledge_recovery/methods/` registers its record when imported, the
-way peft's tuners call `register_peft_method`; every module there is imported on the first
-look-up. Everything else (dispatch, ids, settings checks, packing, evaluation) reads the records,
+Each method's module in `compression/methods/` or `recovery/methods/` registers its record when
+imported, the way peft's tuners call `register_peft_method`; every module there is imported on
+the first look-up. Everything else (dispatch, ids, settings checks, packing, evaluation) reads the records,
 so adding a method touches its module, its record and the config schema, and nothing else.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -40,18 +41,21 @@ class RecoveryMethod:
     # Settings chosen at evaluation, with the value training assumes: entries that differ only
     # in these share one trained adapter.
     eval_only: dict = field(default_factory=dict)
-    padding_aware: bool = False  # lm-eval must pass it an attention mask (see evaluation.py)
-    # (model, entry) -> evaluation.ContextScorer, or None to score each (context, answer) whole;
-    # unset: evaluation.ContextScorer.for_model
+    padding_aware: bool = False  # lm-eval must pass it an attention mask (see evaluation/harness.py)
+    # (model, entry) -> evaluation.lm.ContextScorer, or None to score each (context, answer)
+    # whole; unset: ContextScorer.for_model
     context_scorer: Callable | None = None
     evaluate: Callable | None = None  # (model, entry, run) -> results; run(log_samples) runs lm-eval
+    # (model, entry) -> None: set a loaded adapter up for one lm-eval run of the entry (for
+    # lm-eval's command line, which runs the model as it is: `evaluation/lm.py`)
+    prepare_evaluation: Callable | None = None
     # Where it acts: "input" (learned tokens or keys/values before the input; the weights are
     # left alone) or "weights" (the model's weights or activations are changed). The study's
     # question is whether "input" recovers what compression lost as well as "weights" does.
     side: str | None = None
     # (model) -> [(keys, values)] per layer, each (1, kv heads, n, head dim): the keys and values
     # the method puts before every input, the same for all inputs. Set: the method deploys as
-    # that cache in front of the unchanged exported model (deployment.py).
+    # that cache in front of the unchanged exported model (deployment/openvino.py).
     prompt_cache: Callable | None = None
     # (entry with defaults, config key) -> None: settings that contradict each other; raises
     # ConfigError naming the key
@@ -93,10 +97,11 @@ def _load_methods() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from . import methods
-
-        for info in pkgutil.iter_modules(methods.__path__):
-            importlib.import_module(f"{methods.__name__}.{info.name}")
+        for package in ("knowledge_recovery.compression.methods",
+                        "knowledge_recovery.recovery.methods"):
+            methods = importlib.import_module(package)
+            for info in pkgutil.iter_modules(methods.__path__):
+                importlib.import_module(f"{package}.{info.name}")
 
 
 def compression_methods() -> dict[str, CompressionMethod]:
@@ -107,6 +112,20 @@ def compression_methods() -> dict[str, CompressionMethod]:
 def recovery_methods() -> dict[str, RecoveryMethod]:
     _load_methods()
     return _RECOVERY
+
+
+def no_grad(fn):
+    """`torch.no_grad()` for a method's function, importing torch at the first call: every method
+    module is imported on the first look-up, also by the pipeline, which does without torch."""
+
+    @functools.wraps(fn)
+    def without_grad(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return without_grad
 
 
 def takers(records: dict, setting: str) -> list[str]:

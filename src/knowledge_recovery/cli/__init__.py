@@ -1,0 +1,1 @@
+"""Command-line entry points: `python -m knowledge_recovery.cli.<name>` (the Makefile's targets)."""

@@ -1,0 +1,58 @@
+"""Print a finished grid's results table and how to browse it in MLflow.
+
+    python -m knowledge_recovery.cli.show --configfile config.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from knowledge_recovery.pipeline.config import load_config
+from knowledge_recovery.pipeline.paths import Layout
+from knowledge_recovery.tracking.mlflow_runs import tracking_uri
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configfile", default="config.yaml")
+    args = parser.parse_args(argv)
+    config = load_config(args.configfile, check_models=False)
+    layout = Layout(config)
+    table = Path(layout.summary["markdown"])
+    if not table.exists():
+        print(f"No results yet: {table} is missing. Run the workflow first.")
+        return 1
+    print(table.read_text())
+    for more in ("comparisons_markdown", "displacement_markdown"):
+        if Path(layout.summary[more]).exists():
+            print(Path(layout.summary[more]).read_text())
+    print(f"Outputs: {layout.root}/ (summary: {', '.join(layout.summary.values())})")
+    print(f"Browse in MLflow:  {Path('.venv/bin/mlflow')} ui --backend-store-uri "
+          f"{tracking_uri(layout.root)} --host 127.0.0.1 --port 5000")
+    experiment = _experiment_id(layout.root, config["experiment"])
+    if experiment is not None:  # MLflow 3 opens an experiment on its GenAI overview, not the runs
+        print(f"then open the runs table: http://127.0.0.1:5000/#/experiments/{experiment}/runs")
+    return 0
+
+
+def _experiment_id(root, name: str) -> str | None:
+    uri = tracking_uri(root)
+    try:
+        if uri.startswith("sqlite:///"):  # the local store: one query, without importing MLflow
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(f"file:{uri[10:]}?mode=ro", uri=True)) as db:
+                found = db.execute("SELECT experiment_id FROM experiments WHERE name = ? AND "
+                                   "lifecycle_stage = 'active'", (name,)).fetchone()
+            return str(found[0]) if found else None
+        import mlflow
+
+        found = mlflow.MlflowClient(uri).get_experiment_by_name(name)
+        return found.experiment_id if found else None
+    except Exception:  # noqa: BLE001 - a store that cannot be read: the command above still works
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

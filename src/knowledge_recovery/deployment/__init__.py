@@ -1,0 +1,1 @@
+"""Deployment: export to a runtime (OpenVINO), prompts as key/value caches, latency."""

@@ -1,0 +1,167 @@
+"""The peft methods: one implementation, parameterised per method by its peft config class and
+how an entry's settings map onto that config (peft's own registry, `register_peft_method`, is
+the model). Adapters are saved and loaded with peft's save_pretrained / PeftModel.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from knowledge_recovery.registry import RecoveryMethod, register_recovery_method
+
+if TYPE_CHECKING:  # annotations only: method modules import torch when they run
+    import torch
+
+
+def register_peft(name: str, config_class: str, config_kwargs, settings, id_format, side: str,
+                  fit_setting: str = "method", after_build=None, prompt_cache=None) -> None:
+    """Register a peft method: `config_kwargs(entry, peft)` gives the keyword arguments of the peft
+    config class named `config_class`; `after_build(model, entry, seed)` initialises further."""
+
+    def build(base, entry, seed, init):
+        import peft
+        import torch
+
+        torch.manual_seed(seed)
+        config = getattr(peft, config_class)(task_type=peft.TaskType.CAUSAL_LM,
+                                             **config_kwargs(entry, peft))
+        wrapped = _prefix_reaches_generation(peft.get_peft_model(base, config))
+        if init and after_build is not None:
+            after_build(wrapped, entry, seed)
+        return wrapped
+
+    register_recovery_method(RecoveryMethod(
+        name=name, settings=frozenset(settings), id_format=id_format, build=build, save=_save,
+        load=_load, fit_setting=fit_setting, side=side, prompt_cache=prompt_cache))
+
+
+def _save(model, path) -> None:
+    model.save_pretrained(path)
+
+
+def _load(base, path):
+    from peft import PeftModel
+
+    return _prefix_reaches_generation(PeftModel.from_pretrained(base, path))
+
+
+def _prefix_reaches_generation(model):
+    """peft (0.21) prepares each generation step from `past_key_values`, the cache's name before
+    transformers 5, whose `generate` passes it as `cache`: peft then saw no cache at any step, put
+    prefix tuning's keys and values in a second argument the model ignored (the prefix vanished
+    from generation) and put prompt tuning's prompt in front of every new token. peft is shown
+    the cache under its old name and the model gets it under the new one. Prompt tuning: peft
+    also drops the position ids, so in a left-padded batch a padded row's tokens sat further from
+    the prompt than in the evaluated model; they are counted from the attention mask (prompt
+    included), as transformers does for a plain model."""
+    import torch
+
+    config = model.active_peft_config
+    if not config.is_prompt_learning:
+        return model
+    base_prepare, prepare = (model.base_model_prepare_inputs_for_generation,
+                             model.prepare_inputs_for_generation)
+    prefix = config.peft_type in ("PREFIX_TUNING", "CARTRIDGE")
+
+    def base_prepare_old_name(*args, **kwargs):
+        inputs = base_prepare(*args, **kwargs)
+        if "cache" in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    def prepare_new_name(*args, **kwargs):  # named so: generate reads its signature
+        inputs = prepare(*args, **kwargs)
+        if "cache" in kwargs and "past_key_values" in inputs:  # a generate that says `cache`
+            inputs["cache"] = inputs.pop("past_key_values")
+        mask = inputs.get("attention_mask")
+        if not prefix and inputs.get("position_ids") is None and torch.is_tensor(mask) \
+                and mask.dim() == 2:
+            queries = (inputs["inputs_embeds"] if inputs.get("inputs_embeds") is not None
+                       else inputs["input_ids"]).shape[1]
+            positions = mask.long().cumsum(-1) - 1
+            inputs["position_ids"] = positions.masked_fill(mask == 0, 1)[:, -queries:]
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = base_prepare_old_name
+    model.prepare_inputs_for_generation = prepare_new_name
+    return model
+
+
+def learned_prompt_cache(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys and values of a prompt-learning adapter's virtual tokens. They come
+    first and attention is causal, so they are the same for every input: prompt tuning's are
+    those its prompt embeddings produce, prefix tuning's are learned directly."""
+    import torch
+    from transformers import DynamicCache
+
+    base = model.get_base_model()
+    with torch.no_grad():
+        prompt = model.get_prompt(batch_size=1)
+        if isinstance(prompt, torch.Tensor):  # prompt tuning: embeddings, run through the model
+            cache = DynamicCache(config=base.config)
+            dtype = base.get_input_embeddings().weight.dtype
+            base(inputs_embeds=prompt.to(dtype), past_key_values=cache, use_cache=True)
+            prompt = cache
+    if hasattr(prompt, "layers"):
+        return [(layer.keys, layer.values) for layer in prompt.layers]
+    return [(kv[0], kv[1]) for kv in prompt]  # peft's legacy layout: per layer (2, 1, H, n, d)
+
+
+def init_prefix_from_vocab(model, num_tokens: int, seed: int) -> None:
+    """Set the prefix to the keys and values that n random vocabulary tokens produce in every
+    layer, i.e. a real (meaningless) text prefix. peft's default random init makes keys and
+    values the model has never seen and wrecks it before training (README, "Recovery methods")."""
+    import torch
+    from transformers import DynamicCache
+
+    from knowledge_recovery.recovery.adapters import sample_vocab_embeddings
+
+    base = model.get_base_model()
+    ids, _ = sample_vocab_embeddings(base, num_tokens, seed)
+    cache = DynamicCache(config=base.config)
+    with torch.no_grad(), model.disable_adapter():
+        base(input_ids=ids.unsqueeze(0).to(base.device), past_key_values=cache, use_cache=True)
+    # peft's layout of one prefix row: (layer, key|value, kv head, head dim), flattened
+    kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
+    rows = kv.permute(3, 0, 1, 2, 4).reshape(num_tokens, -1)  # (L, 2, H, n, d) -> (n, L*2*H*d)
+    emb = model.prompt_encoder[model.active_adapter].embedding.weight
+    if emb.shape != rows.shape:
+        raise ValueError(f"prefix layout {tuple(emb.shape)} does not match the model's cache "
+                         f"{tuple(rows.shape)}")
+    emb.data.copy_(rows)
+
+
+def _prefix_init(model, entry, seed):
+    if entry.get("prefix_init", "vocab") == "vocab":
+        init_prefix_from_vocab(model, entry["num_virtual_tokens"], seed)
+
+
+def _lora_kwargs(entry, peft, **extra):
+    return dict(r=entry["r"], lora_alpha=entry["alpha"], lora_dropout=entry["dropout"],
+                target_modules=entry["target_modules"], **extra)
+
+
+LORA_SETTINGS = {"r", "alpha", "dropout", "target_modules"}
+
+# Initialised from rows of the vocabulary embedding, as in Lester et al. and Xu et al.
+register_peft("prompt_tuning", "PromptTuningConfig",
+              lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"],
+                                   prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB),
+              {"num_virtual_tokens"}, lambda e: f"prompt-n{e['num_virtual_tokens']}", side="input",
+              prompt_cache=learned_prompt_cache)
+register_peft("prefix_tuning", "PrefixTuningConfig",
+              lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"]),
+              {"num_virtual_tokens", "prefix_init"}, lambda e: f"prefix-n{e['num_virtual_tokens']}",
+              side="input", after_build=_prefix_init, prompt_cache=learned_prompt_cache)
+register_peft("lora", "LoraConfig", _lora_kwargs, LORA_SETTINGS, lambda e: f"lora-r{e['r']}",
+              side="weights", fit_setting="target_modules")
+# DoRA (Liu et al. 2024): LoRA with the weight's magnitude and direction trained apart.
+register_peft("dora", "LoraConfig", lambda e, peft: _lora_kwargs(e, peft, use_dora=True),
+              LORA_SETTINGS, lambda e: f"dora-r{e['r']}", side="weights",
+              fit_setting="target_modules")
+# (IA)^3 (Liu et al. 2022): learned vectors that rescale keys, values and feed-forward inputs.
+register_peft("ia3", "IA3Config",
+              lambda e, peft: dict(target_modules=e["target_modules"],
+                                   feedforward_modules=e["feedforward_modules"]),
+              {"target_modules", "feedforward_modules"},
+              lambda e: "ia3-" + ".".join(m.removesuffix("_proj") for m in e["target_modules"]),
+              side="weights", fit_setting="target_modules")
