@@ -41,7 +41,7 @@ verify: venv
 resync: venv
 	$(BIN)/python -m knowledge_recovery.cli.resync --configfile $(CONFIG)
 
-# The README's results blocks from a finished run of CONFIG (docs/results/<experiment>/)
+# The results blocks of README.md and docs/ from a finished run of CONFIG (docs/results/<experiment>/)
 readme: venv
 	$(BIN)/python -m knowledge_recovery.cli.readme --configfile $(CONFIG)
 

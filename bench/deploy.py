@@ -28,6 +28,7 @@ def main() -> None:
     import yaml
     from transformers import AutoTokenizer
 
+    from knowledge_recovery import artifacts
     from knowledge_recovery.deployment import openvino
     from knowledge_recovery.pipeline.jobs import Jobs
     from knowledge_recovery.pipeline.paths import Layout
@@ -50,7 +51,7 @@ def main() -> None:
                 "rounds": args.rounds}
     print(f"model {model_name}; cpu, {args.threads} threads; input {args.seq_len} tokens (after "
           f"the prompt, if any); decode {args.new_tokens} tokens; median of {args.rounds} rounds; "
-          f"{openvino.versions()}")
+          f"{artifacts.versions(openvino.RUNTIME_PACKAGES)}")
     batch = None
     for row in openvino.latency(variants, ids, settings, tok.eos_token_id):
         if row["batch"] != batch:
@@ -61,7 +62,7 @@ def main() -> None:
         print(f"{row['variant']:<44}{row['prefill_ms']:>11.1f}{row['prefill_cpu_ms']:>9.1f}"
               f"{row['decode_ms']:>15.2f}{row['decode_cpu_ms']:>9.2f}"
               f"{row['decode_tokens_per_s']:>8.1f}{row['prefill_x']:>11.2f}{row['decode_x']:>10.2f}")
-    print("\nsize on disk (MB):", {d.compression: round(openvino.disk_bytes(
+    print("\nsize on disk (MB):", {d.compression: round(artifacts.dir_bytes(
         jobs.paths.deployed(*d[:3])) / 1e6, 1) for d in deployed if d.unit is None
         and d.model == model_name})
 

@@ -31,7 +31,7 @@ with step(smk, offline=not any(map(from_hub, tasks))):
                 openvino.export(smk.input.checkpoint, tmp, weights)
             folder = smk.output.deployed
             found = {"weights": weights or "float32 (pruned: dense kernels)",
-                     "bytes_on_disk": openvino.disk_bytes(folder)}
+                     "bytes_on_disk": artifacts.dir_bytes(folder)}
         else:
             reference = adapters.load(reference, cell, smk.input.adapter)
             with artifacts.atomic_path(smk.output.prompt) as tmp:
@@ -42,8 +42,8 @@ with step(smk, offline=not any(map(from_hub, tasks))):
             found = {"weights": artifacts.read_json(smk.input.deploy_manifest)["weights"],
                      "base_model": folder, "prompt_tokens": int(prompt[0][0].shape[2]),
                      # what the recovery adds at deployment: its cache, the model is shared
-                     "bytes_on_disk": openvino.disk_bytes(smk.output.prompt),
-                     "base_bytes_on_disk": openvino.disk_bytes(folder)}
+                     "bytes_on_disk": artifacts.dir_bytes(smk.output.prompt),
+                     "base_bytes_on_disk": artifacts.dir_bytes(folder)}
     reference.eval()
     deployed = openvino.load(folder)
     if prompt is not None:
@@ -58,7 +58,7 @@ with step(smk, offline=not any(map(from_hub, tasks))):
                                       "tolerance": settings["tolerance"],
                                       "windows": settings["samples"],
                                       "seq_len": settings["seq_len"]},
-                  "deploy_versions": openvino.versions(), **timer.as_dict()})
+                  "deploy_versions": artifacts.versions(openvino.RUNTIME_PACKAGES), **timer.as_dict()})
     if worst > settings["tolerance"]:
         # the deployed model is not the evaluated one: fail, keeping what was measured
         raise RuntimeError(f"{unit}: the deployed model's logits are {worst:.4f} (relative "

@@ -26,7 +26,7 @@ with step(smk):
 
     finish(smk, smk.output.latency, artifacts.manifest(
         "deploy_latency", settings, model=model, threads=smk.threads, rows=rows,
-        deploy_versions=openvino.versions(), **timer.as_dict()), [], record(
+        deploy_versions=artifacts.versions(openvino.RUNTIME_PACKAGES), **timer.as_dict()), [], record(
         smk, "deploy_latency", model, tags={"model": model}, params=settings,
         metrics={f"b{r['batch']}.{r['variant']}.{m}": r[m] for r in rows
                  for m in ("prefill_ms", "decode_ms", "decode_tokens_per_s")},

@@ -124,9 +124,10 @@ def read_json(path: str | os.PathLike):
         return json.load(fh)
 
 
-def versions() -> dict:
+def versions(packages=VERSIONED_PACKAGES) -> dict:
+    """Python's version and each installed package's (a deploy step: its runtime's)."""
     out = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
+    for name in packages:
         try:
             out[name] = metadata.version(name.replace("_", "-"))
         except metadata.PackageNotFoundError:

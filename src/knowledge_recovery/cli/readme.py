@@ -1,12 +1,13 @@
-"""Copy a finished grid's summary into the repository and the README, so that the README's
-numbers are the files a run wrote, never a hand copy.
+"""Copy a finished grid's summary into the repository and the docs, so that the numbers in
+README.md and docs/*.md are the files a run wrote, never a hand copy.
 
     python -m knowledge_recovery.cli.readme --configfile config.yaml [--check]   (make readme)
 
 Copies the summary tables and plots of the config's results folder to `docs/results/<experiment>/`
-(with the config's git commit and the command), then rewrites every README block between
-`<!-- include: <path> -->` and `<!-- end include -->` with the file at <path>. `--check` changes
-nothing and fails when a block differs from its file (the tests run it).
+(with the config's git commit and the command), then rewrites every block of README.md and
+docs/*.md between `<!-- include: <path> -->` and `<!-- end include -->` with the file at <path>
+(relative to the repository). `--check` changes nothing and fails when a block differs from its
+file (the tests run it).
 """
 from __future__ import annotations
 
@@ -44,24 +45,31 @@ def render(readme: str, repo: Path = REPO) -> str:
     return BLOCK.sub(fill, readme)
 
 
+def pages(repo: Path = REPO) -> list[Path]:
+    """The pages whose include blocks are kept in step with their files."""
+    return [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", help="copy this config's summary first")
     parser.add_argument("--check", action="store_true", help="fail if the README is stale")
     args = parser.parse_args(argv)
-    readme = REPO / "README.md"
     if args.configfile and not args.check:
         print(f"copied to {copy_summary(load_config(args.configfile, check_models=False))}")
-    text = readme.read_text()
-    new = render(text)
-    if args.check:
-        if new != text:
-            print("README.md: an include block differs from its file; run `make readme`",
-                  file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(new)
-    print(f"README.md: {len(BLOCK.findall(text))} include block(s) rewritten")
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new = render(text)
+        if args.check:
+            stale += [page.relative_to(REPO)] if new != text else []
+            continue
+        page.write_text(new)
+        print(f"{page.relative_to(REPO)}: {len(BLOCK.findall(text))} include block(s) rewritten")
+    if stale:
+        print(f"{', '.join(map(str, stale))}: an include block differs from its file; run "
+              f"`make readme`", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,9 +22,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from knowledge_recovery.registry import compression_method, recovery_method
+from knowledge_recovery.compression.entries import quant_stage
+from knowledge_recovery.registry import recovery_method
 
 TARGETS = ("openvino",)
+# The runtime's packages, whose versions a deploy manifest records
+RUNTIME_PACKAGES = ("openvino", "optimum-intel", "nncf", "transformers")
 # OpenVINO's CPU defaults change the arithmetic of a weight-compressed model: activations are
 # quantized to int8 on the fly, the KV cache is kept in u8 and bf16 is used where the CPU has it.
 # Measured on SmolLM2-135M RTN 4-bit g64 (README): logits 2% from the evaluated model with the
@@ -33,16 +36,9 @@ EXACT_RUNTIME = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_
                  "KV_CACHE_PRECISION": "f32", "CACHE_DIR": ""}
 
 
-def quantized_stage(entry: dict) -> dict | None:
-    """The quantization settings of a compression entry (its own, or its `quantize` stage)."""
-    if compression_method(entry["method"]).family == "quantization":
-        return entry
-    return entry.get("quantize")
-
-
 def weight_settings(entry: dict) -> dict | None:
     """optimum-intel's weight quantization settings for the entry's grid; None: float export."""
-    quant = quantized_stage(entry)
+    quant = quant_stage(entry)
     if quant is None:
         return None
     return {"bits": quant["bits"], "group_size": quant.get("group_size") or -1,
@@ -56,7 +52,7 @@ def unsupported(entry: dict) -> tuple[str, str] | None:
     """(setting, why) when OpenVINO cannot hold the entry's grid, else None."""
     if entry.get("deploy") not in (None, *TARGETS):
         return "deploy", f"unknown deployment target {entry['deploy']!r} (known: {TARGETS})"
-    quant = quantized_stage(entry)
+    quant = quant_stage(entry)
     if quant is None:
         return None
     where = "" if quant is entry else "quantize."
@@ -216,20 +212,6 @@ def _prompted_class(base):
     return Prompted
 
 
-def disk_bytes(path) -> int:
-    """Bytes of a file, or of every file under a folder."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def versions() -> dict:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in ("openvino", "optimum-intel", "nncf", "transformers")}
-
-
 # ---------------------------------------------------------------- latency, side by side
 def latency_variants(jobs, model: str, threads: int) -> dict:
     """The models timed side by side: the dense model in PyTorch float32 (what the grid
@@ -252,7 +234,7 @@ def latency_variants(jobs, model: str, threads: int) -> dict:
             variants[f"openvino {c} + {unit_}"] = with_prompt(
                 loaded, load_prompt(jobs.paths.deployed_prompt(m, c, target, unit_)))
     quantized = [d for d in deployed if d.unit is None
-                 and quantized_stage(jobs.compression[d.compression])]
+                 and quant_stage(jobs.compression[d.compression])]
     if quantized:
         m, c, target, _ = quantized[0]
         variants[f"openvino {c} (runtime defaults)"] = load(

@@ -315,7 +315,7 @@ def convert(task: str, path: Path, name: str | None = None) -> tuple[TaskFormat,
 
 
 @functools.lru_cache(maxsize=1)
-def _task_index() -> dict:
+def lm_eval_task_index() -> dict:
     from lm_eval.tasks import TaskManager
 
     return TaskManager().task_index  # indexing lm-eval's task folder takes seconds: once
@@ -323,7 +323,7 @@ def _task_index() -> dict:
 
 def builtin_task(task: str):
     """lm-eval's index entry of a task it ships (its YAML path and config)."""
-    entry = _task_index().get(task)
+    entry = lm_eval_task_index().get(task)
     if entry is None or not str(entry.kind).endswith("TASK"):
         raise ValueError(f"lm-eval has no task {task!r}")
     return entry
@@ -331,13 +331,13 @@ def builtin_task(task: str):
 
 def builtin_group(name: str):
     """lm-eval's index entry of a group it ships (`mmlu`), or None if `name` is no group."""
-    entry = _task_index().get(name)
+    entry = lm_eval_task_index().get(name)
     return entry if entry is not None and str(entry.kind).endswith("GROUP") else None
 
 
 def leaf_tasks(name: str) -> list[str]:
     """The tasks an lm-eval group (or tag) is made of, through its subgroups, sorted."""
-    index, out = _task_index(), set()
+    index, out = lm_eval_task_index(), set()
 
     def walk(n: str) -> None:
         entry = index.get(n)

@@ -209,9 +209,7 @@ def lm_eval_task_names() -> set[str]:
         return set(json.loads(cache.read_text()))
     except (OSError, ValueError):
         pass
-    from lm_eval.tasks import TaskManager
-
-    names = sorted(TaskManager().all_tasks)
+    names = sorted(task_formats.lm_eval_task_index())
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
