@@ -19,7 +19,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-# The YAML check first: Snakemake's own message for a syntax error gives no line or column.
+# The YAML check first: Snakemake's own message for a syntax error gives no line or column
+# (Snakemake 9.27); it can go once Snakemake's names them.
 run: venv
 	$(BIN)/python -m knowledge_recovery.pipeline.config $(CONFIG)
 	if grep -Eq 'deploy:[[:space:]]*openvino' $(CONFIG); then $(MAKE) .venv-openvino; fi

@@ -8,7 +8,8 @@ from knowledge_recovery.pipeline.config import prepare, read_yaml, validate_sche
 if not config:  # no --configfile given: the embedded default grid, wherever --directory points
     configfile: f"{workflow.basedir}/config.yaml"
 
-for path in workflow.configfiles:  # a key given twice: Snakemake's YAML reader keeps the last
+# A key given twice: Snakemake's YAML reader (9.27) keeps the last; refused here until it refuses.
+for path in workflow.configfiles:
     read_yaml(path)
 validate_schema(config)  # the package's JSON schema, defaults filled in
 # Every error names its config key, before any job runs. Cluster jobs re-read this file: the

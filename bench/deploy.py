@@ -4,10 +4,11 @@
     .venv-openvino/bin/python bench/deploy.py --config config/deploy.yaml [--rounds 5]
 
 Runs in the deploy environment. The deploy_latency step's measurement
-(openvino.latency_variants, openvino.latency: the dense model in PyTorch float32, every
-deployed model on OpenVINO with the exact runtime the deploy step checked, a recovery cell as its
-prompt cache in front of its compressed model's export, and the first quantized export again
-with OpenVINO's CPU defaults), with the rounds and sizes given here, printed.
+(openvino.latency_variants on jobs.latency_deployments, openvino.latency: the dense model in
+PyTorch float32, every deployed model on OpenVINO with the exact runtime the deploy step
+checked, a recovery cell as its prompt cache in front of its compressed model's export, and the
+first quantized export again with OpenVINO's CPU defaults), with the rounds and sizes given
+here, printed.
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def main() -> None:
         raise SystemExit(f"{args.config} deploys no model (deploy: openvino on a compression entry)")
     model_name = deployed[0].model
     tok = AutoTokenizer.from_pretrained(jobs.paths.checkpoint(model_name))
-    variants = openvino.latency_variants(jobs, model_name, args.threads)
+    variants = openvino.latency_variants(jobs.paths.checkpoint(model_name),
+                                         jobs.latency_deployments(model_name, "openvino"),
+                                         args.threads)
     ids = tok(python_reference()[:200000], return_attention_mask=False)["input_ids"]
     settings = {"batches": args.batches, "seq_len": args.seq_len, "new_tokens": args.new_tokens,
                 "rounds": args.rounds}

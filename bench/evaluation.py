@@ -12,7 +12,7 @@ every continuation: the work that cannot be avoided). The forward limit is the t
 of one forward pass over `--batch-size` sequences of the task's mean unique tokens per
 question, no cache: what the model does when nothing is wasted. Also checked: every scorer gives
 the same acc and log-likelihoods (largest difference printed). The table and notes go to `--out`
-(docs/results/bench/evaluation.md, which the README includes: `make readme`).
+(docs/results/bench/evaluation.md, which docs/measured.md includes: `make readme`).
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "docs/results/bench/evaluation.md"),
-                        help="where the table goes (the README includes it); '' for nowhere")
+                        help="where the table goes (docs/measured.md includes it); '' for nowhere")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -16,7 +16,7 @@ layouts of the pool when scored (`layout`: independent, concatenated) and every 
   prompt know its domain?) and the identical-prompt control.
 Inputs: the grid's probe questions (as lm-eval gives them, question + "\\nAnswer:") and blocks
 of 128 tokens of the recovery text. Writes docs/results/bench/idp_selection.md (summary, in the
-README), idp_selection_layers.md (every layer) and idp_routing.md.
+docs/measured.md), idp_selection_layers.md (every layer) and idp_routing.md.
 """
 from __future__ import annotations
 

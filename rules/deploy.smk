@@ -67,6 +67,7 @@ rule deploy_latency:
         python=DEPLOY_PYTHON,
         model=lambda w: w.model,
         settings=config["deployment"]["latency"],
+        deployed=lambda w: JOBS.latency_deployments(w.model, "openvino"),
     threads: config["threads"]
     resources:
         mem_mb=8000,

@@ -6,7 +6,6 @@ Runs in the deploy environment (step.in_deploy_environment).
 """
 from knowledge_recovery import artifacts
 from knowledge_recovery.deployment import openvino
-from knowledge_recovery.pipeline.jobs import Jobs
 from knowledge_recovery.pipeline.step import finish, in_deploy_environment, record, step
 
 smk = in_deploy_environment(globals().get("snakemake"), __file__)
@@ -18,7 +17,7 @@ with step(smk):
     # enough text for the largest batch (a token is rarely more than 16 characters)
     text = open(smk.input.text).read()[: 16 * max(settings["batches"]) * settings["seq_len"]]
     ids = tokenizer(text, return_attention_mask=False)["input_ids"]
-    variants = openvino.latency_variants(Jobs(smk.config), model, smk.threads)
+    variants = openvino.latency_variants(smk.input.checkpoint, smk.params.deployed, smk.threads)
     with artifacts.Timer() as timer:
         rows = openvino.latency(variants, ids, settings, tokenizer.eos_token_id)
     for row in rows:

@@ -110,7 +110,7 @@ def reading(rows: pd.DataFrame, pairs: pd.DataFrame, compared: pd.DataFrame,
             confidence: float, reference: str) -> str:
     """Markdown: per model and compression, the example-level table, the overlap, and which
     reading the evidence favours, with the numbers it rests on."""
-    # bold lines, not headings: the file is also shown inside the README's sections
+    # bold lines, not headings: the file is also shown inside the docs' sections
     out = [f"**Forgotten or displaced?** Per model and compression, from the same questions "
            f"answered by every cell. Differences in mean accuracy over tasks (other - base) with "
            f"their {confidence:.0%} paired bootstrap interval; * the interval excludes zero. "

@@ -7,9 +7,10 @@
         --include_path $R/tasks/knowledge/lm_eval --tasks knowledge_country_capital \
         --batch_size 16 --seed 0 --num_fewshot 0
 
-lm-eval finds models by name in its registry and has no plugin hook for a package's models, so
-this imports the model's module and then runs lm-eval's `cli_evaluate` unchanged: the arguments,
-the evaluator and the output are lm-eval's.
+lm-eval finds models by name in its registry and has no plugin hook for a package's models
+(0.4.13), so this imports the model's module and then runs lm-eval's `cli_evaluate` unchanged:
+the arguments, the evaluator and the output are lm-eval's. It can go once lm-eval loads models
+from entry points; `pyproject.toml` would then declare "knowledge-recovery".
 """
 from __future__ import annotations
 

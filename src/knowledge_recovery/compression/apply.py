@@ -64,7 +64,7 @@ def _return_freed_memory_to_the_os(activation_bytes: int) -> None:
     `activation_bytes` (0 for none) sets it just above one sample's largest activation, so that
     activations, allocated and freed again for every sample, are reused from the heap (mmapping
     each was costly); methods that build a Hessian per layer pass 0: their width^2 matrices
-    fragmented the heap above it. Figures: README, "Compression"."""
+    fragmented the heap above it. Figures: docs/measured.md, "Compression"."""
     threshold = min(max(2 * activation_bytes, 128 * 1024), 32 * 2**20)  # glibc's own bounds
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD

@@ -8,7 +8,8 @@ decodes to the very weights the evaluated checkpoint holds (checked on reload by
 
 Only symmetric grids of methods registered as packable can be exported: transformers cannot load
 asymmetric pack-quantized checkpoints (the packed zero points get the wrong shape on load; see
-vllm-project/llm-compressor#1618).
+vllm-project/llm-compressor#1618). Once that is fixed (compressed-tensors after 0.12), drop the
+symmetric requirement in `entries.unpackable_reason`.
 """
 from __future__ import annotations
 

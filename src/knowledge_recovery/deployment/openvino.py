@@ -30,7 +30,7 @@ TARGETS = ("openvino",)
 RUNTIME_PACKAGES = ("openvino", "optimum-intel", "nncf", "transformers")
 # OpenVINO's CPU defaults change the arithmetic of a weight-compressed model: activations are
 # quantized to int8 on the fly, the KV cache is kept in u8 and bf16 is used where the CPU has it.
-# Measured on SmolLM2-135M RTN 4-bit g64 (README): logits 2% from the evaluated model with the
+# Measured on SmolLM2-135M RTN 4-bit g64 (docs/measured.md): logits 2% from the evaluated model with the
 # defaults, 0.3% with these. The deployed model must be the one the table scores.
 EXACT_RUNTIME = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
                  "KV_CACHE_PRECISION": "f32", "CACHE_DIR": ""}
@@ -55,7 +55,7 @@ def unsupported(entry: dict) -> tuple[str, str] | None:
     quant = quant_stage(entry)
     if quant is None:
         return None
-    where = "" if quant is entry else "quantize."
+    where = "quantize." if quant is entry.get("quantize") else ""
     if quant["bits"] not in (4, 8):
         return (f"{where}bits", f"OpenVINO stores 4- or 8-bit integer weights, not "
                                 f"{quant['bits']}-bit")
@@ -213,33 +213,27 @@ def _prompted_class(base):
 
 
 # ---------------------------------------------------------------- latency, side by side
-def latency_variants(jobs, model: str, threads: int) -> dict:
+def latency_variants(dense_checkpoint, deployed: list[dict], threads: int) -> dict:
     """The models timed side by side: the dense model in PyTorch float32 (what the grid
-    evaluates); every deployment of `model` on OpenVINO with the exact runtime the deploy step
-    checked (a recovery cell: its prompt cache in front of its compressed model's export); and
-    the first quantized export again with OpenVINO's CPU defaults (int8 dynamic activation
-    quantization, u8 KV cache: faster, but not the model the tables score)."""
+    evaluates); every deployment in `deployed` (`jobs.Jobs.latency_deployments`: its label, its
+    export folder, its prompt cache or None, whether it is quantized) on OpenVINO with the exact
+    runtime the deploy step checked (a recovery cell: its prompt cache in front of its compressed
+    model's export); and the first quantized export again with OpenVINO's CPU defaults (int8
+    dynamic activation quantization, u8 KV cache: faster, but not the model the tables score)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     exact = {**EXACT_RUNTIME, "INFERENCE_NUM_THREADS": str(threads)}
     variants = {"pytorch dense fp32": AutoModelForCausalLM.from_pretrained(
-        jobs.paths.checkpoint(model), dtype=torch.float32).eval()}
-    deployed = [d for d in jobs.deployments() if d.model == model]
-    for m, c, target, unit_ in deployed:
-        loaded = load(jobs.paths.deployed(m, c, target), exact)
-        if unit_ is None:
-            variants[f"openvino {c}"] = loaded
-        else:
-            variants[f"openvino {c} + {unit_}"] = with_prompt(
-                loaded, load_prompt(jobs.paths.deployed_prompt(m, c, target, unit_)))
-    quantized = [d for d in deployed if d.unit is None
-                 and quant_stage(jobs.compression[d.compression])]
+        dense_checkpoint, dtype=torch.float32).eval()}
+    for d in deployed:
+        loaded = load(d["export"], exact)
+        variants[f"openvino {d['label']}"] = (loaded if d["prompt"] is None
+                                              else with_prompt(loaded, load_prompt(d["prompt"])))
+    quantized = [d for d in deployed if d["prompt"] is None and d["quantized"]]
     if quantized:
-        m, c, target, _ = quantized[0]
-        variants[f"openvino {c} (runtime defaults)"] = load(
-            jobs.paths.deployed(m, c, target),
-            {"INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""})
+        variants[f"openvino {quantized[0]['label']} (runtime defaults)"] = load(
+            quantized[0]["export"], {"INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""})
     return variants
 
 

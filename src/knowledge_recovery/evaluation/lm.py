@@ -342,7 +342,9 @@ class RecoveredLM(HFLM):
     def _score_whole(self, indices, requests, out, size):
         """Each request as one sequence, as HFLM scores it (context and continuation, cut to
         the model's length from the left, less the last token), right-padded in batches of at
-        most `size` x the longest sequence tokens, with the attention mask lm-eval leaves out."""
+        most `size` x the longest sequence tokens, with the attention mask lm-eval leaves out
+        (HFLM 0.4.13 passes none for causal models; once it does, padding-aware methods can
+        take HFLM's own path)."""
         def sequence(i):
             _, ctx, cont = requests[i]
             return (ctx + cont)[-(self.max_length + 1):][:-1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from knowledge_recovery.compression.entries import needs_calibration
+from knowledge_recovery.compression.entries import needs_calibration, quant_stage
 from knowledge_recovery.deployment.openvino import deploys_with_prompt
 from knowledge_recovery.pipeline.grid import Cell, by_id, cells, trained
 from knowledge_recovery.pipeline.paths import RECOVERY_TEXT, Layout
@@ -170,6 +170,16 @@ class Jobs:
         mine = [d for d in self.deployments() if d.model == model and d.target == target]
         return {"checkpoint": self.paths.checkpoint(model), "text": self.paths.recovery_text,
                 "manifests": [self.paths.deploy_manifest(*d) for d in mine]}
+
+    def latency_deployments(self, model: str, target: str) -> list[dict]:
+        """What the deploy_latency job times beside the dense model: each deployment of `model`
+        (the outputs of the jobs whose manifests are its inputs), labelled, with its export
+        folder, its prompt cache (a recovery cell) or None, and whether it is quantized."""
+        return [{"label": c if unit_ is None else f"{c} + {unit_}",
+                 "export": self.paths.deployed(m, c, target),
+                 "prompt": None if unit_ is None else self.paths.deployed_prompt(m, c, target, unit_),
+                 "quantized": quant_stage(self.compression[c]) is not None}
+                for m, c, t, unit_ in self.deployments() if m == model and t == target]
 
     def deploy_outputs(self) -> list[str]:
         return [self.paths.deploy_manifest(*d) for d in self.deployments()]

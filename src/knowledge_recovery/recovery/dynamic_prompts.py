@@ -13,7 +13,7 @@ pool unstated; choices made here:
   "concatenated" lays the m prompts end to end at positions 0..m*n-1 and the input after them
   (the first implementation; kept for the ablation): there slot j sits at another distance from
   the input than slot k, slot 0 holds the attention sink, and from layer 1 on a slot's keys depend
-  on the slots before it, so the choice followed the slot, not the input (README, "IDP").
+  on the slots before it, so the choice followed the slot, not the input (docs/methods.md, "IDP").
 - Scoring runs only the early `score_layers` of the model, with the pool's keys and values
   computed once (they do not depend on the input): selection costs a fraction of a forward pass.
 - Training, `scheme`: "joint" trains all m prompts at once, every input seeing the whole pool

@@ -38,7 +38,7 @@ def command(store: Path, host: str, port: int, workers: int,
 def cluster_hosts(port: int) -> str:
     """The Host headers jobs on other nodes send: this host's names (MLflow 3 answers only
     localhost and private IPs by default, and refuses a host name with 403), and the private
-    address ranges."""
+    address ranges. A setting, not a bug: it stays while MLflow checks Host headers."""
     names = {socket.getfqdn(), socket.gethostname(), "localhost", "127.0.0.1"}
     return ",".join([*(f"{n}{p}" for n in sorted(names) for p in ("", f":{port}")),
                      "10.*", "172.*", "192.168.*"])

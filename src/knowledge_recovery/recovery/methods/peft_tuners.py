@@ -52,7 +52,8 @@ def _prefix_reaches_generation(model):
     the cache under its old name and the model gets it under the new one. Prompt tuning: peft
     also drops the position ids, so in a left-padded batch a padded row's tokens sat further from
     the prompt than in the evaluated model; they are counted from the attention mask (prompt
-    included), as transformers does for a plain model."""
+    included), as transformers does for a plain model. Can go once peft reads `cache` and passes
+    position ids (peft after 0.21.2; tests/test_evaluation.py's generation tests say when)."""
     import torch
 
     config = model.active_peft_config
@@ -109,7 +110,7 @@ def learned_prompt_cache(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def init_prefix_from_vocab(model, num_tokens: int, seed: int) -> None:
     """Set the prefix to the keys and values that n random vocabulary tokens produce in every
     layer, i.e. a real (meaningless) text prefix. peft's default random init makes keys and
-    values the model has never seen and wrecks it before training (README, "Recovery methods")."""
+    values the model has never seen and wrecks it before training (docs/pipeline.md, the train stage)."""
     import torch
     from transformers import DynamicCache
 
