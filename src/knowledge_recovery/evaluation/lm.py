@@ -167,7 +167,7 @@ class RecoveredLM(HFLM):
             if record.prepare_evaluation:
                 record.prepare_evaluation(pretrained, recovery)
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
-        self.recovery, self.padding_aware = recovery, record.padding_aware
+        self.padding_aware = record.padding_aware
         self.scorer = None
         if shared_context:
             self.scorer = (record.context_scorer(pretrained, recovery) if record.context_scorer
@@ -345,23 +345,20 @@ class RecoveredLM(HFLM):
         most `size` x the longest sequence tokens, with the attention mask lm-eval leaves out
         (HFLM 0.4.13 passes none for causal models; once it does, padding-aware methods can
         take HFLM's own path)."""
-        def sequence(i):
-            _, ctx, cont = requests[i]
-            return (ctx + cont)[-(self.max_length + 1):][:-1]
-
-        order = sorted(indices, key=lambda i: (-len(sequence(i)), i))
-        budget = size * len(sequence(order[0]))
-        for a, b in padded_chunks([len(sequence(i)) for i in order], budget):
+        sequences = {i: (requests[i][1] + requests[i][2])[-(self.max_length + 1):][:-1]
+                     for i in indices}
+        order = sorted(indices, key=lambda i: (-len(sequences[i]), i))
+        budget = size * len(sequences[order[0]])
+        for a, b in padded_chunks([len(sequences[i]) for i in order], budget):
             batch = order[a:b]
-            ids = torch.zeros(len(batch), len(sequence(batch[0])), dtype=torch.long)
+            ids = torch.zeros(len(batch), len(sequences[batch[0]]), dtype=torch.long)
             mask = torch.zeros_like(ids)
             for r, i in enumerate(batch):
-                seq = sequence(i)
-                ids[r, :len(seq)] = torch.tensor(seq)
-                mask[r, :len(seq)] = 1
+                ids[r, :len(sequences[i])] = torch.tensor(sequences[i])
+                mask[r, :len(sequences[i])] = 1
             logits = self.model(input_ids=ids.to(self.device),
                                 attention_mask=mask.to(self.device)).logits
             logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
             for r, i in enumerate(batch):
-                n, cont = len(sequence(i)), requests[i][2]
+                n, cont = len(sequences[i]), requests[i][2]
                 out[i] = self._record(requests[i], logp[r, n - len(cont):n])

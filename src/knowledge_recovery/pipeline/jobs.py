@@ -166,10 +166,13 @@ class Jobs:
         """(model, target) of the models with deployments: one deploy_latency job each."""
         return sorted({(d.model, d.target) for d in self.deployments()})
 
+    def _deployments_of(self, model: str, target: str) -> list[Deployment]:
+        return [d for d in self.deployments() if d.model == model and d.target == target]
+
     def deploy_latency_inputs(self, model: str, target: str) -> dict:
-        mine = [d for d in self.deployments() if d.model == model and d.target == target]
         return {"checkpoint": self.paths.checkpoint(model), "text": self.paths.recovery_text,
-                "manifests": [self.paths.deploy_manifest(*d) for d in mine]}
+                "manifests": [self.paths.deploy_manifest(*d)
+                              for d in self._deployments_of(model, target)]}
 
     def latency_deployments(self, model: str, target: str) -> list[dict]:
         """What the deploy_latency job times beside the dense model: each deployment of `model`
@@ -179,7 +182,7 @@ class Jobs:
                  "export": self.paths.deployed(m, c, target),
                  "prompt": None if unit_ is None else self.paths.deployed_prompt(m, c, target, unit_),
                  "quantized": quant_stage(self.compression[c]) is not None}
-                for m, c, t, unit_ in self.deployments() if m == model and t == target]
+                for m, c, _, unit_ in self._deployments_of(model, target)]
 
     def deploy_outputs(self) -> list[str]:
         return [self.paths.deploy_manifest(*d) for d in self.deployments()]
