@@ -188,7 +188,7 @@ IDP = {"method": "idp", "pool_size": 2, "num_virtual_tokens": 4}
      "recovery[1].target_modules", "not found"),
     ({"method": "ia3", "feedforward_modules": ["fc2"]}, "recovery[1].target_modules", "subset"),
     ({"method": "ia3", "r": 2}, "recovery[1].r", "not a setting of method 'ia3'"),
-    ({**IDP, "max_params": 511}, "recovery[1].max_params", "512"),
+    ({**IDP, "max_params": 641}, "recovery[1].max_params", "642"),  # pool 512, router 130
     ({"method": "lora", "r": 2, "pool_size": 4}, "recovery[1].pool_size", "not a setting"),
     ({"method": "prompt_tuning", "num_virtual_tokens": 4, "selection": "oracle"},
      "recovery[1].selection", "not a setting"),

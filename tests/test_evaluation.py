@@ -158,7 +158,8 @@ def test_idp_records_the_prompt_of_each_question(tiny, task_dir):
 def test_idp_oracle_is_best_prompt_per_document(tiny, task_dir):
     base, tok = tiny(seed=3)
     model = adapters.attach(base, {"method": "idp", "pool_size": 2, "num_virtual_tokens": 3,
-                                   "score_layers": [0], "scheme": "joint", "balance_weight": 0.0})
+                                   "score_layers": [0], "scheme": "joint", "balance_weight": 0.0,
+                                   "router_blocks": 4})
     with torch.no_grad():
         model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(1))
     model.eval()

@@ -13,7 +13,8 @@ LAYOUTS = ["independent", "concatenated"]
 
 def idp_entry(**over):
     return {"method": "idp", "pool_size": 3, "num_virtual_tokens": 4, "score_layers": [0, 2],
-            "scheme": "routed", "balance_weight": 0.0, "layout": "independent", **over}
+            "scheme": "routed", "balance_weight": 0.0, "layout": "independent",
+            "router_blocks": 8, **over}
 
 
 def sharp_idp(tiny, **over):
@@ -24,6 +25,7 @@ def sharp_idp(tiny, **over):
         model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(0))
         for layer in base.model.layers:
             layer.self_attn.q_proj.weight.mul_(30)
+    model.selection = "attention"  # these tests are about the attention score; the router's below
     return model.eval(), base, tok
 
 
@@ -238,3 +240,71 @@ def test_identical_prompts_share_the_inputs_evenly(tiny):
     _, ids, mask = _batch(tok, [f"input number {i} of many" for i in range(60)])
     counts = torch.bincount(model.select(ids, mask), minlength=3).tolist()
     assert min(counts) >= 10, counts
+
+
+def _numbers_text(count: int, seed: int) -> str:
+    """A text domain unlike Python documentation: arithmetic sentences."""
+    gen = torch.Generator().manual_seed(seed)
+    pairs = torch.randint(100, 999, (count, 2), generator=gen).tolist()
+    return "".join(f"{a} plus {b} makes {a + b}, and {a} times 2 is {2 * a}. " for a, b in pairs)
+
+
+def test_router_sends_each_domain_to_the_prompt_trained_on_it(tiny, tmp_path):
+    """A curated pool's router, fitted on its texts, sends held-out inputs of each text (short
+    ones too) to the prompt of that text; it is saved with the pool and loads fitted. The
+    control: the same pool selecting by attention (its routing accuracy is printed, not held)."""
+    from knowledge_recovery.recovery.dynamic_prompts import fit_router
+
+    base, tok = tiny(seed=3)
+    reference = python_reference()
+    texts = [reference[:30000], _numbers_text(900, seed=0)]
+    entry = idp_entry(scheme="curated", pool_size=2, score_layers=[0], router_blocks=16)
+    model = adapters.attach(base, entry)
+    figures = fit_router(model, tok, texts, CFG, seed=0, log=lambda *_: None)
+    assert figures["router_fit_accuracy"] >= 0.95, figures
+    held_out = [reference[-40000:], _numbers_text(200, seed=1)]
+    inputs, domains = [], []
+    for d, text in enumerate(held_out):
+        for i in range(20):
+            inputs.append(text[i * 150: i * 150 + (30 if i % 2 else 150)])  # short and long
+            domains.append(d)
+    _, ids, mask = _batch(tok, inputs)
+    model.eval()
+    model.selection = "router"
+    chosen = model.select(ids, mask)
+    accuracy = float((chosen == torch.tensor(domains)).float().mean())
+    assert accuracy >= 0.9, (accuracy, chosen.tolist())
+    model.selection = "attention"
+    print("routing accuracy: router", accuracy, "attention",
+          float((model.select(ids, mask) == torch.tensor(domains)).float().mean()))
+    adapters.save(model, entry, tmp_path / "pool")
+    loaded = adapters.load(tiny(seed=3)[0], entry, tmp_path / "pool")
+    assert loaded.router_fitted
+    loaded.selection = "router"
+    assert torch.equal(loaded.select(ids, mask), chosen)
+
+
+def test_router_of_identical_prompts_ties(tiny):
+    """m copies of one prompt: every block's losses tie, the fitted router stays zero, every
+    input's scores tie and the inputs are shared by hash (the identical-prompt control)."""
+    from knowledge_recovery.recovery.dynamic_prompts import fit_router
+
+    base, tok = tiny(seed=3)
+    model = adapters.attach(base, idp_entry(scheme="joint", score_layers=[0, 1], router_blocks=8))
+    with torch.no_grad():
+        model.prompts.copy_(model.prompts[0:1].expand_as(model.prompts))
+    figures = fit_router(model, tok, [python_reference()[:20000]], CFG, seed=0, log=lambda *_: None)
+    assert figures["router_decided"] == 0
+    _, ids, mask = _batch(tok, [f"input number {i} of many" for i in range(60)])
+    model.eval()
+    scores = model.router_scores(ids, mask)
+    assert (scores.max(-1).values - scores.min(-1).values).max() <= 1e-6
+    counts = torch.bincount(model.select(ids, mask), minlength=3).tolist()
+    assert min(counts) >= 10, counts
+
+
+def test_router_selection_needs_a_fitted_router(tiny):
+    model = adapters.attach(tiny()[0], idp_entry(score_layers=[0])).eval()
+    model.selection = "router"
+    with pytest.raises(ValueError, match="no fitted router"):
+        model.select(torch.ones(1, 4, dtype=torch.long))

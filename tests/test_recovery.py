@@ -17,7 +17,7 @@ def text():
 
 
 IDP = {"method": "idp", "pool_size": 3, "num_virtual_tokens": 4, "score_layers": [0],
-       "scheme": "joint", "balance_weight": 0.1}
+       "scheme": "joint", "balance_weight": 0.1, "router_blocks": 4}
 # entry -> trainable parameters on the tiny model (hidden 64, 2 layers, 4 heads of 16)
 ENTRIES = [
     ({"method": "prompt_tuning", "num_virtual_tokens": 4}, 4 * 64),
@@ -29,8 +29,8 @@ ENTRIES = [
     ({"method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"],
       "feedforward_modules": ["down_proj"], "training": {"lr": 0.1}},  # 512 scales: slow at 0.01
      2 * (64 + 64 + 128)),  # outputs of k and v, the input of down, in each of 2 layers
-    (IDP, 3 * 4 * 64),
-    ({**IDP, "scheme": "routed"}, 3 * 4 * 64),
+    (IDP, 3 * 4 * 64 + 64 * 3 + 3),  # the pool and its router (hidden -> m)
+    ({**IDP, "scheme": "routed"}, 3 * 4 * 64 + 64 * 3 + 3),
 ]
 
 
@@ -44,8 +44,8 @@ def test_training_lowers_validation_loss_and_keeps_compression(tiny, text, entry
     zeros = adapters.zero_count(base_params)
     model = adapters.attach(base, entry)
     assert adapters.trainable_parameters(model) == params
-    best, history = training.train(model, tok, text, {**CFG, **entry.get("training", {})}, seed=0,
-                                   log=lambda *_: None)
+    best, history = adapters.train(model, entry, tok, [text], {**CFG, **entry.get("training", {})},
+                                   seed=0, log=lambda *_: None)
     # IDP gains less on validation: joint trains all prompts at once but infers with one, routed
     # spreads the steps over the pool
     gain = 0.05 if entry["method"] == "idp" else 0.1
@@ -79,9 +79,10 @@ def test_too_little_text_is_a_clear_error(tiny):
 def test_routed_idp_uses_every_prompt(tiny, text):
     """The balance term keeps every prompt of the pool in use during routed training."""
     base, tok = tiny()
-    model = adapters.attach(base, {**IDP, "scheme": "routed", "balance_weight": 1.0})
-    _, history = training.train(model, tok, text, {**CFG, "steps": 20, "batch_size": 8}, seed=0,
-                                log=lambda *_: None)
+    entry = {**IDP, "scheme": "routed", "balance_weight": 1.0}
+    model = adapters.attach(base, entry)
+    _, history = adapters.train(model, entry, tok, [text], {**CFG, "steps": 20, "batch_size": 8},
+                                seed=0, log=lambda *_: None)
     totals = torch.tensor(history["routing"]).sum(0)
     assert len(totals) == 3 and (totals > 0).all(), totals
 
@@ -99,6 +100,8 @@ def test_adapter_saves_and_loads_identically(tiny, tmp_path):
         base, tok = tiny(seed=1)
         model = adapters.attach(base, entry).eval()
         _perturb(model)
+        if entry["method"] == "idp":
+            model.router_fitted = True  # the perturbed router stands for a fitted one
         ids = torch.randint(0, 250, (2, 12))
         with torch.no_grad():
             before = model(input_ids=ids).logits
@@ -203,6 +206,8 @@ def test_a_prompt_cache_is_what_the_method_puts_before_every_input(tiny):
         base, _tok = tiny(seed=2)
         model = adapters.attach(base, entry).eval()
         _perturb(model)
+        if entry["method"] == "idp":
+            model.router_fitted = True  # the perturbed router stands for a fitted one
         with torch.no_grad():
             want = model(input_ids=ids).logits[:, -9:]  # prompt tuning's has the prompt's too
             layers = recovery_method(entry["method"]).prompt_cache(model)

@@ -1,9 +1,18 @@
 """Inference-time Dynamic Prompting (IDP; Hoang et al. 2023, arXiv 2310.00867).
 
 A pool of m soft prompts of n tokens in front of a frozen (compressed) causal LM. For each input,
-every prompt is scored by the attention the input pays to it (mean over input tokens and heads of
-the attention mass on that prompt's tokens, averaged over `score_layers`) with the whole pool
-visible, and the model then runs with only the highest-scoring prompt.
+a selector scores every prompt from the input's early layers (`score_layers`), and the model then
+runs with only the highest-scoring prompt. Two selectors:
+- `router` (default): a linear map from the input's hidden state after the last score layer
+  (mean over its tokens, the input alone) to m scores, fitted after the pool is trained
+  (`fit_router`) to send each text block to the prompt that serves it best: for a curated pool the
+  prompt trained on the block's text, otherwise the prompt with the lowest loss on it;
+- `attention` (the paper's): the attention the input pays to each prompt (mean over input tokens
+  and heads of the attention mass on that prompt's tokens, averaged over `score_layers`) with the
+  whole pool visible. On SmolLM2-135M it routes at chance even with the pool laid out as each
+  prompt runs (docs/results/bench/idp_routing.md): a prompt's share of attention is mostly a
+  per-prompt constant (what it draws from every input alike), so one prompt wins every input.
+Both cost one pass of the input through the score layers.
 
 The paper leaves the scoring layers, the layout of the pool when scored and the training of the
 pool unstated; choices made here:
@@ -21,9 +30,10 @@ pool unstated; choices made here:
   adds a load-balance term (Switch-Transformer style: m * sum_j f_j * p_j) so that no prompt
   starves; "curated" trains prompt j alone on its own text (`texts`, one per prompt: the paper's
   set of curated prompts), with no selector in training (`train_curated`).
-- `selection` at inference: attention (the method), random (a deterministic hash of the input:
-  the same input always gets the same prompt, whatever the batch), or a fixed index (used to
-  build the oracle, the best prompt per example, from one evaluation per prompt).
+- `selection` at inference: router (default), attention (the paper's score), random (a
+  deterministic hash of the input: the same input always gets the same prompt, whatever the
+  batch), or a fixed index (used to build the oracle, the best prompt per example, from one
+  evaluation per prompt).
 The input that is scored, `select_on`: the context alone (default: the question, one prompt for
 all its answers, as a deployed selector sees only the input), or each whole token sequence given
 to the model (for a lm-eval log-likelihood request: context plus continuation).
@@ -58,7 +68,7 @@ class _StopForward(Exception):
 class DynamicPromptModel(nn.Module):
     def __init__(self, base, pool_size: int, num_tokens: int, score_layers: list[int],
                  scheme: str, balance_weight: float, layout: str = "concatenated",
-                 seed: int = 0):
+                 router_blocks: int | None = None, seed: int = 0):
         """Every setting comes from a config entry (defaults live in the schema only); `layout`
         defaults to the one pools saved before it was a setting were trained in."""
         super().__init__()
@@ -80,7 +90,15 @@ class DynamicPromptModel(nn.Module):
         self.scheme, self.balance_weight, self.layout = scheme, balance_weight, layout
         _, init = sample_vocab_embeddings(base, pool_size * num_tokens, seed)
         self.prompts = nn.Parameter(init.view(pool_size, num_tokens, -1))
-        self.selection: str | int = "attention"
+        # zero until fitted: every prompt ties (then the input's hash picks); a parameter of the
+        # pool, counted in its budget, but trained by `fit_router`, not with the prompts (it
+        # takes no part in their loss, so their optimiser leaves it alone)
+        self.router = nn.Linear(init.shape[-1], pool_size)
+        nn.init.zeros_(self.router.weight)
+        nn.init.zeros_(self.router.bias)
+        self.router_blocks = router_blocks
+        self.router_fitted = False
+        self.selection: str | int = "router"
         self.last_routing: torch.Tensor | None = None  # prompt counts of the last training batch
         self.selected = torch.zeros(pool_size, dtype=torch.long)  # choices made at inference
         self.last_choice: torch.Tensor | None = None  # the prompt of each row of the last select
@@ -97,23 +115,35 @@ class DynamicPromptModel(nn.Module):
     def settings(self) -> dict:
         return {"pool_size": self.pool_size, "num_tokens": self.num_tokens,
                 "score_layers": self.score_layers, "scheme": self.scheme,
-                "balance_weight": self.balance_weight, "layout": self.layout}
+                "balance_weight": self.balance_weight, "layout": self.layout,
+                "router_blocks": self.router_blocks}
 
     def save_pretrained(self, path) -> None:
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(self.settings(), indent=2))
-        save_file({"prompts": self.prompts.detach().cpu().contiguous()}, str(path / WEIGHTS_FILE))
+        (path / CONFIG_FILE).write_text(json.dumps(
+            {**self.settings(), "router_fitted": self.router_fitted}, indent=2))
+        tensors = {"prompts": self.prompts, "router.weight": self.router.weight,
+                   "router.bias": self.router.bias}
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                  str(path / WEIGHTS_FILE))
 
     @classmethod
     def from_pretrained(cls, base, path) -> "DynamicPromptModel":
         from safetensors.torch import load_file
 
         path = Path(path)
-        model = cls(base, **json.loads((path / CONFIG_FILE).read_text()))
-        model.prompts.data.copy_(load_file(str(path / WEIGHTS_FILE))["prompts"])
+        settings = json.loads((path / CONFIG_FILE).read_text())
+        fitted = settings.pop("router_fitted", False)  # pools saved before routers have none
+        model = cls(base, **settings)
+        tensors = load_file(str(path / WEIGHTS_FILE))
+        model.prompts.data.copy_(tensors["prompts"])
+        if fitted:
+            model.router.weight.data.copy_(tensors["router.weight"])
+            model.router.bias.data.copy_(tensors["router.bias"])
+            model.router_fitted = True
         return model.to(base.device)
 
     # ------------------------------------------------------------ selection
@@ -236,6 +266,45 @@ class DynamicPromptModel(nn.Module):
         """(batch, m): `layer_scores` averaged over the score layers."""
         return self.layer_scores(input_ids, attention_mask).mean(0)
 
+    def router_features(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """(batch, hidden): the input alone through the score layers, its hidden state after the
+        last of them averaged over its real tokens (float32)."""
+        return self.prefix_features(input_ids, attention_mask, [None])[:, 0]
+
+    def prefix_features(self, input_ids, attention_mask, lengths) -> torch.Tensor:
+        """(batch, len(lengths), hidden): `router_features` of each row's first `lengths` tokens
+        (None: all its tokens), from one causal pass."""
+        mask = _mask_or_ones(input_ids, attention_mask)
+        block = decoder_layers(self.base)[self.score_layers[-1]]
+        hidden = {}
+
+        def keep(mod, args, out):
+            hidden["h"] = out[0] if isinstance(out, tuple) else out
+            raise _StopForward
+
+        hook = block.register_forward_hook(keep)
+        try:
+            self.base(input_ids=input_ids, attention_mask=mask,
+                      position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            hook.remove()
+        m = mask.unsqueeze(-1).float()
+        sums, counts = (hidden["h"].float() * m).cumsum(1), m.cumsum(1).clamp(min=1)
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask.long() * positions).argmax(-1)  # the last real token, whatever the padding
+        rows = torch.arange(len(input_ids), device=input_ids.device)
+        return torch.stack([(sums / counts)[rows, last if n is None else last.clamp(max=n - 1)]
+                            for n in lengths], 1)
+
+    def router_scores(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """(batch, m): the router's scores of each prompt for each input."""
+        if not self.router_fitted:
+            raise ValueError("this IDP pool has no fitted router (saved before routers, or not "
+                             "trained): re-train it, or select by 'attention'")
+        return self.router(self.router_features(input_ids, attention_mask))
+
     def select(self, input_ids, attention_mask=None) -> torch.Tensor:
         """The prompt of each input, counted in `selected` and kept in `last_choice`."""
         mask = _mask_or_ones(input_ids, attention_mask)
@@ -245,9 +314,11 @@ class DynamicPromptModel(nn.Module):
             chosen = torch.tensor([_hash_index(row, mask_row, self.pool_size)
                                    for row, mask_row in zip(input_ids, mask)],
                                   device=input_ids.device)
-        elif self.selection == "attention":
+        elif self.selection in ("attention", "router"):
             with torch.no_grad():
-                chosen = _argmax_ties_by_hash(self.scores(input_ids, mask), input_ids, mask)
+                scores = (self.scores(input_ids, mask) if self.selection == "attention"
+                          else self.router_scores(input_ids, mask))
+                chosen = _argmax_ties_by_hash(scores, input_ids, mask)
         else:
             raise ValueError(f"unknown IDP selection {self.selection!r}")
         self.selected += torch.bincount(chosen.cpu(), minlength=self.pool_size)
@@ -381,6 +452,97 @@ def train_curated(model: DynamicPromptModel, tokenizer, texts: list[str], cfg: d
                "best_step": mean("best_step"), "train_blocks": mean("train_blocks"),
                "val_blocks": mean("val_blocks")}
     return {"prompts": model.prompts.detach().clone()}, history
+
+
+@torch.no_grad()
+def _block_losses(model: DynamicPromptModel, blocks: torch.Tensor, lengths: list[int],
+                  batch_size: int) -> torch.Tensor:
+    """(blocks, len(lengths), m): each prompt's mean next-token loss on each block's first
+    `lengths` tokens (one pass per prompt: the loss of a prefix is a running mean)."""
+    out = []
+    for j in range(model.pool_size):
+        per = []
+        for i in range(0, len(blocks), batch_size):
+            ids = blocks[i:i + batch_size].to(model.device)
+            logits = model._run(model.prompts[j].expand(len(ids), -1, -1), ids, None,
+                                None).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").cumsum(1)
+            per.append(torch.stack([nll[:, n - 2] / (n - 1) for n in lengths], 1))
+        out.append(torch.cat(per))
+    return torch.stack(out, -1).cpu()
+
+
+def fit_router(model: DynamicPromptModel, tokenizer, texts: list[str], cfg: dict, seed: int,
+               log=print) -> dict:
+    """Fit the pool's router (its prompts trained, frozen here) on `router_blocks` training
+    blocks of each text, each cut also to 1/8, 1/4 and 1/2 of `seq_len` (inputs at inference are
+    often short questions). The target of a block is the prompt that serves it best: in a
+    curated pool the prompt(s) trained on its text; otherwise the prompt(s) with the lowest loss
+    on it (ties within `TIE` share the target, so identical prompts keep a zero router and tie).
+    Multinomial logistic regression on standardised features, weight decay `ROUTER_DECAY`,
+    L-BFGS from zero: deterministic. Returns figures of the fit for the train manifest."""
+    from knowledge_recovery.recovery.training import split_blocks, token_blocks
+
+    seq_len, m = cfg["seq_len"], model.pool_size
+    lengths = sorted({max(2, seq_len // 8), max(2, seq_len // 4), max(2, seq_len // 2), seq_len})
+    gen = torch.Generator().manual_seed(seed)
+    sources = texts if model.scheme == "curated" else texts[:1]
+    feats, targets = [], []
+    was_training = model.training
+    model.eval()
+    for text in sources:
+        train_blocks, _ = split_blocks(token_blocks(tokenizer, text, seq_len),
+                                       cfg["val_fraction"], seed)
+        chosen = train_blocks[torch.randperm(len(train_blocks), generator=gen)[:model.router_blocks]]
+        with torch.no_grad():
+            for i in range(0, len(chosen), cfg["batch_size"]):
+                ids = chosen[i:i + cfg["batch_size"]].to(model.device)
+                feats.append(model.prefix_features(ids, None, lengths).cpu())
+        if model.scheme == "curated":  # the prompts trained on this text
+            owners = torch.tensor([float(t == text) for t in texts])
+            targets.append((owners / owners.sum()).expand(len(chosen), len(lengths), m))
+        else:
+            losses = _block_losses(model, chosen, lengths, cfg["batch_size"])
+            best = (losses <= losses.min(-1, keepdim=True).values + TIE).float()
+            targets.append(best / best.sum(-1, keepdim=True))
+    model.train(was_training)
+    x = torch.cat(feats).flatten(0, 1)
+    y = torch.cat(targets).flatten(0, 1)
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    xs = (x - mean) / std
+    weight = torch.zeros(x.shape[1], m, requires_grad=True)
+    bias = torch.zeros(m, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=ROUTER_ITERATIONS,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (-(y * (xs @ weight + bias).log_softmax(-1)).sum(-1).mean()
+                + ROUTER_DECAY * (weight ** 2).sum())
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():  # fold the standardisation into the linear map
+        w = weight / std.unsqueeze(-1)
+        model.router.weight.copy_(w.T.to(model.router.weight))
+        model.router.bias.copy_((bias - mean @ w).to(model.router.bias))
+    model.router_fitted = True
+    with torch.no_grad():
+        scores = model.router(x.to(model.router.weight))
+    decided = (y.max(-1).values > y.min(-1).values)  # examples with a best prompt
+    hits = (scores.argmax(-1).cpu() == y.argmax(-1))[decided]
+    figures = {"router_examples": len(x), "router_decided": int(decided.sum()),
+               "router_fit_accuracy": float(hits.float().mean()) if len(hits) else None,
+               "router_target_share": (y.sum(0) / len(y)).tolist()}
+    log(f"router fitted on {len(x)} examples ({figures['router_decided']} with a best "
+        f"prompt): accuracy {figures['router_fit_accuracy']}")
+    return figures
+
+
+ROUTER_DECAY = 1e-3  # on standardised features: keeps the few thousand examples from being memorised
+ROUTER_ITERATIONS = 200
 
 
 def _output(logits, mask, labels):

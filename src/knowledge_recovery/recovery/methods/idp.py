@@ -1,7 +1,7 @@
 """IDP, Inference-time Dynamic Prompting (Hoang et al. 2023): a pool of soft prompts, one chosen
-per input by the attention the input pays to it. The model, its layouts and training schemes are
-`recovery/dynamic_prompts.py`; this is the method's record: settings, checks, id, how it builds,
-trains and evaluates.
+per input from its early layers (by a fitted router, or by the paper's attention score). The
+model, its layouts, training schemes and router are `recovery/dynamic_prompts.py`; this is the
+method's record: settings, checks, id, how it builds, trains and evaluates.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _build(base, e: dict, seed: int, init: bool):
 
     return DynamicPromptModel(base, e["pool_size"], e["num_virtual_tokens"], e["score_layers"],
                               e["scheme"], e["balance_weight"], e.get("layout", "independent"),
-                              seed=seed)
+                              e["router_blocks"], seed=seed)
 
 
 def _load(base, path):
@@ -24,7 +24,7 @@ def _load(base, path):
 
 
 def _evaluate(model, entry: dict, run) -> dict:
-    """Attention selection (the method) or random: one lm-eval run, with how the selector
+    """Router or attention selection, or random: one lm-eval run, with how the selector
     spread the questions over the prompts (`stats.selection_diagnostics`: shares, entropy, and
     mutual information between a question's leaf task, such as a probe relation, and its
     prompt). Oracle: one run per prompt of the pool, keeping per document the best of them."""
@@ -55,12 +55,20 @@ def _evaluate(model, entry: dict, run) -> dict:
 
 
 def _train(model, entry: dict, tokenizer, texts: list[str], cfg: dict, seed: int, **kwargs):
-    from knowledge_recovery.recovery.dynamic_prompts import train_curated
-    from knowledge_recovery.recovery.training import train
+    """The pool by its scheme, then its router on the same texts (`fit_router`)."""
+    from knowledge_recovery.recovery.dynamic_prompts import fit_router, train_curated
+    from knowledge_recovery.recovery.training import load_trainable_state, train, trainable_state
 
+    # validation while the pool trains selects as routed training routes: the router comes after
+    model.selection = "attention"
     if entry["scheme"] == "curated":
-        return train_curated(model, tokenizer, texts, cfg, seed, **kwargs)
-    return train(model, tokenizer, texts[0], cfg, seed, **kwargs)
+        best, history = train_curated(model, tokenizer, texts, cfg, seed, **kwargs)
+    else:
+        best, history = train(model, tokenizer, texts[0], cfg, seed, **kwargs)
+    load_trainable_state(model, best)
+    history["router"] = fit_router(model, tokenizer, texts, cfg, seed,
+                                   log=kwargs.get("log", print))
+    return trainable_state(model), history
 
 
 def _prepare_evaluation(model, entry: dict) -> None:
@@ -90,21 +98,22 @@ def _check(entry: dict, key: str) -> None:
 def _id(e: dict) -> str:
     return (f"idp-m{e['pool_size']}-n{e['num_virtual_tokens']}-{e['scheme']}"
             + ("" if e.get("layout", "independent") == "independent" else "-concat")
-            + ("" if e.get("selection", "attention") == "attention" else f"-{e['selection']}")
+            + ("" if e.get("selection", "router") == "router" else f"-{e['selection']}")
             + ("" if e.get("select_on", "context") == "context" else f"-{e['select_on']}"))
 
 
 register_recovery_method(RecoveryMethod(
     name="idp",
     settings=frozenset({"num_virtual_tokens", "pool_size", "score_layers", "scheme",
-                        "balance_weight", "layout", "texts", "selection", "select_on"}),
+                        "balance_weight", "layout", "texts", "selection", "select_on",
+                        "router_blocks"}),
     id_format=_id,
     build=_build,
     save=lambda model, path: model.save_pretrained(path),
     load=_load,
     fit_setting="score_layers",
     side="input",
-    eval_only={"selection": "attention", "select_on": "context"},
+    eval_only={"selection": "router", "select_on": "context"},
     # the prompt is chosen from every token of the input: padding must be masked
     padding_aware=True,
     context_scorer=lambda model, e: (model.context_scorer()
