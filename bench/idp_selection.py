@@ -12,8 +12,10 @@ layouts of the pool when scored (`layout`: independent, concatenated) and every 
 - length: inputs cut to 8..128 tokens, identical prompts: the winning slot against length;
 - routing: the grid's curated pool (prompt j trained on text domain j) on held-out text of each
   domain (the part of each source beyond its `max_chars`): the domain x prompt confusion matrix
-  and routing accuracy per layer, beside the prompt with the lowest loss on each block (does each
-  prompt know its domain?) and the identical-prompt control.
+  and routing accuracy per layer of the router (the default selection) and of the paper's
+  attention score, beside the prompt with the lowest loss on each block (does each prompt know
+  its domain?), the identical-prompt controls, and the outcome: the held-out loss of the prompt
+  each selector picks.
 Inputs: the grid's probe questions (as lm-eval gives them, question + "\\nAnswer:") and blocks
 of 128 tokens of the recovery text. Writes docs/results/bench/idp_selection.md (summary, in the
 docs/measured.md), idp_selection_layers.md (every layer) and idp_routing.md.
@@ -33,7 +35,7 @@ from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.grid import cells
 from knowledge_recovery.pipeline.paths import RECOVERY_TEXT, Layout
 from knowledge_recovery.recovery import adapters
-from knowledge_recovery.recovery.dynamic_prompts import LAYOUTS, TIE, DynamicPromptModel
+from knowledge_recovery.recovery.dynamic_prompts import LAYOUTS, TIE, DynamicPromptModel, fit_router
 from knowledge_recovery.text import load_text, text_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +125,8 @@ def main(argv=None) -> None:
         c.model, c.compression, c.train_unit)) for c in idp}
     first = next(iter(pools.values()))
     m, n = first.pool_size, first.num_tokens
-    identical = DynamicPromptModel(base, m, n, [0], "joint", 0.0, seed=12345).eval()
+    identical = DynamicPromptModel(base, m, n, first.score_layers, "joint", 0.0,
+                                   router_blocks=first.router_blocks, seed=12345).eval()
     with torch.no_grad():
         identical.prompts.copy_(identical.prompts[0:1].expand_as(identical.prompts))
     probes = probe_rows(tok, Path(paths.task_dir(config["tasks"][0]["name"])), args.per_relation)
@@ -256,12 +259,39 @@ def routing_test(config, paths, base, tok, pools, identical, count: int, referen
 
     out.append(confusion(best_loss, "Lowest loss (each block's best prompt by its own loss; "
                                     "what a perfect selector would pick)"))
+    loss_table = torch.stack(losses, -1)  # (blocks, m)
+    picks = {"lowest loss (floor)": best_loss}
+    with torch.no_grad():
+        pool.selection = "router"
+        picks["router (the default)"] = torch.cat([pool.select(ids, mask) for ids, mask in
+                                                   batches(rows)])
+    out.append(confusion(picks["router (the default)"], "Router selection (the default; fitted "
+                         "by the train step on each prompt's training text), score layers "
+                         f"{pool.score_layers}"))
+    # the router at other single layers: fitted here as the train step fits it
+    train_texts = [load_text(spec) for spec in entry["texts"]]
+    cfg = entry["training"]
+    fitted = {k: v.clone() for k, v in pool.router.state_dict().items()}
+    router_by_layer, layers_kept = {}, pool.score_layers
+    for layer in [l for l in SHOWN if l != "0-1" and l < pool.config.num_hidden_layers]:
+        pool.score_layers = [layer]
+        fit_router(pool, tok, train_texts, cfg, 0, log=lambda *_: None)
+        with torch.no_grad():
+            chosen = torch.cat([pool.select(ids, mask) for ids, mask in batches(rows)])
+        router_by_layer[f"L{layer}"] = f"{float((chosen == domain).float().mean()):.2f}"
+    pool.score_layers = layers_kept
+    pool.router.load_state_dict(fitted)
     accuracy = []
     for layout in LAYOUTS:
         scores = all_layer_scores(pool, rows, layout)
         centred = scores - all_layer_scores(pool, reference, layout).mean(1, keepdim=True)
         out.append(confusion(at(scores, "0-1"), f"Attention selection, layout {layout}, score "
                                                  f"layers 0-1"))
+        if layout == "independent":
+            pool.selection = "attention"
+            with torch.no_grad():
+                picks["attention (the paper's score)"] = torch.cat(
+                    [pool.select(ids, mask) for ids, mask in batches(rows)])
         for name, s in (("attention", scores), ("centred (diagnostic)", centred)):
             accuracy.append({"layout": layout, "scores": name, **{
                 f"L{l}": f"{float((winners(s[l:l + 1])[0] == domain).float().mean()):.2f}"
@@ -274,9 +304,35 @@ def routing_test(config, paths, base, tok, pools, identical, count: int, referen
         control = torch.cat([identical.select(ids, mask) for ids, mask in batches(rows)])
     out.append(confusion(control, "Control: identical prompts, layout independent (ties, "
                                   "picked by the input's hash)"))
+    # the router's control: identical prompts, the router fitted by lowest loss (a joint pool)
+    fit_router(identical, tok, [train_texts[0]], cfg, 0, log=lambda *_: None)
+    with torch.no_grad():
+        identical.selection = "router"
+        control = torch.cat([identical.select(ids, mask) for ids, mask in batches(rows)])
+    out.append(confusion(control, "Control: identical prompts, router fitted by lowest loss "
+                                  "(every block's losses tie: the router stays zero, ties go by "
+                                  "the input's hash)"))
+    picks["random (input's hash)"] = torch.tensor(
+        [_hash_choice(ids, m) for ids in rows])
+    for j in range(m):
+        picks[f"always prompt {j}"] = torch.full((len(rows),), j)
+    blocks_ = torch.arange(len(rows))
+    out.append("\n**Outcome**: mean held-out loss (nats per token) of the prompt each selector "
+               "picks, over all domains' blocks; the router's accuracy when fitted at single "
+               "layers: " + ", ".join(f"{k} {v}" for k, v in router_by_layer.items()) + ".\n\n"
+               + table([{"selector": name, "mean loss": f"{float(loss_table[blocks_, c].mean()):.3f}",
+                         "routing accuracy": f"{float((c == domain).float().mean()):.2f}"}
+                        for name, c in picks.items()]))
     out.append("\nRouting accuracy of attention selection at each single layer (chance "
                f"{1 / m:.2f}; a tie counts as wrong):\n\n" + table(accuracy))
     return "".join(out)
+
+
+def _hash_choice(row: list[int], m: int) -> int:
+    from knowledge_recovery.recovery.dynamic_prompts import _hash_index
+
+    ids = torch.tensor(row)
+    return _hash_index(ids, torch.ones_like(ids), m)
 
 
 if __name__ == "__main__":

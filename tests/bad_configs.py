@@ -166,6 +166,14 @@ CASES = [
     ("template that calls code", _local_task(
         ROW, text="{{ cycler.__init__.__globals__.os.system('touch pwned') }}"),
      "tasks[1].text", "may not"),
+    ("template reaching a global by a computed key", _local_task(
+        ROW, text="{{ cycler['__in' ~ 'it__']['__glo' ~ 'bals__']['os']['environ'] }}"),
+     "tasks[1].text", "'cycler' is one of Jinja's globals"),
+    ("template reading Jinja's lipsum", _local_task(ROW, text="{{ question }} {{ lipsum }}"),
+     "tasks[1].text", "'lipsum' is one of Jinja's globals"),
+    ("template reaching a field's class by a computed key", _local_task(
+        ROW, text="{{ question['__cla' ~ 'ss__'] }}"),
+     "tasks[1].text", "does not render document 1"),
     ("task file of an unknown type", _local_task(ROW, name="task.xml"),
      "tasks[1].path", "unsupported file type"),
     ("lm-eval task file of an unknown shape", _lm_eval_file(

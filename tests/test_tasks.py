@@ -59,3 +59,40 @@ def test_per_relation_all_asks_every_fact_and_extends_a_smaller_set():
     assert len(every) == relation_size("element_symbol")[0]
     assert len({q["subject"] for q in every}) == len(every)
     assert every[:40] == make_probes("element_symbol", 40, 4, seed=0)  # a superset, same questions
+
+
+ESCAPES = [  # each would put something other than the document into the prompt
+    "{{ cycler.__init__.__globals__.os.environ }}",
+    "{{ cycler['__in' ~ 'it__']['__glo' ~ 'bals__']['os']['environ']['HOME'] }}",
+    "{{ joiner }}", "{{ namespace }}", "{{ range }}", "{{ lipsum }}", "{{ dict }}",
+    "{% for k in range(3) %}{{ k }}{% endfor %}",
+    "{{ question.__class__ }}",
+    "{{ question['__cla' ~ 'ss__'] }}",
+    "{{ question['__cla' ~ 'ss__']['__mro__'] }}",
+    "{{ choices['__cla' ~ 'ss__'] }}",
+    "{% set k = '__cla' ~ 'ss__' %}{{ question[k] }}",
+    "{{ question|attr('__class__') }}",
+    "{{ question.upper() }}",
+    "{% import 'os' as os %}",
+    "{{ self }}",
+]
+
+
+@pytest.mark.parametrize("template", ESCAPES)
+def test_no_template_reads_beyond_its_document(template):
+    """Refused statically (a global, a call, an underscore attribute, a filter outside the
+    allow-list) or when rendered in the sandbox on the file's documents."""
+    from knowledge_recovery.evaluation.tasks import render_problem, template_problem
+
+    rows = [{"question": "Q?", "choices": ["a", "b"], "gold": 0}]
+    assert template_problem(template) or render_problem(rows, template), template
+
+
+@pytest.mark.parametrize("template", ["{{question}}", "{{choices}}", "{{ choices[gold] }}",
+                                      "{{ question|trim|lower }}", "Q: {{question}}\nA:",
+                                      "{% for c in choices %}{{ loop.index }}. {{ c }} {% endfor %}"])
+def test_plain_templates_pass(template):
+    from knowledge_recovery.evaluation.tasks import render_problem, template_problem
+
+    rows = [{"question": "Q?", "choices": ["a", "b"], "gold": 0}]
+    assert template_problem(template) is None and render_problem(rows, template) is None

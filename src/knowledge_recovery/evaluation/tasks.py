@@ -125,8 +125,10 @@ def probe_sources(relation: str) -> dict:
 
 # ---------------------------------------------------------------- templates from configs
 # lm-eval renders task templates with an unsandboxed Jinja environment, so a template can run
-# code (`{{ cycler.__init__.__globals__.os.system(...) }}`). A template from a config may only
-# read the document's fields, through these filters, and call nothing.
+# code (`{{ cycler.__init__.__globals__.os.system(...) }}`) or read what is not the document. A
+# template from a config may only read the document's fields, through these filters, and call
+# nothing (`template_problem`, static); and it must render every document of its file in Jinja's
+# immutable sandbox (`render_problem`), which refuses what a computed key reaches at run time.
 SAFE_FILTERS = {"join", "trim", "lower", "upper", "capitalize", "title", "replace", "first", "last",
                 "length", "string", "int", "float", "default", "list", "round", "striptags"}
 
@@ -140,7 +142,12 @@ def template_problem(source: str) -> str | None:
         tree = Environment().parse(source)
     except TemplateSyntaxError as err:
         return f"not a valid template: {err.message} (line {err.lineno})"
+    # Jinja's globals and the names it binds itself (`self`: the template)
+    not_document = set(Environment().globals) | {"self", "caller", "varargs", "kwargs"}
     for node in tree.find_all(nodes.Node):
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in not_document:
+            return (f"templates may read only the document's fields: {node.name!r} is one of "
+                    f"Jinja's globals")
         if isinstance(node, (nodes.Call, nodes.Import, nodes.FromImport, nodes.Include,
                              nodes.Extends, nodes.Macro, nodes.CallBlock)):
             return f"templates may not call, import or include ({type(node).__name__.lower()})"
@@ -194,6 +201,22 @@ def missing_field(rows: list[dict], template: str) -> str | None:
         if lacking:
             return (f"uses field {lacking[0]!r}, which document {n} of the file lacks "
                     f"(its fields: {', '.join(sorted(row)) or 'none'})")
+    return None
+
+
+def render_problem(rows: list[dict], template: str) -> str | None:
+    """Why a template (passed by `template_problem`) does not render every row of a file in
+    Jinja's immutable sandbox (a computed key reaching an attribute such as `__class__`, or any
+    other error), or None."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    compiled = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(template)
+    for n, row in enumerate(rows, 1):
+        try:
+            compiled.render(**row)
+        except Exception as err:  # noqa: BLE001 - whatever stops it, named with its document
+            return f"does not render document {n} of the file: {type(err).__name__}: {err}"
     return None
 
 

@@ -119,7 +119,8 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
             except ValueError as err:
                 raise ConfigError(f"tasks[{i}].path", str(err)) from None
             for field in ("text", "choices", "target"):
-                problem = tasks.missing_field(rows, t[field])
+                problem = (tasks.missing_field(rows, t[field])
+                           or tasks.render_problem(rows, t[field]))
                 if problem:
                     raise ConfigError(f"tasks[{i}].{field}", f"{problem}: {t['path']}")
         if t["type"] == "probes":
