@@ -292,3 +292,35 @@ def test_a_config_file_that_is_not_a_config_names_line_and_column(text, words, t
     path.write_text(text)
     with pytest.raises(ConfigFileError, match=re.escape(words)):
         read_yaml(path)
+
+
+def test_two_entries_training_one_adapter_differently_name_the_setting(tmp_path):
+    config = copy.deepcopy(SMOKE)
+    config.update(results_dir=str(tmp_path))
+    idp = {"method": "idp", "pool_size": 2, "num_virtual_tokens": 4, "score_layers": [0, 1]}
+    config["recovery"] = [idp, {**idp, "score_layers": [0, 99], "selection": "random"}]
+    with pytest.raises(ConfigError, match=r"recovery\[1\]\.score_layers.*\[0, 99\] here, \[0, 1\] "
+                                          r"there"):
+        load_config(config, check_models=False)
+
+
+def test_a_results_folder_that_cannot_be_written_is_a_config_error(tmp_path):
+    import subprocess
+
+    config = copy.deepcopy(SMOKE)
+    (tmp_path / "file").write_text("")
+    config.update(results_dir=str(tmp_path / "file" / "results"))
+    with pytest.raises(ConfigError, match=r"results_dir.*is a file"):
+        load_config(copy.deepcopy(config), check_models=False)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only file system here (needs root)")
+    try:
+        config.update(results_dir=str(readonly / "results"))
+        with pytest.raises(ConfigError, match=r"results_dir.*read-only file system"):
+            load_config(config, check_models=False)
+        assert not (readonly / "results").exists()
+    finally:
+        subprocess.run(["umount", str(readonly)])

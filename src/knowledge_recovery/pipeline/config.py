@@ -63,10 +63,25 @@ def validate_schema(config: dict) -> dict:
     return config
 
 
+def _check_results_dir(path: Path) -> None:
+    """The results folder, or the nearest folder above it that exists, can be written (checked
+    without writing: a dry run leaves no trace)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError("results_dir", f"{existing} is a file, not a folder")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise ConfigError("results_dir", f"{path}: {existing} is on a read-only file system")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("results_dir", f"{path}: {existing} cannot be written by this user")
+
+
 def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
     """Checks of a normalised config that need no model: ids unique, settings consistent, files
     present. Reads the config, never changes it."""
     base = Path(base_dir)
+    _check_results_dir(base / config["results_dir"])
     _unique([m["name"] for m in config["models"]], "models", "name")
     for i, m in enumerate(config["models"]):
         if m["source"] == "local":
@@ -91,9 +106,14 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
     for i, r in enumerate(config["recovery"]):
         if "train_id" in r:
             j, spec = first.setdefault(r["train_id"], (i, grid.training_spec(r)))
-            if spec != grid.training_spec(r):
-                raise ConfigError(f"recovery[{i}]", f"trains adapter {r['train_id']!r} like "
-                                  f"recovery[{j}] but with other settings: give one of them a 'name'")
+            mine = grid.training_spec(r)
+            if spec != mine:
+                differ = sorted(k for k in set(spec) | set(mine) if spec.get(k) != mine.get(k))
+                raise ConfigError(f"recovery[{i}].{differ[0]}", f"trains adapter "
+                                  f"{r['train_id']!r} like recovery[{j}] but with other settings ("
+                                  + "; ".join(f"{k}: {mine.get(k)!r} here, {spec.get(k)!r} there"
+                                              for k in differ)
+                                  + "): give one of them a 'name'")
 
     _check_text(config["text"], "text", base, _text_needs(config, None))
     for i, r in enumerate(config["recovery"]):
