@@ -33,10 +33,7 @@ def _me(checkout) -> dict:
 
 
 def owner(root) -> dict | None:
-    try:
-        return json.loads((Path(root) / LOCK_NAME).read_text())
-    except (OSError, ValueError):
-        return None
+    return owner_file(Path(root) / LOCK_NAME)
 
 
 def alive(who: dict) -> bool:
@@ -112,18 +109,61 @@ def cancel_orphaned_slurm_jobs(who: dict, log=print, timeout: float = 120) -> li
 
 
 def claim(root, checkout) -> None:
-    """When jobs are about to run: take the results folder, or stop if a live run has it."""
+    """When jobs are about to run: take the results folder, or stop if a live run has it. The
+    lock is created exclusively (a hard link of a written file: no reader sees it half written),
+    so of two runs claiming at one instant exactly one goes on; a dead owner's lock is moved
+    aside by one claimant only (a rename), and a live lock moved by mistake is put back."""
     root = Path(root).resolve()
-    who = owner(root)
-    if who is not None and alive(who) and who.get("pid") != os.getpid():
-        raise RuntimeError(
-            f"results folder {root} is in use by another run (pid {who.get('pid')} on "
-            f"{who.get('host')}, from {who.get('checkout')}, since {who.get('since')}). Wait for "
-            f"it to finish; if it is gone (e.g. another host), delete {root / LOCK_NAME}.")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{LOCK_NAME}.{os.getpid()}"
-    tmp.write_text(json.dumps(_me(checkout)))
-    os.replace(tmp, root / LOCK_NAME)
+    lock = root / LOCK_NAME
+    mine = root / f"{LOCK_NAME}.{os.getpid()}"
+    mine.write_text(json.dumps(_me(checkout)))
+    try:
+        for _ in range(10):
+            try:
+                os.link(mine, lock)
+                return
+            except FileExistsError:
+                pass
+            who = owner(root)
+            if who is None:  # released between our attempt and our read
+                continue
+            if who.get("pid") == os.getpid() and who.get("host") == socket.gethostname():
+                os.replace(mine, lock)  # this process claimed before (a second onstart)
+                return
+            if alive(who):
+                raise _in_use(root, who)
+            aside = root / f"{LOCK_NAME}.stale.{os.getpid()}"
+            try:
+                os.rename(lock, aside)
+            except FileNotFoundError:  # another claimant moved it first
+                continue
+            moved = owner_file(aside)
+            if moved is not None and moved != who and alive(moved):
+                try:  # a live claimant's fresh lock: give it back
+                    os.link(aside, lock)
+                finally:
+                    aside.unlink(missing_ok=True)
+                raise _in_use(root, moved)
+            aside.unlink(missing_ok=True)
+        raise RuntimeError(f"could not claim results folder {root}: its lock {lock} keeps "
+                           f"changing hands")
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def owner_file(path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _in_use(root: Path, who: dict) -> RuntimeError:
+    return RuntimeError(
+        f"results folder {root} is in use by another run (pid {who.get('pid')} on "
+        f"{who.get('host')}, from {who.get('checkout')}, since {who.get('since')}). Wait for "
+        f"it to finish; if it is gone (e.g. another host), delete {root / LOCK_NAME}.")
 
 
 def release(root, started: float, snakemake_dir=".snakemake") -> None:
