@@ -111,3 +111,16 @@ def test_what_is_rebuilt_is_the_damaged_job_and_what_was_built_from_it():
     states = [_state(j, "ok") for j in graph]
     assert set(integrity.to_rebuild(states, {dense_eval: ["altered"]})) == {
         dense_eval, "aggregate aggregate"}
+
+
+def test_set_aside_keeps_the_newest_sets(tmp_path):
+    folder = tmp_path / integrity.SET_ASIDE_DIR
+    names = [f"20261206-10000{i}" for i in range(5)]
+    for name in names:
+        (folder / name / "eval").mkdir(parents=True)
+        (folder / name / "eval" / "results.json").write_text("{}")
+    said = []
+    assert integrity.prune_set_aside(tmp_path, 3, log=said.append) == names[:2]
+    assert sorted(p.name for p in folder.iterdir()) == names[2:]
+    assert "Removed 2 older set(s)" in said[0] and names[0] in said[0]
+    assert integrity.prune_set_aside(tmp_path, 3, log=said.append) == [] and len(said) == 1

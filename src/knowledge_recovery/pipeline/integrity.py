@@ -159,7 +159,21 @@ def set_aside_damaged(config: dict, root, log=print) -> dict[str, list[str]]:
         log(f"Set aside {len(rebuild)} job(s)' outputs into {dest}; this run rebuilds them:\n"
             + "\n".join(lines))
     (root / DAMAGED_RECORD).unlink(missing_ok=True)
+    prune_set_aside(root, config["set_aside_keep"], log)
     return rebuild
+
+
+def prune_set_aside(root, keep: int, log=print) -> list[str]:
+    """Keep the newest `keep` sets under `<root>/set_aside/` (named by time, so by name)."""
+    folder = Path(root) / SET_ASIDE_DIR
+    sets = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    pruned = sets[:-keep] if len(sets) > keep else []
+    for old in pruned:
+        shutil.rmtree(old)
+    if pruned:
+        log(f"Removed {len(pruned)} older set(s) of damaged outputs from {folder} (set_aside_keep: "
+            f"{keep}): {', '.join(p.name for p in pruned)}")
+    return [p.name for p in pruned]
 
 
 def report(states: list[State]) -> str:
