@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -219,3 +222,27 @@ def test_a_prompt_cache_is_what_the_method_puts_before_every_input(tiny):
             got = model.get_base_model()(input_ids=ids, past_key_values=cache,
                                          attention_mask=torch.ones(2, n + 9)).logits
         assert torch.allclose(got, want, atol=1e-5), entry["method"]
+
+
+def test_a_saved_adapter_does_not_depend_on_where_the_results_are(tiny, tmp_path, monkeypatch):
+    """peft writes the base model's absolute path into the adapter; relative to the results
+    folder, one adapter saved under two results folders is byte-identical."""
+    import hashlib
+
+    def saved(root):
+        base, _ = tiny(seed=1)
+        base.save_pretrained(root / "models" / "m" / "checkpoint")
+        base.name_or_path = str(root / "models" / "m" / "checkpoint")
+        model = adapters.attach(base, {"method": "lora", "r": 2, "alpha": 4, "dropout": 0.0,
+                                       "target_modules": ["q_proj", "v_proj"]})
+        adapters.save(model, {"method": "lora"}, root / "adapter")
+        artifacts.strip_root(root / "adapter", root)
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in (root / "adapter").iterdir()}
+
+    first, second = saved(tmp_path / "a" / "results"), saved(tmp_path / "b" / "elsewhere")
+    monkeypatch.chdir(tmp_path)  # a relative results folder, as the default config names it
+    third = saved(Path("c") / "results")
+    assert first == second == third and "adapter_config.json" in first
+    config = json.loads((tmp_path / "a" / "results" / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "models/m/checkpoint"

@@ -31,6 +31,7 @@ with step(smk):
         raise RuntimeError("training changed the compressed model's weights")
     with artifacts.atomic_dir(smk.output.adapter) as tmp:
         adapters.save(model, spec, tmp)
+        artifacts.strip_root(tmp, results_root(smk))  # the same bytes wherever the run is
     step_s = sorted(history["step_s"])
     manifest = artifacts.manifest(
         "train", spec, **timer.as_dict(), seed=seed, history=history,

@@ -60,6 +60,25 @@ def write_json(path: str | os.PathLike, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def strip_root(folder: str | os.PathLike, root: str | os.PathLike) -> list[str]:
+    """Make the text files of a written folder independent of where the run is: the absolute
+    path of the results folder `root` (peft writes the base model's path into its
+    adapter_config.json and README.md) becomes a path relative to it. Returns the files changed."""
+    # the absolute path first; then the path as the run names it (relative to its directory)
+    prefixes = dict.fromkeys([str(Path(root).resolve()) + os.sep, str(Path(root)) + os.sep])
+    changed = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix not in (".json", ".md", ".txt", ".yaml") or not path.is_file():
+            continue
+        text = original = path.read_text(encoding="utf-8")
+        for prefix in prefixes:
+            text = text.replace(prefix, "")
+        if text != original:
+            path.write_text(text, encoding="utf-8")
+            changed.append(path.name)
+    return changed
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
