@@ -324,3 +324,49 @@ def test_a_results_folder_that_cannot_be_written_is_a_config_error(tmp_path):
         assert not (readonly / "results").exists()
     finally:
         subprocess.run(["umount", str(readonly)])
+
+
+def _write_gguf(path):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    for name in ("token_embd.weight", "blk.0.attn_q.weight", "output.weight"):
+        writer.add_tensor(name, np.ones((64, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "header only"])
+def test_a_damaged_local_gguf_is_refused_before_any_job(tmp_path, damage):
+    from knowledge_recovery.models.files import gguf_problem
+
+    path = tmp_path / "model.gguf"
+    _write_gguf(path)
+    assert gguf_problem(path) is None
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[:-5000], "garbage": b"not a gguf file" * 100,
+                      "header only": data[:200]}[damage])
+    config = copy.deepcopy(SMOKE)
+    config.update(results_dir=str(tmp_path / "results"),
+                  models=[{"name": "mine", "source": "local", "path": str(path)}])
+    with pytest.raises(ConfigError, match=r"models\[0\]\.path.*model\.gguf: "):
+        load_config(config, check_models=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_a_damaged_local_safetensors_folder_is_refused_before_any_job(tiny, tmp_path, damage):
+    model, tok = tiny()
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    weights = next((tmp_path / "model").glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-100] if damage == "truncated" else data[:8] + b"{oops" + data[13:])
+    config = copy.deepcopy(SMOKE)
+    config.update(results_dir=str(tmp_path / "results"),
+                  models=[{"name": "mine", "source": "local", "path": str(tmp_path / "model")}])
+    with pytest.raises(ConfigError, match=r"models\[0\]\.path.*safetensors: "):
+        load_config(config, check_models=False)

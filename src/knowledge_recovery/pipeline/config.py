@@ -16,6 +16,7 @@ from knowledge_recovery.compression import entries as compression
 from knowledge_recovery.deployment import openvino
 from knowledge_recovery.errors import ConfigError, ConfigFileError
 from knowledge_recovery.evaluation import task_formats, tasks
+from knowledge_recovery.models.files import model_files_problem
 from knowledge_recovery.pipeline import grid
 from knowledge_recovery.recovery import entries as recovery
 from knowledge_recovery.registry import recovery_methods
@@ -89,6 +90,9 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
             if not (path.is_dir() or path.suffix == ".gguf" and path.is_file()):
                 raise ConfigError(f"models[{i}].path",
                                   f"no such model folder or .gguf file: {m['path']}")
+            problem = model_files_problem(path)
+            if problem:
+                raise ConfigError(f"models[{i}].path", problem)
         if m["source"] == "pypi-gguf":
             _check_requirement(m["package"], f"models[{i}].package")
 
