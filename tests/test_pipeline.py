@@ -582,3 +582,29 @@ def test_a_results_folder_in_use_is_refused_to_a_second_checkout(tmp_path):
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_a_huge_text_is_read_no_further_than_the_grid_needs(tmp_path):
+    """A 1 GiB recovery text with max_chars 50,000: the dry run's peak memory is that of the
+    same dry run on a small text (the preflight's imports of torch, transformers and peft, about
+    520 MB here), within 50 MB. Reading the whole file took 2.2 GB."""
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as fh:  # sparse: a gibibyte of NUL characters (valid UTF-8)
+        fh.write(b"Some text. " * 10000)
+        fh.truncate(1 << 30)
+    (tmp_path / "small.txt").write_bytes(b"Some text. " * 10000)
+    measure = ("import resource, subprocess, sys; out = subprocess.run(sys.argv[1:], "
+               "capture_output=True, text=True); print(out.returncode, 'Job stats' in out.stdout, "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)")
+    peaks = {}
+    for name in ("small", "huge"):
+        workdir = _mkdir(tmp_path / name)
+        config = smoke_config(workdir, text={"source": "files", "max_chars": 50000,
+                                             "paths": [str(tmp_path / f"{name}.txt")]})
+        proc = subprocess.run([sys.executable, "-c", measure, *SNAKEMAKE, "--directory",
+                               str(workdir), "--configfile", str(config), "--dry-run"],
+                              capture_output=True, text=True, check=True)
+        rc, planned, peak_mb = proc.stdout.split()
+        assert rc == "0" and planned == "True", proc.stdout
+        peaks[name] = int(peak_mb)
+    assert peaks["huge"] < peaks["small"] + 50, f"peak RSS of the dry runs (MB): {peaks}"

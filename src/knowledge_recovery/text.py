@@ -55,13 +55,28 @@ def python_source() -> str:
 BUILTIN = {"python-reference": python_reference, "python-source": python_source}
 
 
+def _read_files(paths: list[Path], max_chars: int) -> str:
+    """The files joined by blank lines, cut to max_chars, reading only that much."""
+    parts, left = [], max_chars
+    for i, path in enumerate(paths):
+        if left <= 0:
+            break
+        if i:
+            parts.append("\n\n"[:left])
+            left -= len(parts[-1])
+        with open(path, encoding="utf-8") as fh:
+            parts.append(fh.read(left))
+        left -= len(parts[-1])
+    return "".join(parts)
+
+
 def load_text(spec: dict, base_dir: str | Path = ".") -> str:
     """Return the text a `text:` config entry names, cut to max_chars."""
     source = spec["source"]
     if source == "builtin":
         text = BUILTIN[spec["name"]]()
-    elif source == "files":
-        text = "\n\n".join(Path(base_dir, p).read_text(encoding="utf-8") for p in spec["paths"])
+    elif source == "files":  # read no further than max_chars: a text file may be huge
+        return _read_files([Path(base_dir, p) for p in spec["paths"]], spec["max_chars"])
     else:
         import datasets
 
