@@ -204,6 +204,7 @@ def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
     metric."""
     from urllib.parse import quote
 
+    from knowledge_recovery.cli.show import runs_url
     from knowledge_recovery.tracking.mlflow_server import free_port, wait_until_up
 
     browser = _browser()
@@ -220,13 +221,15 @@ def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base, proc=ui)
-        table = f"{base}/#/experiments/{exp.experiment_id}/runs"
+        table = runs_url(base, exp.experiment_id)
 
         def shown(search: str = "") -> str:
-            return _page_text(browser, table + (f"?searchFilter={quote(search)}" if search else ""),
+            return _page_text(browser, table + (f"&searchFilter={quote(search)}" if search else ""),
                               tmp_path / "profile")
         page = shown()
-        assert "smoke" in page and "Training runs" in page, page[-2000:]
+        # the model-training view, without a click: no GenAI sidebar (Judges, Evaluation runs)
+        assert "smoke" in page and "Runs" in page and "Model registry" in page, page[-2000:]
+        assert "Judges" not in page and "Evaluation runs" not in page, page[-2000:]
         assert f"{len(runs)} matching runs" in page and " grid " in page, page[-2000:]
         assert f"{len(runs)} matching runs" in shown("attributes.status = 'FINISHED'")
         evaluated = EXPECTED_JOBS["evaluate"]

@@ -151,3 +151,20 @@ def test_the_grid_is_logged_again_after_a_rerun_with_other_tags(store):
     assert parent["tags"]["mlflow.source.git.commit"] == "b"
     assert parent["metrics"]["mean_acc.c"][-1] == (0, 0.6)
     assert mlflow_runs.resync(store, "exp", [], second)["current"] == ["aggregate:grid"]
+
+
+def test_runs_are_named_by_what_differs_and_the_experiment_is_model_training(store):
+    def name(step, unit="u", **tags):
+        return mlflow_runs.run_name({"step": step, "unit": unit, "tags": tags})
+
+    assert name("evaluate", model="smol", compression="magnitude-s0.5", recovery="lora-r8",
+                seed="0") == "eval magnitude-s0.5 + lora-r8 (smol)"
+    assert name("train", model="smol", compression="rtn-w4-g64", recovery="prompt-n40",
+                seed="1") == "train prompt-n40 on rtn-w4-g64 (smol, seed 1)"
+    assert name("compress", model="smol", compression="rtn-w4-g64") == "compress rtn-w4-g64 (smol)"
+    assert name("prepare_task", "knowledge", task="knowledge") == "task knowledge"
+    mlflow_runs.log_step(store, "exp", _evaluate_record(store, 0.5))
+    client, runs = _runs(store, "exp")
+    assert sorted(r.info.run_name for r in runs) == ["eval dense (m)", "grid"]
+    exp = client.get_experiment_by_name("exp")
+    assert exp.tags[mlflow_runs.KIND_TAG] == "custom_model_development"

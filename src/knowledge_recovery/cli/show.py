@@ -31,9 +31,16 @@ def main(argv=None) -> int:
     print(f"Browse in MLflow:  {Path('.venv/bin/mlflow')} ui --backend-store-uri "
           f"{tracking_uri(layout.root)} --host 127.0.0.1 --port 5000")
     experiment = _experiment_id(layout.root, config["experiment"])
-    if experiment is not None:  # MLflow 3 opens an experiment on its GenAI overview, not the runs
-        print(f"then open the runs table: http://127.0.0.1:5000/#/experiments/{experiment}/runs")
+    if experiment is not None:
+        print(f"then open the runs table: {runs_url('http://127.0.0.1:5000', experiment)}")
     return 0
+
+
+def runs_url(base: str, experiment: str) -> str:
+    """The runs table of an experiment in MLflow's model-training view: MLflow 3 (3.17) opens
+    its GenAI view unless the URL says `workflowType=machine_learning` or the browser chose
+    "Model training" once (the experiment's `mlflow.experimentKind` tag does not switch it)."""
+    return f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
 
 
 def _experiment_id(root, name: str) -> str | None:

@@ -28,6 +28,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 ROLE_TAG, KEY_TAG = "kr.role", "kr.step_key"
 RECORD_TAG = "kr.record_sha256"  # set last: a run without it (or with another) is stale
 RECORD_KEY = "tracking"          # manifest key holding the step's record
+# MLflow 3's UI opens an experiment in its GenAI view unless this tag says it is model training
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+# How a step's run is named: its verb, then what differs between its runs
+VERBS = {"evaluate": "eval", "download_model": "download", "download_text": "download text",
+         "prepare_task": "task", "deploy_prompt": "deploy", "deploy_latency": "latency"}
 # A step's process starts with its script, which imports this module first: the run's start.
 STEP_STARTED_MS = int(1000 * time.time())
 
@@ -109,9 +114,12 @@ def _setup(results_dir: Path, experiment: str, client=None):
             # A server stores artifacts where its operator said (--artifacts-destination);
             # the SQLite store keeps them beside itself.
             where = None if is_server(uri) else (results_dir / "mlartifacts").resolve().as_uri()
-            exp_id = client.create_experiment(experiment, artifact_location=where)
+            exp_id = client.create_experiment(experiment, artifact_location=where,
+                                              tags={KIND_TAG: KIND})
         else:
             exp_id = exp.experiment_id
+            if exp.tags.get(KIND_TAG) != KIND:  # stores made before the tag
+                client.set_experiment_tag(exp_id, KIND_TAG, KIND)
         parents = client.search_runs([exp_id], f"tags.`{ROLE_TAG}` = 'grid'", max_results=1)
         parent = parents[0].info.run_id if parents else client.create_run(
             exp_id, run_name="grid", tags={ROLE_TAG: "grid"}).info.run_id
@@ -136,12 +144,30 @@ def _log_values(client, run_id, rec: dict, results_dir: Path) -> None:
             client.log_artifact(run_id, str(results_dir / rel), artifact_path="logs")
 
 
+def run_name(rec: dict) -> str:
+    """What differs first, the model and seed last: `eval magnitude-s0.5 + lora-r8 (smollm2)`,
+    `train lora-r8 on magnitude-s0.5 (smollm2)`, `compress rtn-w4-g64 (smollm2)`."""
+    tags, step = rec["tags"], rec["step"]
+    verb = VERBS.get(step, step)
+    compression, recovery = tags.get("compression"), tags.get("recovery")
+    if compression and recovery:
+        what = f"{recovery} on {compression}" if step == "train" else f"{compression} + {recovery}"
+    elif compression:
+        what = compression
+    else:
+        return f"{verb} {rec['unit']}"
+    tail = [tags["model"]] if tags.get("model") else []
+    if str(tags.get("seed", "")) not in ("", "0"):
+        tail.append(f"seed {tags['seed']}")
+    return f"{verb} {what}" + (f" ({', '.join(tail)})" if tail else "")
+
+
 def _log_step_run(client, exp_id, parent, rec: dict, results_dir: Path) -> str:
     """One step's run, replacing the runs of earlier executions of the same step."""
     key = f"{rec['step']}:{rec['unit']}"
     for old in client.search_runs([exp_id], f"tags.`{KEY_TAG}` = '{key}'"):
         client.delete_run(old.info.run_id)
-    run_id = client.create_run(exp_id, run_name=f"{rec['step']} {rec['unit']}",
+    run_id = client.create_run(exp_id, run_name=run_name(rec),
                                start_time=rec["start_ms"], tags={
         KEY_TAG: key, ROLE_TAG: "step", "step": rec["step"], "unit": rec["unit"],
         "mlflow.parentRunId": parent, **rec["tags"]}).info.run_id
