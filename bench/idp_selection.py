@@ -109,6 +109,9 @@ def main(argv=None) -> None:
     parser.add_argument("--per-relation", type=int, default=20,
                         help="probe questions per task file (the first ones)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "bench"))
+    parser.add_argument("--only-routing", action="store_true",
+                        help="the routing test alone (idp_routing.md); the position-bias tables "
+                             "stay as they are")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -135,6 +138,11 @@ def main(argv=None) -> None:
     layers = base.config.num_hidden_layers
     shown = [l for l in SHOWN if l == "0-1" or l < layers]
     summary, per_layer = [], []
+    if args.only_routing:
+        routing = routing_test(config, paths, base, tok, pools, identical, args.blocks,
+                               inputs["128-token blocks"])
+        _write_routing(args, model_name, compression, m, n, t0, c0, routing)
+        return
 
     def record(experiment, layout, input_name, win_by_layer, extra=""):
         summary.append({"experiment": experiment, "layout": layout, "inputs": input_name,
@@ -201,8 +209,17 @@ def main(argv=None) -> None:
         "inputs whose winning *slot* is the same in every rotation, and whose winning *prompt* "
         "is. Choice by content: prompt 1.00; by position: slot 1.00.\n\n" + table(rotation_rows)))
     artifacts.write_text(out / "idp_selection_layers.md", head + table(per_layer))
-    artifacts.write_text(out / "idp_routing.md", head + routing)
     print((out / "idp_selection.md").read_text())
+    _write_routing(args, model_name, compression, m, n, t0, c0, routing)
+
+
+def _write_routing(args, model_name, compression, m, n, t0, c0, routing: str) -> None:
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    head = (f"`bench/idp_selection.py --configfile {Path(args.configfile).name}"
+            f"{' --only-routing' if args.only_routing else ''}` on {model_name} / {compression}, "
+            f"pool m={m} x n={n}, commit {artifacts.git_commit()}; {wall:.0f} s wall, "
+            f"{cpu:.0f} s CPU.\n\n")
+    artifacts.write_text(Path(args.out) / "idp_routing.md", head + routing)
     print(routing)
 
 
