@@ -35,7 +35,8 @@ from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.grid import cells
 from knowledge_recovery.pipeline.paths import RECOVERY_TEXT, Layout
 from knowledge_recovery.recovery import adapters
-from knowledge_recovery.recovery.dynamic_prompts import LAYOUTS, TIE, DynamicPromptModel, fit_router
+from knowledge_recovery.recovery.dynamic_prompts import (LAYOUTS, TIE, DynamicPromptModel,
+                                                         block_losses, fit_router)
 from knowledge_recovery.text import load_text, text_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,13 @@ def all_layer_scores(pool: DynamicPromptModel, rows, layout: str) -> torch.Tenso
     pool.layout = layout
     layers = range(pool.config.num_hidden_layers)
     return torch.cat([pool.layer_scores(ids, mask, layers) for ids, mask in batches(rows)], 1)
+
+
+@torch.no_grad()
+def chosen_by(pool: DynamicPromptModel, selection, rows) -> torch.Tensor:
+    """The prompt `pool.select` picks for each input under `selection`."""
+    pool.selection = selection
+    return torch.cat([pool.select(ids, mask) for ids, mask in batches(rows)])
 
 
 def winners(scores: torch.Tensor) -> torch.Tensor:
@@ -193,10 +201,7 @@ def main(argv=None) -> None:
             pool.prompts.copy_(original)
     routing = routing_test(config, paths, base, tok, pools, identical, args.blocks,
                            inputs["128-token blocks"])
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    head = (f"`bench/idp_selection.py --configfile {Path(args.configfile).name}` on "
-            f"{model_name} / {compression}, pool m={m} x n={n}, commit "
-            f"{artifacts.git_commit()}; {wall:.0f} s wall, {cpu:.0f} s CPU.\n\n")
+    head = _head(args, model_name, compression, m, n, t0, c0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     artifacts.write_text(out / "idp_selection.md", head + (
@@ -213,13 +218,18 @@ def main(argv=None) -> None:
     _write_routing(args, model_name, compression, m, n, t0, c0, routing)
 
 
-def _write_routing(args, model_name, compression, m, n, t0, c0, routing: str) -> None:
+def _head(args, model_name, compression, m, n, t0, c0) -> str:
+    """The first line of each table file: the command, the cell, the commit, the time so far."""
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    head = (f"`bench/idp_selection.py --configfile {Path(args.configfile).name}"
+    return (f"`bench/idp_selection.py --configfile {Path(args.configfile).name}"
             f"{' --only-routing' if args.only_routing else ''}` on {model_name} / {compression}, "
             f"pool m={m} x n={n}, commit {artifacts.git_commit()}; {wall:.0f} s wall, "
             f"{cpu:.0f} s CPU.\n\n")
-    artifacts.write_text(Path(args.out) / "idp_routing.md", head + routing)
+
+
+def _write_routing(args, model_name, compression, m, n, t0, c0, routing: str) -> None:
+    artifacts.write_text(Path(args.out) / "idp_routing.md",
+                         _head(args, model_name, compression, m, n, t0, c0) + routing)
     print(routing)
 
 
@@ -247,18 +257,8 @@ def routing_test(config, paths, base, tok, pools, identical, count: int, referen
     rows = [r for b in held_out for r in b]
     domain = torch.tensor([d for d, b in enumerate(held_out) for _ in b])
     # does each prompt know its domain? the prompt with the lowest loss on each block
-    losses = []
-    with torch.no_grad():
-        for j in range(m):
-            pool.selection = j
-            per_block = []
-            for ids, mask in batches(rows, 8):
-                logits = pool(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:],
-                                                        reduction="none")
-                per_block.append((nll * mask[:, 1:]).sum(1) / mask[:, 1:].sum(1))
-            losses.append(torch.cat(per_block))
-    best_loss = torch.stack(losses, -1).argmin(-1)
+    loss_table = block_losses(pool, torch.tensor(rows), [len(rows[0])], 8)[:, 0]  # (blocks, m)
+    best_loss = loss_table.argmin(-1)
     out = [f"**Routing test**: the curated pool `{entry['train_id']}` (prompt j trained alone on "
            f"domain j), {count} held-out blocks of 128 tokens per domain (each source beyond its "
            f"`max_chars`). Rows: the input's domain; columns: the prompt chosen (share of the "
@@ -276,12 +276,7 @@ def routing_test(config, paths, base, tok, pools, identical, count: int, referen
 
     out.append(confusion(best_loss, "Lowest loss (each block's best prompt by its own loss; "
                                     "what a perfect selector would pick)"))
-    loss_table = torch.stack(losses, -1)  # (blocks, m)
-    picks = {"lowest loss (floor)": best_loss}
-    with torch.no_grad():
-        pool.selection = "router"
-        picks["router (the default)"] = torch.cat([pool.select(ids, mask) for ids, mask in
-                                                   batches(rows)])
+    picks = {"lowest loss (floor)": best_loss, "router (the default)": chosen_by(pool, "router", rows)}
     out.append(confusion(picks["router (the default)"], "Router selection (the default; fitted "
                          "by the train step on each prompt's training text), score layers "
                          f"{pool.score_layers}"))
@@ -293,8 +288,7 @@ def routing_test(config, paths, base, tok, pools, identical, count: int, referen
     for layer in [l for l in SHOWN if l != "0-1" and l < pool.config.num_hidden_layers]:
         pool.score_layers = [layer]
         fit_router(pool, tok, train_texts, cfg, 0, log=lambda *_: None)
-        with torch.no_grad():
-            chosen = torch.cat([pool.select(ids, mask) for ids, mask in batches(rows)])
+        chosen = chosen_by(pool, "router", rows)
         router_by_layer[f"L{layer}"] = f"{float((chosen == domain).float().mean()):.2f}"
     pool.score_layers = layers_kept
     pool.router.load_state_dict(fitted)
@@ -305,32 +299,24 @@ def routing_test(config, paths, base, tok, pools, identical, count: int, referen
         out.append(confusion(at(scores, "0-1"), f"Attention selection, layout {layout}, score "
                                                  f"layers 0-1"))
         if layout == "independent":
-            pool.selection = "attention"
-            with torch.no_grad():
-                picks["attention (the paper's score)"] = torch.cat(
-                    [pool.select(ids, mask) for ids, mask in batches(rows)])
+            picks["attention (the paper's score)"] = chosen_by(pool, "attention", rows)
         for name, s in (("attention", scores), ("centred (diagnostic)", centred)):
             accuracy.append({"layout": layout, "scores": name, **{
                 f"L{l}": f"{float((winners(s[l:l + 1])[0] == domain).float().mean()):.2f}"
                 for l in range(s.shape[0])}})
         out.append(confusion(at(centred, "0-1"), f"Centred scores (diagnostic), layout {layout}, "
                                                   f"score layers 0-1"))
-    with torch.no_grad():
-        identical.selection = "attention"
-        identical.layout = "independent"
-        control = torch.cat([identical.select(ids, mask) for ids, mask in batches(rows)])
+    identical.layout = "independent"
+    control = chosen_by(identical, "attention", rows)
     out.append(confusion(control, "Control: identical prompts, layout independent (ties, "
                                   "picked by the input's hash)"))
     # the router's control: identical prompts, the router fitted by lowest loss (a joint pool)
     fit_router(identical, tok, [train_texts[0]], cfg, 0, log=lambda *_: None)
-    with torch.no_grad():
-        identical.selection = "router"
-        control = torch.cat([identical.select(ids, mask) for ids, mask in batches(rows)])
+    control = chosen_by(identical, "router", rows)
     out.append(confusion(control, "Control: identical prompts, router fitted by lowest loss "
                                   "(every block's losses tie: the router stays zero, ties go by "
                                   "the input's hash)"))
-    picks["random (input's hash)"] = torch.tensor(
-        [_hash_choice(ids, m) for ids in rows])
+    picks["random (input's hash)"] = chosen_by(pool, "random", rows)
     for j in range(m):
         picks[f"always prompt {j}"] = torch.full((len(rows),), j)
     blocks_ = torch.arange(len(rows))
@@ -343,13 +329,6 @@ def routing_test(config, paths, base, tok, pools, identical, count: int, referen
     out.append("\nRouting accuracy of attention selection at each single layer (chance "
                f"{1 / m:.2f}; a tie counts as wrong):\n\n" + table(accuracy))
     return "".join(out)
-
-
-def _hash_choice(row: list[int], m: int) -> int:
-    from knowledge_recovery.recovery.dynamic_prompts import _hash_index
-
-    ids = torch.tensor(row)
-    return _hash_index(ids, torch.ones_like(ids), m)
 
 
 if __name__ == "__main__":

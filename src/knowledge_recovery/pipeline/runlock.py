@@ -128,7 +128,7 @@ def claim(root, checkout) -> None:
             who = owner(root)
             if who is None:  # released between our attempt and our read
                 continue
-            if who.get("pid") == os.getpid() and who.get("host") == socket.gethostname():
+            if _is_mine(who):
                 os.replace(mine, lock)  # this process claimed before (a second onstart)
                 return
             if alive(who):
@@ -152,6 +152,10 @@ def claim(root, checkout) -> None:
         mine.unlink(missing_ok=True)
 
 
+def _is_mine(who: dict) -> bool:
+    return who.get("pid") == os.getpid() and who.get("host") == socket.gethostname()
+
+
 def owner_file(path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
@@ -170,7 +174,7 @@ def release(root, started: float, snakemake_dir=".snakemake") -> None:
     """When the run ends: give the results folder back, and remove the step scripts that killed
     jobs left in `.snakemake/scripts` (Snakemake deletes a script only when its job ends)."""
     who = owner(root)
-    if who is not None and who.get("pid") == os.getpid() and who.get("host") == socket.gethostname():
+    if who is not None and _is_mine(who):
         (Path(root) / LOCK_NAME).unlink(missing_ok=True)
     remove_leftover_scripts(started, snakemake_dir)
 

@@ -168,23 +168,33 @@ class DynamicPromptModel(nn.Module):
         return self.num_tokens * (1 if self.layout == "independent" else self.pool_size)
 
     @contextlib.contextmanager
+    def _stopped_after(self, layer: int):
+        """A forward of the base inside ends after decoder layer `layer`."""
+        blocks = decoder_layers(self.base)
+        hook = None
+        if layer + 1 < len(blocks):
+            def stop(*_):
+                raise _StopForward
+            hook = blocks[layer + 1].register_forward_pre_hook(stop)
+        try:
+            yield
+        except _StopForward:
+            pass
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    @contextlib.contextmanager
     def _early_layers(self, layers: list[int]):
         """Run the base with eager attention (the only kind that returns attention weights),
         record the weights of `layers`, and stop after the last of them."""
         blocks = decoder_layers(self.base)
-        weights, hooks = {}, []
-        for l in layers:
-            hooks.append(blocks[l].self_attn.register_forward_hook(
-                lambda mod, args, out, l=l: weights.__setitem__(l, out[1])))
-        if layers[-1] + 1 < len(blocks):
-            def stop(*_):
-                raise _StopForward
-            hooks.append(blocks[layers[-1] + 1].register_forward_pre_hook(stop))
+        weights = {}
+        hooks = [blocks[l].self_attn.register_forward_hook(
+            lambda mod, args, out, l=l: weights.__setitem__(l, out[1])) for l in layers]
         try:
-            with eager_attention(self.base):
+            with self._stopped_after(layers[-1]), eager_attention(self.base):
                 yield weights
-        except _StopForward:
-            pass
         finally:
             for h in hooks:
                 h.remove()
@@ -275,19 +285,14 @@ class DynamicPromptModel(nn.Module):
         """(batch, len(lengths), hidden): `router_features` of each row's first `lengths` tokens
         (None: all its tokens), from one causal pass."""
         mask = _mask_or_ones(input_ids, attention_mask)
-        block = decoder_layers(self.base)[self.score_layers[-1]]
+        last_layer = self.score_layers[-1]
         hidden = {}
-
-        def keep(mod, args, out):
-            hidden["h"] = out[0] if isinstance(out, tuple) else out
-            raise _StopForward
-
-        hook = block.register_forward_hook(keep)
+        hook = decoder_layers(self.base)[last_layer].register_forward_hook(
+            lambda mod, args, out: hidden.__setitem__("h", out[0] if isinstance(out, tuple) else out))
         try:
-            self.base(input_ids=input_ids, attention_mask=mask,
-                      position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False)
-        except _StopForward:
-            pass
+            with self._stopped_after(last_layer):
+                self.base(input_ids=input_ids, attention_mask=mask,
+                          position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False)
         finally:
             hook.remove()
         m = mask.unsqueeze(-1).float()
@@ -455,7 +460,7 @@ def train_curated(model: DynamicPromptModel, tokenizer, texts: list[str], cfg: d
 
 
 @torch.no_grad()
-def _block_losses(model: DynamicPromptModel, blocks: torch.Tensor, lengths: list[int],
+def block_losses(model: DynamicPromptModel, blocks: torch.Tensor, lengths: list[int],
                   batch_size: int) -> torch.Tensor:
     """(blocks, len(lengths), m): each prompt's mean next-token loss on each block's first
     `lengths` tokens (one pass per prompt: the loss of a prefix is a running mean)."""
@@ -502,7 +507,7 @@ def fit_router(model: DynamicPromptModel, tokenizer, texts: list[str], cfg: dict
             owners = torch.tensor([float(t == text) for t in texts])
             targets.append((owners / owners.sum()).expand(len(chosen), len(lengths), m))
         else:
-            losses = _block_losses(model, chosen, lengths, cfg["batch_size"])
+            losses = block_losses(model, chosen, lengths, cfg["batch_size"])
             best = (losses <= losses.min(-1, keepdim=True).values + TIE).float()
             targets.append(best / best.sum(-1, keepdim=True))
     model.train(was_training)
@@ -541,7 +546,9 @@ def fit_router(model: DynamicPromptModel, tokenizer, texts: list[str], cfg: dict
     return figures
 
 
-ROUTER_DECAY = 1e-3  # on standardised features: keeps the few thousand examples from being memorised
+# on standardised features; weak: a pool fitted on fewer examples than features (one text, 64
+# blocks x 4 lengths against 576 features) still fits its examples exactly
+ROUTER_DECAY = 1e-3
 ROUTER_ITERATIONS = 200
 
 

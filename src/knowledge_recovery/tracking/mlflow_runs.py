@@ -28,7 +28,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 ROLE_TAG, KEY_TAG = "kr.role", "kr.step_key"
 RECORD_TAG = "kr.record_sha256"  # set last: a run without it (or with another) is stale
 RECORD_KEY = "tracking"          # manifest key holding the step's record
-# MLflow 3's UI opens an experiment in its GenAI view unless this tag says it is model training
+# MLflow's declared kind of an experiment (model training, not GenAI); MLflow 3.17's UI still
+# opens its GenAI view unless the URL says otherwise (cli.show.runs_url)
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # How a step's run is named: its verb, then what differs between its runs
 VERBS = {"evaluate": "eval", "download_model": "download", "download_text": "download text",
