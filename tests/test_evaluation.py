@@ -3,7 +3,7 @@ from unittest import mock
 
 import pytest
 import torch
-from test_idp import hand_idp_choice, sharp_idp
+from test_idp import hand_idp_choice, idp_entry, sharp_idp
 
 from knowledge_recovery.evaluation import harness
 from knowledge_recovery.evaluation.lm import ContextScorer, RecoveredLM, cache_rows
@@ -92,8 +92,7 @@ def test_idp_batches_give_what_single_requests_give(tiny):
     requests = [Instance("loglikelihood", {}, (t, " x"), i) for i, t in enumerate(texts)]
     single = [HFLM(pretrained=model, tokenizer=tok, batch_size=1).loglikelihood([r])[0][0]
               for r in requests]
-    lm = RecoveredLM(model, tok, recovery={"method": "idp", "select_on": "sequence"},
-                     batch_size=8)
+    lm = RecoveredLM(model, tok, recovery=idp_entry(select_on="sequence"), batch_size=8)
     assert [r[0] for r in lm.loglikelihood(requests)] == pytest.approx(single, abs=1e-4)
     plain = HFLM(pretrained=model, tokenizer=tok, batch_size=8).loglikelihood(requests)
     assert [r[0] for r in plain] != pytest.approx(single, abs=1e-4)
@@ -105,13 +104,12 @@ def test_lm_eval_matches_hand_computation_for_idp(tiny, task_dir):
     manager = harness.task_manager([task_dir], need_builtin=False)
     results = harness.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
                                             {"batch_size": 4, "bootstrap_iters": 0}, seed=0,
-                                            entry={"method": "idp", "selection": "attention",
-                                                   "select_on": "sequence"})
+                                            entry=idp_entry(selection="attention", select_on="sequence"))
     model.selection = "attention"
     # batches of 4 inputs of different lengths: the padding must not sway the choice
     logged = harness.evaluate(model, tok, [{"name": "kp_country_capital"}], manager,
                                  batch_size=4, bootstrap_iters=0, seed=0, log_samples=True,
-                                 recovery={"method": "idp", "select_on": "sequence"})
+                                 recovery=idp_entry(select_on="sequence"))
     chosen, correct = [], 0
     for doc, logged_scores in zip(make_probes("country_capital", N_DOCS, 4, seed=0),
                             logged["kp_country_capital"]["loglikelihoods"]):
@@ -137,7 +135,7 @@ def test_idp_records_the_prompt_of_each_question(tiny, task_dir):
     as a plain forward chooses it, is recorded per document, with the selection diagnostics."""
     model, base, tok = sharp_idp(tiny)
     manager = harness.task_manager([task_dir], need_builtin=False)
-    entry = {"method": "idp", "selection": "attention", "select_on": "context"}
+    entry = idp_entry(selection="attention", select_on="context")
     results = harness.evaluate_recovered(model, tok, [{"name": "kp_country_capital"}], manager,
                                             {"batch_size": 4, "bootstrap_iters": 0}, 0, entry)
     task = results["kp_country_capital"]
@@ -157,9 +155,9 @@ def test_idp_records_the_prompt_of_each_question(tiny, task_dir):
 
 def test_idp_oracle_is_best_prompt_per_document(tiny, task_dir):
     base, tok = tiny(seed=3)
-    model = adapters.attach(base, {"method": "idp", "pool_size": 2, "num_virtual_tokens": 3,
-                                   "score_layers": [0], "scheme": "joint", "balance_weight": 0.0,
-                                   "router_blocks": 4})
+    entry = {"method": "idp", "pool_size": 2, "num_virtual_tokens": 3, "score_layers": [0],
+             "scheme": "joint", "balance_weight": 0.0, "router_blocks": 4}
+    model = adapters.attach(base, entry)
     with torch.no_grad():
         model.prompts.normal_(std=3.0, generator=torch.Generator().manual_seed(1))
     model.eval()
@@ -167,12 +165,12 @@ def test_idp_oracle_is_best_prompt_per_document(tiny, task_dir):
     task = [{"name": "kp_country_capital"}]
     cfg = {"batch_size": 4, "bootstrap_iters": 0}
     oracle = harness.evaluate_recovered(model, tok, task, manager, cfg, 0,
-                                           {"method": "idp", "selection": "oracle"})
+                                           {**entry, "selection": "oracle"})
     per_prompt = []
     for j in range(2):
         model.selection = j
         per_prompt.append(harness.evaluate(model, tok, task, manager, 4, 0, 0, log_samples=True,
-                                           recovery={"method": "idp"})["kp_country_capital"]["correct"])
+                                           recovery=entry)["kp_country_capital"]["correct"])
     best = [max(a, b) for a, b in zip(*per_prompt)]
     assert oracle["kp_country_capital"]["acc"] == pytest.approx(sum(best) / N_DOCS)
     assert oracle["kp_country_capital"]["acc"] >= max(sum(c) for c in per_prompt) / N_DOCS
@@ -235,7 +233,7 @@ def attached(tiny, method):
         entry.update(target_modules=["k_proj", "v_proj", "down_proj"],
                      feedforward_modules=["down_proj"])
     model = adapters.attach(base, {k: v for k, v in entry.items()
-                                   if k in adapters.recovery_method(method).settings | {"method"}},
+                                   if k in adapters.recovery_method(method).setting_names | {"method"}},
                             seed=2)
     torch.manual_seed(0)
     for name, p in model.named_parameters():
@@ -263,7 +261,8 @@ def test_shared_context_scoring_equals_lm_eval(tiny, method):
         for choice in doc["choices"] + ["", doc["choices"][0] * 3]:
             cont = " " + choice if choice else "x"  # answers of one token and of several
             requests.append(Instance("loglikelihood", {}, (context, cont), len(requests)))
-    lm = RecoveredLM(model, tok, recovery={"method": method, "select_on": "context"}, batch_size=5)
+    recovery = idp_entry(select_on="context") if method == "idp" else {"method": method}
+    lm = RecoveredLM(model, tok, recovery=recovery, batch_size=5)
     # one pass with the answers packed after their context, except for the methods that put a
     # prompt before the input (their answers run on the cached prompt and context)
     assert (lm.scorer.packed is not None) == (method in ("none", "lora", "dora", "ia3"))

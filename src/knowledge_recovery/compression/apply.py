@@ -36,7 +36,8 @@ def compress_weight(weight: torch.Tensor, entry: dict, stats=None):
     None, quantization grid (scale, zero point per group) or None)."""
     w, keep, grid = weight, None, None
     for stage in stages(entry):
-        w, keep, stage_grid = compression_method(stage["method"]).apply(w, stage, stats, keep)
+        record = compression_method(stage["method"])
+        w, keep, stage_grid = record.apply(w, record.parse(stage), stats, keep)
         grid = grid if stage_grid is None else stage_grid
         if keep is not None:
             w = w * keep  # the mask survives every later stage

@@ -7,58 +7,106 @@ layer; `n:m` keeps n weights in every m consecutive inputs of a row (2:4 = 50% s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from knowledge_recovery.errors import ConfigError
-from knowledge_recovery.registry import STATISTICS, compression_method, compression_methods, takers
+from knowledge_recovery.registry import (STATISTICS, Settings, compression_method,
+                                         compression_methods, setting, takers)
 
-# Keys any entry may set besides its method's settings.
-COMMON_SETTINGS = frozenset({"method", "name", "export_packed", "deploy"})
-
-
-def pattern_of(entry: dict) -> dict:
-    """An entry's pattern as make_mask takes it: {"n", "m"} or {"sparsity"}."""
-    if entry.get("pattern"):
-        n, m = (int(x) for x in entry["pattern"].split(":"))
-        return {"n": n, "m": m}
-    return {"sparsity": entry["sparsity"]}
+NAME = {"$ref": "#/$defs/name"}
 
 
-# What every pruning method takes; a pruned cell may also be quantized by a `quantize` entry.
-PRUNING_SETTINGS = frozenset({"sparsity", "pattern", "quantize"})
+@dataclass(frozen=True, kw_only=True)
+class CompressionSettings(Settings):
+    """What any compression entry may set besides its method's settings (the dense baseline's
+    settings)."""
+
+    name: str | None = setting(None, help="overrides the id derived from the settings",
+                               entry_level=True, **NAME)
+    deploy: Literal["openvino"] | None = setting(
+        None, entry_level=True,
+        help="also export this compressed model to a real low-bit runtime "
+             "(models/<model>/<id>/openvino, in its own environment: .venv-openvino or "
+             "envs/openvino.yaml), with its own grid, checked against the evaluated model "
+             "(deployment:)")
+    export_packed: bool | None = setting(
+        None, entry_level=True,
+        help="also write models/<model>/<id>/packed: a real low-bit checkpoint in "
+             "compressed-tensors' pack-quantized format (symmetric rtn or gptq stage only), "
+             "checked to decode to the evaluated weights")
 
 
-def prune_id(entry: dict) -> str:
-    level = entry["pattern"].replace(":", "to") if entry.get("pattern") else f"s{_num(entry['sparsity'])}"
-    quant = entry.get("quantize")
-    joint = f"+{compression_method(quant['method']).id_format(quant)}" if quant else ""
-    return f"{entry['method']}-{level}{joint}"
+def true_sequential_setting():
+    # one calibration pass per block, as in the Wanda and SparseGPT reference code; for
+    # quantization as accurate as true-sequential on SmolLM2 at 4 bits, and faster
+    # (docs/measured.md, "Compression"; bench/compression.py)
+    return setting(False, entry_level=True, help="data-aware methods: linears of a block see "
+                   "the outputs of those already compressed")
+
+
+def damping_setting():
+    return setting(0.01, help="Hessian damping, as a fraction of the mean diagonal",
+                   exclusiveMinimum=0, maximum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruningSettings(CompressionSettings):
+    """What every pruning method takes; a pruned cell may also be quantized by `quantize`."""
+
+    sparsity: float | None = setting(None, help="fraction of each layer's weights set to zero",
+                                     exclusiveMinimum=0, exclusiveMaximum=1)
+    pattern: str | None = setting(None, help="'N:M' keeps N weights in every M consecutive "
+                                  "inputs", pattern="^[1-9][0-9]*:[1-9][0-9]*$")
+    quantize: dict | None = setting(None, entry_level=True, help="quantize after pruning in "
+                                    "the same cell, keeping the mask",
+                                    **{"$ref": "#/$defs/quantization"})
+
+    @property
+    def mask_pattern(self) -> dict:
+        """The pattern as make_mask takes it: {"n", "m"} or {"sparsity"}."""
+        if self.pattern:
+            n, m = (int(x) for x in self.pattern.split(":"))
+            return {"n": n, "m": m}
+        return {"sparsity": self.sparsity}
+
+    def id(self) -> str:
+        level = self.pattern.replace(":", "to") if self.pattern else f"s{_num(self.sparsity)}"
+        quant = self.quantize
+        joint = f"+{compression_method(quant['method']).parse(quant).id()}" if quant else ""
+        return f"{self.method}-{level}{joint}"
+
+    def check(self, key: str) -> None:
+        """Exactly one of sparsity or pattern; N < M; quantization groups hold whole N:M groups."""
+        if (self.sparsity is None) == (self.pattern is None):
+            raise ConfigError(key, f"method {self.method!r} needs exactly one of 'sparsity' or "
+                              "'pattern'")
+        if self.pattern:
+            n, m = (int(x) for x in self.pattern.split(":"))
+            if n >= m:
+                raise ConfigError(f"{key}.pattern", f"N:M needs N < M, got {self.pattern!r}")
+            group = (self.quantize or {}).get("group_size")
+            if group and group % m:
+                raise ConfigError(f"{key}.quantize.group_size",
+                                  f"{group} does not hold whole {self.pattern} groups (M={m})")
 
 
 def _num(x) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def check_pattern(entry: dict, key: str) -> None:
-    """Exactly one of sparsity or pattern; N < M; quantization groups hold whole N:M groups."""
-    if ("sparsity" in entry) == ("pattern" in entry):
-        raise ConfigError(key, f"method {entry['method']!r} needs exactly one of 'sparsity' or 'pattern'")
-    if "pattern" in entry:
-        n, m = (int(x) for x in entry["pattern"].split(":"))
-        if n >= m:
-            raise ConfigError(f"{key}.pattern", f"N:M needs N < M, got {entry['pattern']!r}")
-        group = (entry.get("quantize") or {}).get("group_size")
-        if group and group % m:
-            raise ConfigError(f"{key}.quantize.group_size",
-                              f"{group} does not hold whole {entry['pattern']} groups (M={m})")
+@dataclass(frozen=True, kw_only=True)
+class QuantizationSettings(CompressionSettings):
+    """What every quantization method takes."""
 
+    bits: Literal[2, 3, 4, 8] = setting(help="bits per weight")
+    group_size: int | None = setting(128, minimum=1, help="quantization group size along the "
+                                     "input dimension; null means one group per row")
+    symmetric: bool = setting(False, help="a grid symmetric around zero, without zero point")
 
-# What every quantization method takes.
-QUANTIZATION_SETTINGS = frozenset({"bits", "group_size", "symmetric"})
-
-
-def quant_id(entry: dict) -> str:
-    group = "row" if entry.get("group_size") is None else f"g{entry['group_size']}"
-    flags = ("-sym" if entry.get("symmetric") else "") + ("-act" if entry.get("act_order") else "")
-    return f"{entry['method']}-w{entry['bits']}-{group}{flags}"
+    def id(self) -> str:
+        group = "row" if self.group_size is None else f"g{self.group_size}"
+        return f"{self.method}-w{self.bits}-{group}" + ("-sym" if self.symmetric else "")
 
 
 def stages(entry: dict) -> list[dict]:
@@ -84,7 +132,7 @@ def needs_calibration(entry: dict) -> bool:
 
 
 def entry_id(entry: dict) -> str:
-    return entry.get("name") or compression_method(entry["method"]).id_format(entry)
+    return entry.get("name") or compression_method(entry["method"]).parse(entry).id()
 
 
 def check_settings(entry: dict, key: str) -> None:
@@ -92,7 +140,7 @@ def check_settings(entry: dict, key: str) -> None:
     a joint entry's `quantize` likewise."""
     methods = compression_methods()
     record = methods[entry["method"]]
-    for name in sorted(set(entry) - record.settings - COMMON_SETTINGS):
+    for name in sorted(set(entry) - record.setting_names - {"method"}):
         others = takers(methods, name)
         if record.family == "pruning" and any(methods[t].family == "quantization" for t in others):
             raise ConfigError(f"{key}.{name}",
@@ -106,9 +154,8 @@ def check_settings(entry: dict, key: str) -> None:
 def check_entry(entry: dict, key: str) -> None:
     """Settings that contradict each other or the method, on the entry with its defaults."""
     for stage, where in ((entry, key), (entry.get("quantize"), f"{key}.quantize")):
-        check = stage and compression_method(stage["method"]).check
-        if check:
-            check(stage, where)
+        if stage:
+            compression_method(stage["method"]).parse(stage).check(where)
 
 
 def check_widths(entry: dict, key: str, widths, model_name: str) -> None:

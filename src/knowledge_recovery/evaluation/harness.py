@@ -136,7 +136,7 @@ def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, 
                         seed, log_samples=log_samples, recovery=entry,
                         shared_context=cfg.get("shared_context", True))
 
-    return record.evaluate(model, entry, run) if record.evaluate else run(True)
+    return record.evaluate(model, record.parse(entry), run) if record.evaluate else run(True)
 
 
 def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,

@@ -161,16 +161,17 @@ class RecoveredLM(HFLM):
 
             recovery = adapters.saved_entry(adapter)
         record = recovery_method(recovery["method"])
-        recovery.update({k: kwargs.pop(k) for k in list(kwargs) if k in record.settings})
+        recovery.update({k: kwargs.pop(k) for k in list(kwargs) if k in record.setting_names})
         if adapter is not None:
             pretrained = adapters.load(pretrained, recovery, adapter)
             if record.prepare_evaluation:
-                record.prepare_evaluation(pretrained, recovery)
+                record.prepare_evaluation(pretrained, record.parse(recovery))
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
         self.padding_aware = record.padding_aware
         self.scorer = None
         if shared_context:
-            self.scorer = (record.context_scorer(pretrained, recovery) if record.context_scorer
+            self.scorer = (record.context_scorer(pretrained, record.parse(recovery))
+                           if record.context_scorer
                            else ContextScorer.for_model(pretrained))
         # the prompt a model that chooses one per input (IDP: `last_choice` after each call)
         # chose for each context, by context string: `per_question` records it

@@ -17,11 +17,9 @@ from knowledge_recovery.deployment import openvino
 from knowledge_recovery.errors import ConfigError, ConfigFileError
 from knowledge_recovery.evaluation import task_formats, tasks
 from knowledge_recovery.models.files import model_files_problem
-from knowledge_recovery.pipeline import grid
+from knowledge_recovery.pipeline import grid, schema
 from knowledge_recovery.recovery import entries as recovery
 from knowledge_recovery.registry import recovery_methods
-
-SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
 def _key(path) -> str:
@@ -31,19 +29,35 @@ def _key(path) -> str:
     return out or "<top level>"
 
 
+def _validator(set_default: bool):
+    """A JSON-schema validator of `schema.schema()`; with `set_default`, one that fills in the
+    defaults of every `properties` it validates against, as Snakemake's `validate` does (which
+    reads a schema only from a file)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    if set_default:
+        validate_properties = base.VALIDATORS["properties"]
+
+        def set_defaults(validator, properties, instance, subschema):
+            if isinstance(instance, dict):
+                for name, sub in properties.items():
+                    if "default" in sub:
+                        instance.setdefault(name, copy.deepcopy(sub["default"]))
+            yield from validate_properties(validator, properties, instance, subschema)
+
+        base = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return base(schema.schema())
+
+
 def _validate(config: dict, set_default: bool) -> None:
     import jsonschema
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
 
     try:
-        validate(config, str(SCHEMA_PATH), set_default=set_default)
-    except WorkflowError as err:
-        cause = err.__context__  # snakemake raises its WorkflowError while handling this
-        if not isinstance(cause, jsonschema.ValidationError):
-            raise
+        _validator(set_default).validate(config)
+    except jsonschema.ValidationError as err:
         # The deepest error is the useful one ("sparsity: 1.5 is not < 1"), not "allOf failed".
-        best = jsonschema.exceptions.best_match([cause, *cause.context]) if cause.context else cause
+        best = jsonschema.exceptions.best_match([err, *err.context]) if err.context else err
         raise ConfigError(_key(best.absolute_path), best.message) from None
 
 

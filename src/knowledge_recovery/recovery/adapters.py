@@ -19,7 +19,7 @@ def train(model, entry: dict, tokenizer, texts: list[str], cfg: dict, seed: int,
     own way, else `training.train` on the one text. Returns (best trainable state, history)."""
     record = recovery_method(entry["method"])
     if record.train:
-        return record.train(model, entry, tokenizer, texts, cfg, seed, **kwargs)
+        return record.train(model, record.parse(entry), tokenizer, texts, cfg, seed, **kwargs)
     from knowledge_recovery.recovery.training import train as train_on
 
     if len(texts) != 1:
@@ -40,7 +40,7 @@ def attach(model, entry: dict, seed: int = 0, init: bool = True):
     record = recovery_method(entry["method"])
     if not record.trains:
         raise ValueError(f"method {entry['method']!r} trains nothing")
-    return record.build(model, entry, seed, init)
+    return record.build(model, record.parse(entry), seed, init)
 
 
 def attach_checked(model, entry: dict, key: str, model_name: str, seed: int = 0,

@@ -4,23 +4,44 @@ checks of its settings and the texts it trains on. Attaching, saving and loading
 """
 from __future__ import annotations
 
-from knowledge_recovery.errors import ConfigError
-from knowledge_recovery.registry import recovery_method, recovery_methods, takers
+from dataclasses import dataclass
 
-# Keys any entry may set besides its method's settings; trained methods also take these.
-COMMON_SETTINGS = frozenset({"method", "name"})
-TRAINED_SETTINGS = frozenset({"max_params", "training"})
+from knowledge_recovery.errors import ConfigError
+from knowledge_recovery.registry import (Settings, recovery_method, recovery_methods,
+                                         setting, setting_fields, takers)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoverySettings(Settings):
+    """What any recovery entry may set (the settings of a method that trains nothing)."""
+
+    name: str | None = setting(None, help="overrides the id derived from the settings",
+                               **{"$ref": "#/$defs/name"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainedSettings(RecoverySettings):
+    """What any trained recovery entry may set besides its method's settings."""
+
+    max_params: int | None = setting(None, minimum=1, help="Parameter budget; a method over it "
+                                     "is a config error")
+    training: dict | None = setting(None, help="this entry's changes to the grid's `training:`",
+                                    **{"$ref": "#/$defs/training"})
+
+
+TRAINED_ONLY = frozenset(f.name for f in setting_fields(TrainedSettings)) - frozenset(
+    f.name for f in setting_fields(RecoverySettings))
 
 
 def entry_id(entry: dict) -> str:
-    return entry.get("name") or recovery_method(entry["method"]).id_format(entry)
+    return entry.get("name") or recovery_method(entry["method"]).parse(entry).id()
 
 
 def train_id(entry: dict) -> str:
     """Id of the adapter a recovery entry evaluates: entries that differ only in settings chosen
     at evaluation (IDP's selection) share one."""
     record = recovery_method(entry["method"])
-    return entry.get("name") or record.id_format({**entry, **record.eval_only})
+    return entry.get("name") or record.parse({**entry, **record.eval_only}).id()
 
 
 def eval_only_settings(entry: dict) -> set[str]:
@@ -31,10 +52,9 @@ def check_settings(entry: dict, key: str) -> None:
     """Every key of an entry is a setting of its method."""
     methods = recovery_methods()
     record = methods[entry["method"]]
-    allowed = record.settings | COMMON_SETTINGS | (TRAINED_SETTINGS if record.trains else set())
-    for name in sorted(set(entry) - allowed):
+    for name in sorted(set(entry) - record.setting_names - {"method"}):
         others = takers(methods, name)
-        reason = "it trains nothing" if name in TRAINED_SETTINGS else (
+        reason = "it trains nothing" if name in TRAINED_ONLY else (
             f"it is one of {', '.join(others)}" if others else "")
         raise ConfigError(f"{key}.{name}", f"not a setting of method {entry['method']!r}"
                           + (f" ({reason})" if reason else ""))
@@ -42,9 +62,7 @@ def check_settings(entry: dict, key: str) -> None:
 
 def check_entry(entry: dict, key: str) -> None:
     """Settings of an entry (defaults filled in) that contradict each other."""
-    record = recovery_method(entry["method"])
-    if record.check:
-        record.check(entry, key)
+    recovery_method(entry["method"]).parse(entry).check(key)
 
 
 def training_texts(entry: dict) -> list[dict] | None:

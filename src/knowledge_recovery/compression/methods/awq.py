@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dataclasses import dataclass
+
 from knowledge_recovery.compression import entries
 from knowledge_recovery.registry import CompressionMethod, no_grad, register_compression_method
 
@@ -43,13 +45,16 @@ def awq(weight: torch.Tensor, hessian: torch.Tensor, act_scale: torch.Tensor, bi
 
 def _apply(w, stage, stats, keep):
     # the scale of input channel j is its root-mean-square activation
-    w = awq(w, stats.hessian, (stats.col_sq / stats.tokens).sqrt(), stage["bits"],
-            stage["group_size"], stage["symmetric"])
+    w = awq(w, stats.hessian, (stats.col_sq / stats.tokens).sqrt(), stage.bits,
+            stage.group_size, stage.symmetric)
     return w, keep, None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AWQSettings(entries.QuantizationSettings):
+    true_sequential: bool = entries.true_sequential_setting()
 
 
 # Not packable: its per-input-channel scales have no place in the pack-quantized format.
 register_compression_method(CompressionMethod(
-    name="awq", family="quantization", statistic="hessian",
-    settings=entries.QUANTIZATION_SETTINGS | {"true_sequential"}, id_format=entries.quant_id,
-    apply=_apply))
+    name="awq", family="quantization", statistic="hessian", settings=AWQSettings, apply=_apply))

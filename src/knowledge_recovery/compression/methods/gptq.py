@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dataclasses import dataclass
+
 from knowledge_recovery.compression import entries
-from knowledge_recovery.registry import CompressionMethod, no_grad, register_compression_method
+from knowledge_recovery.registry import (CompressionMethod, no_grad, register_compression_method,
+                                         setting)
 
 if TYPE_CHECKING:  # annotations only: method modules import torch when they run
     import torch
@@ -68,12 +71,22 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
 
 
 def _apply(w, stage, stats, keep):
-    w, grid = gptq(w, stats.hessian, stage["bits"], stage["group_size"], stage["symmetric"],
-                   stage["damping"], stage["act_order"], keep=keep, return_grid=True)
+    w, grid = gptq(w, stats.hessian, stage.bits, stage.group_size, stage.symmetric,
+                   stage.damping, stage.act_order, keep=keep, return_grid=True)
     return w, keep, grid
 
 
+@dataclass(frozen=True, kw_only=True)
+class GPTQSettings(entries.QuantizationSettings):
+    damping: float = entries.damping_setting()
+    act_order: bool = setting(False, help="quantize columns in order of decreasing Hessian "
+                              "diagonal (groups keep their original columns)")
+    true_sequential: bool = entries.true_sequential_setting()
+
+    def id(self) -> str:
+        return super().id() + ("-act" if self.act_order else "")
+
+
 register_compression_method(CompressionMethod(
-    name="gptq", family="quantization", statistic="hessian",
-    settings=entries.QUANTIZATION_SETTINGS | {"damping", "act_order", "true_sequential"},
-    id_format=entries.quant_id, apply=_apply, packable=True))
+    name="gptq", family="quantization", statistic="hessian", settings=GPTQSettings,
+    apply=_apply, packable=True))

@@ -18,10 +18,10 @@ def magnitude(weight: torch.Tensor, pattern: dict) -> torch.Tensor:
 
 
 def _apply(w, stage, stats, keep):
-    keep = magnitude(w, entries.pattern_of(stage))
+    keep = magnitude(w, stage.mask_pattern)
     return w * keep, keep, None
 
 
 register_compression_method(CompressionMethod(
-    name="magnitude", family="pruning", statistic="none", settings=entries.PRUNING_SETTINGS,
-    id_format=entries.prune_id, apply=_apply, check=entries.check_pattern))
+    name="magnitude", family="pruning", statistic="none", settings=entries.PruningSettings,
+    apply=_apply))

@@ -8,11 +8,11 @@ from knowledge_recovery.registry import CompressionMethod, register_compression_
 def _apply(w, stage, stats, keep):
     from knowledge_recovery.compression import quantization
 
-    w, grid = quantization.quantize_rtn(w, stage["bits"], stage["group_size"], stage["symmetric"],
+    w, grid = quantization.quantize_rtn(w, stage.bits, stage.group_size, stage.symmetric,
                                         return_grid=True)
     return w, keep, grid
 
 
 register_compression_method(CompressionMethod(
-    name="rtn", family="quantization", statistic="none", settings=entries.QUANTIZATION_SETTINGS,
-    id_format=entries.quant_id, apply=_apply, packable=True))
+    name="rtn", family="quantization", statistic="none", settings=entries.QuantizationSettings,
+    apply=_apply, packable=True))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dataclasses import dataclass
+
 from knowledge_recovery.compression import entries
 from knowledge_recovery.registry import CompressionMethod, no_grad, register_compression_method
 
@@ -55,11 +57,16 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: dict, dampin
 
 
 def _apply(w, stage, stats, keep):
-    w, keep = sparsegpt(w, stats.hessian, entries.pattern_of(stage), stage["damping"])
+    w, keep = sparsegpt(w, stats.hessian, stage.mask_pattern, stage.damping)
     return w, keep, None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseGPTSettings(entries.PruningSettings):
+    damping: float = entries.damping_setting()
+    true_sequential: bool = entries.true_sequential_setting()
 
 
 register_compression_method(CompressionMethod(
     name="sparsegpt", family="pruning", statistic="hessian",
-    settings=entries.PRUNING_SETTINGS | {"true_sequential", "damping"}, id_format=entries.prune_id,
-    apply=_apply, check=entries.check_pattern))
+    settings=SparseGPTSettings, apply=_apply))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dataclasses import dataclass
+
 from knowledge_recovery.compression import entries
 from knowledge_recovery.registry import CompressionMethod, register_compression_method
 
@@ -18,11 +20,15 @@ def wanda(weight: torch.Tensor, col_sq: torch.Tensor, pattern: dict) -> torch.Te
 
 
 def _apply(w, stage, stats, keep):
-    keep = wanda(w, stats.col_sq, entries.pattern_of(stage))
+    keep = wanda(w, stats.col_sq, stage.mask_pattern)
     return w * keep, keep, None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WandaSettings(entries.PruningSettings):
+    true_sequential: bool = entries.true_sequential_setting()
 
 
 register_compression_method(CompressionMethod(
     name="wanda", family="pruning", statistic="col_norms",
-    settings=entries.PRUNING_SETTINGS | {"true_sequential"}, id_format=entries.prune_id, apply=_apply,
-    check=entries.check_pattern))
+    settings=WandaSettings, apply=_apply))

@@ -5,16 +5,76 @@ method's record: settings, checks, id, how it builds, trains and evaluates.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from knowledge_recovery.errors import ConfigError
-from knowledge_recovery.registry import RecoveryMethod, register_recovery_method
+from knowledge_recovery.recovery.entries import TrainedSettings
+from knowledge_recovery.registry import RecoveryMethod, register_recovery_method, setting
 
 
-def _build(base, e: dict, seed: int, init: bool):
+@dataclass(frozen=True, kw_only=True)
+class IDPSettings(TrainedSettings):
+    num_virtual_tokens: int = setting(help="length of each prompt in the pool", minimum=1)
+    pool_size: int = setting(help="number of prompts in the pool (m)", minimum=1)
+    score_layers: list[int] = setting(
+        [0, 1], minItems=1, uniqueItems=True, items={"type": "integer", "minimum": 0},
+        help="the early layers the selector reads (router: the input's hidden state after the "
+             "last of them; attention: their attention to the pool); early layers keep selection "
+             "cheap")
+    # routed by default: joint prompts fail alone (docs/methods.md, "IDP")
+    scheme: Literal["joint", "routed", "curated"] = setting(
+        "routed", help="training: joint = all m prompts at once; routed = the selected prompt, "
+                       "plus a balance term; curated = prompt j alone on texts[j]")
+    layout: Literal["independent", "concatenated"] = setting(
+        "independent", help="how the pool is laid out when scored. independent = each prompt's "
+        "keys and values computed alone at positions 0..n-1, as the chosen prompt runs; "
+        "concatenated = the m prompts end to end at 0..m*n-1 (the ablation: it selects by slot "
+        "position)")
+    texts: list[dict] | None = setting(
+        None, minItems=1, items={"$ref": "#/$defs/text_source"},
+        help="scheme curated: one text source per prompt, each prompt trained on its own")
+    # 0.01 let routing collapse (config/idp.yaml)
+    balance_weight: float = setting(1.0, minimum=0, help="routed: weight of the load-balance term")
+    # attention routes at chance (docs/methods.md, "IDP"): the fitted router is the default
+    selection: Literal["router", "attention", "random", "oracle"] = setting(
+        "router", help="inference: router (a linear map of the input's hidden state, fitted "
+        "after training), attention (the paper's score: the attention the input pays each "
+        "prompt), random, or oracle (best prompt per document: an upper bound)")
+    select_on: Literal["context", "sequence"] = setting(
+        "context", help="inference: what the selector sees. context = the question alone, one "
+        "prompt for all its answers (an input is all a deployed selector has; its context is "
+        "computed once); sequence = each (question, answer) sequence whole, a prompt per answer")
+    router_blocks: int = setting(
+        64, minimum=1, help="training blocks per text the router is fitted on (each also cut to "
+        "1/8, 1/4 and 1/2 of seq_len); its target is the prompt trained on the block's text "
+        "(curated) or the prompt with the lowest loss on it (joint, routed: one pass per prompt)")
+
+    def id(self) -> str:
+        return (f"idp-m{self.pool_size}-n{self.num_virtual_tokens}-{self.scheme}"
+                + ("" if self.layout == "independent" else "-concat")
+                + ("" if self.selection == "router" else f"-{self.selection}")
+                + ("" if self.select_on == "context" else f"-{self.select_on}"))
+
+    def check(self, key: str) -> None:
+        """A curated pool names one text per prompt; only a curated pool names texts."""
+        if self.scheme == "curated":
+            if not self.texts:
+                raise ConfigError(f"{key}.texts", "scheme 'curated' trains each prompt on its "
+                                  f"own text: give a list of {self.pool_size} text sources")
+            if len(self.texts) != self.pool_size:
+                raise ConfigError(f"{key}.texts", f"{len(self.texts)} texts for a pool of "
+                                  f"{self.pool_size} prompts: give one per prompt")
+        elif self.texts:
+            raise ConfigError(f"{key}.texts", f"only scheme 'curated' takes texts (this entry's "
+                              f"scheme is {self.scheme!r}; the others train on `text`)")
+
+
+def _build(base, s: IDPSettings, seed: int, init: bool):
     from knowledge_recovery.recovery.dynamic_prompts import DynamicPromptModel
 
-    return DynamicPromptModel(base, e["pool_size"], e["num_virtual_tokens"], e["score_layers"],
-                              e["scheme"], e["balance_weight"], e.get("layout", "independent"),
-                              e["router_blocks"], seed=seed)
+    return DynamicPromptModel(base, s.pool_size, s.num_virtual_tokens, list(s.score_layers),
+                              s.scheme, s.balance_weight, s.layout, s.router_blocks, seed=seed)
 
 
 def _load(base, path):
@@ -23,7 +83,7 @@ def _load(base, path):
     return DynamicPromptModel.from_pretrained(base, path)
 
 
-def _evaluate(model, entry: dict, run) -> dict:
+def _evaluate(model, s: IDPSettings, run) -> dict:
     """Router or attention selection, or random: one lm-eval run, with how the selector
     spread the questions over the prompts (`stats.selection_diagnostics`: shares, entropy, and
     mutual information between a question's leaf task, such as a probe relation, and its
@@ -31,13 +91,13 @@ def _evaluate(model, entry: dict, run) -> dict:
     from knowledge_recovery.analysis.stats import question_groups, selection_diagnostics
     from knowledge_recovery.recovery.dynamic_prompts import oracle_results
 
-    if entry["selection"] == "oracle":
+    if s.selection == "oracle":
         per_prompt = []
         for j in range(model.pool_size):
             model.selection = j
             per_prompt.append(run(True))
         return oracle_results(per_prompt)
-    model.selection = entry["selection"]
+    model.selection = s.selection
     model.selected.zero_()
     results = run(True)
     counts = model.selected.tolist()
@@ -54,14 +114,14 @@ def _evaluate(model, entry: dict, run) -> dict:
     return results
 
 
-def _train(model, entry: dict, tokenizer, texts: list[str], cfg: dict, seed: int, **kwargs):
+def _train(model, s: IDPSettings, tokenizer, texts: list[str], cfg: dict, seed: int, **kwargs):
     """The pool by its scheme, then its router on the same texts (`fit_router`)."""
     from knowledge_recovery.recovery.dynamic_prompts import fit_router, train_curated
     from knowledge_recovery.recovery.training import load_trainable_state, train, trainable_state
 
     # validation while the pool trains selects as routed training routes: the router comes after
     model.selection = "attention"
-    if entry["scheme"] == "curated":
+    if s.scheme == "curated":
         best, history = train_curated(model, tokenizer, texts, cfg, seed, **kwargs)
     else:
         best, history = train(model, tokenizer, texts[0], cfg, seed, **kwargs)
@@ -71,43 +131,18 @@ def _train(model, entry: dict, tokenizer, texts: list[str], cfg: dict, seed: int
     return trainable_state(model), history
 
 
-def _prepare_evaluation(model, entry: dict) -> None:
+def _prepare_evaluation(model, s: IDPSettings) -> None:
     """One lm-eval run selects as the entry says; the oracle is the best of one run per prompt
     (`_evaluate`), not one run."""
-    if entry["selection"] == "oracle":
+    if s.selection == "oracle":
         raise ValueError("selection 'oracle' is the best of one evaluation per prompt: run "
                          f"selection=0 .. {model.pool_size - 1} and keep each question's best")
-    model.selection = entry["selection"]
-
-
-def _check(entry: dict, key: str) -> None:
-    """A curated pool names one text per prompt; only a curated pool names texts."""
-    texts = entry.get("texts")
-    if entry["scheme"] == "curated":
-        if not texts:
-            raise ConfigError(f"{key}.texts", "scheme 'curated' trains each prompt on its own "
-                              f"text: give a list of {entry['pool_size']} text sources")
-        if len(texts) != entry["pool_size"]:
-            raise ConfigError(f"{key}.texts", f"{len(texts)} texts for a pool of "
-                              f"{entry['pool_size']} prompts: give one per prompt")
-    elif texts:
-        raise ConfigError(f"{key}.texts", f"only scheme 'curated' takes texts (this entry's "
-                          f"scheme is {entry['scheme']!r}; the others train on `text`)")
-
-
-def _id(e: dict) -> str:
-    return (f"idp-m{e['pool_size']}-n{e['num_virtual_tokens']}-{e['scheme']}"
-            + ("" if e.get("layout", "independent") == "independent" else "-concat")
-            + ("" if e.get("selection", "router") == "router" else f"-{e['selection']}")
-            + ("" if e.get("select_on", "context") == "context" else f"-{e['select_on']}"))
+    model.selection = s.selection
 
 
 register_recovery_method(RecoveryMethod(
     name="idp",
-    settings=frozenset({"num_virtual_tokens", "pool_size", "score_layers", "scheme",
-                        "balance_weight", "layout", "texts", "selection", "select_on",
-                        "router_blocks"}),
-    id_format=_id,
+    settings=IDPSettings,
     build=_build,
     save=lambda model, path: model.save_pretrained(path),
     load=_load,
@@ -116,9 +151,7 @@ register_recovery_method(RecoveryMethod(
     eval_only={"selection": "router", "select_on": "context"},
     # the prompt is chosen from every token of the input: padding must be masked
     padding_aware=True,
-    context_scorer=lambda model, e: (model.context_scorer()
-                                     if e.get("select_on", "context") == "context" else None),
+    context_scorer=lambda model, s: model.context_scorer() if s.select_on == "context" else None,
     evaluate=_evaluate,
     prepare_evaluation=_prepare_evaluation,
-    check=_check,
     train=_train))

@@ -4,34 +4,37 @@ the model). Adapters are saved and loaded with peft's save_pretrained / PeftMode
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from knowledge_recovery.registry import RecoveryMethod, register_recovery_method
+from knowledge_recovery.recovery.entries import TrainedSettings
+from knowledge_recovery.registry import RecoveryMethod, register_recovery_method, setting
 
 if TYPE_CHECKING:  # annotations only: method modules import torch when they run
     import torch
 
 
-def register_peft(name: str, config_class: str, config_kwargs, settings, id_format, side: str,
+def register_peft(name: str, config_class: str, config_kwargs, settings: type, side: str,
                   fit_setting: str = "method", after_build=None, prompt_cache=None) -> None:
-    """Register a peft method: `config_kwargs(entry, peft)` gives the keyword arguments of the peft
-    config class named `config_class`; `after_build(model, entry, seed)` initialises further."""
+    """Register a peft method: `settings` is its settings dataclass (a TrainedSettings),
+    `config_kwargs(settings, peft)` gives the keyword arguments of the peft config class named
+    `config_class`; `after_build(model, settings, seed)` initialises further."""
 
-    def build(base, entry, seed, init):
+    def build(base, s, seed, init):
         import peft
         import torch
 
         torch.manual_seed(seed)
         config = getattr(peft, config_class)(task_type=peft.TaskType.CAUSAL_LM,
-                                             **config_kwargs(entry, peft))
+                                             **config_kwargs(s, peft))
         wrapped = _prefix_reaches_generation(peft.get_peft_model(base, config))
         if init and after_build is not None:
-            after_build(wrapped, entry, seed)
+            after_build(wrapped, s, seed)
         return wrapped
 
     register_recovery_method(RecoveryMethod(
-        name=name, settings=frozenset(settings), id_format=id_format, build=build, save=_save,
-        load=_load, fit_setting=fit_setting, side=side, prompt_cache=prompt_cache))
+        name=name, settings=settings, build=build, save=_save, load=_load,
+        fit_setting=fit_setting, side=side, prompt_cache=prompt_cache))
 
 
 def _save(model, path) -> None:
@@ -131,38 +134,73 @@ def init_prefix_from_vocab(model, num_tokens: int, seed: int) -> None:
     emb.data.copy_(rows)
 
 
-def _prefix_init(model, entry, seed):
-    if entry.get("prefix_init", "vocab") == "vocab":
-        init_prefix_from_vocab(model, entry["num_virtual_tokens"], seed)
+@dataclass(frozen=True, kw_only=True)
+class PromptTuningSettings(TrainedSettings):
+    num_virtual_tokens: int = setting(help="prompt length", minimum=1)
+
+    def id(self) -> str:
+        return f"prompt-n{self.num_virtual_tokens}"
 
 
-def _lora_kwargs(entry, peft, **extra):
-    return dict(r=entry["r"], lora_alpha=entry["alpha"], lora_dropout=entry["dropout"],
-                target_modules=entry["target_modules"], **extra)
+@dataclass(frozen=True, kw_only=True)
+class PrefixTuningSettings(PromptTuningSettings):
+    prefix_init: Literal["vocab", "random"] = setting(
+        "vocab", help="vocab = keys/values of random vocabulary tokens; random = peft's")
+
+    def id(self) -> str:
+        return f"prefix-n{self.num_virtual_tokens}"
 
 
-LORA_SETTINGS = {"r", "alpha", "dropout", "target_modules"}
+@dataclass(frozen=True, kw_only=True)
+class LoraSettings(TrainedSettings):
+    r: int = setting(help="rank", minimum=1)
+    alpha: float = setting(16, help="scaling numerator", exclusiveMinimum=0)
+    dropout: float = setting(0.05, help="dropout on the adapter's input", minimum=0, maximum=1)
+    target_modules: list[str] = setting(["q_proj", "v_proj"], help="the linears adapted",
+                                        minItems=1)
+
+    def id(self) -> str:
+        return f"{self.method}-r{self.r}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IA3Settings(TrainedSettings):
+    # the paper's choice: keys, values and the feed-forward output layer's input
+    target_modules: list[str] = setting(["k_proj", "v_proj", "down_proj"], minItems=1,
+                                        help="the linears rescaled")
+    feedforward_modules: list[str] = setting(["down_proj"], minItems=1, help="those of "
+                                             "target_modules whose input (not output) is rescaled")
+
+    def id(self) -> str:
+        return "ia3-" + ".".join(m.removesuffix("_proj") for m in self.target_modules)
+
+
+def _prefix_init(model, s: PrefixTuningSettings, seed):
+    if s.prefix_init == "vocab":
+        init_prefix_from_vocab(model, s.num_virtual_tokens, seed)
+
+
+def _lora_kwargs(s: LoraSettings, peft, **extra):
+    return dict(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                target_modules=list(s.target_modules), **extra)
+
 
 # Initialised from rows of the vocabulary embedding, as in Lester et al. and Xu et al.
 register_peft("prompt_tuning", "PromptTuningConfig",
-              lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"],
+              lambda s, peft: dict(num_virtual_tokens=s.num_virtual_tokens,
                                    prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB),
-              {"num_virtual_tokens"}, lambda e: f"prompt-n{e['num_virtual_tokens']}", side="input",
-              prompt_cache=learned_prompt_cache)
+              PromptTuningSettings, side="input", prompt_cache=learned_prompt_cache)
 register_peft("prefix_tuning", "PrefixTuningConfig",
-              lambda e, peft: dict(num_virtual_tokens=e["num_virtual_tokens"]),
-              {"num_virtual_tokens", "prefix_init"}, lambda e: f"prefix-n{e['num_virtual_tokens']}",
-              side="input", after_build=_prefix_init, prompt_cache=learned_prompt_cache)
-register_peft("lora", "LoraConfig", _lora_kwargs, LORA_SETTINGS, lambda e: f"lora-r{e['r']}",
-              side="weights", fit_setting="target_modules")
-# DoRA (Liu et al. 2024): LoRA with the weight's magnitude and direction trained apart.
-register_peft("dora", "LoraConfig", lambda e, peft: _lora_kwargs(e, peft, use_dora=True),
-              LORA_SETTINGS, lambda e: f"dora-r{e['r']}", side="weights",
+              lambda s, peft: dict(num_virtual_tokens=s.num_virtual_tokens),
+              PrefixTuningSettings, side="input", after_build=_prefix_init,
+              prompt_cache=learned_prompt_cache)
+register_peft("lora", "LoraConfig", _lora_kwargs, LoraSettings, side="weights",
               fit_setting="target_modules")
+# DoRA (Liu et al. 2024): LoRA with the weight's magnitude and direction trained apart.
+register_peft("dora", "LoraConfig", lambda s, peft: _lora_kwargs(s, peft, use_dora=True),
+              LoraSettings, side="weights", fit_setting="target_modules")
 # (IA)^3 (Liu et al. 2022): learned vectors that rescale keys, values and feed-forward inputs.
 register_peft("ia3", "IA3Config",
-              lambda e, peft: dict(target_modules=e["target_modules"],
-                                   feedforward_modules=e["feedforward_modules"]),
-              {"target_modules", "feedforward_modules"},
-              lambda e: "ia3-" + ".".join(m.removesuffix("_proj") for m in e["target_modules"]),
-              side="weights", fit_setting="target_modules")
+              lambda s, peft: dict(target_modules=list(s.target_modules),
+                                   feedforward_modules=list(s.feedforward_modules)),
+              IA3Settings, side="weights", fit_setting="target_modules")
