@@ -56,7 +56,7 @@ include: "rules/aggregate.smk"
 
 rule all:
     input:
-        **paths.summary,
+        **JOBS.aggregate_outputs(),
         packed=JOBS.packed_outputs(),
         deployed=JOBS.deploy_outputs(),
     default_target: True

@@ -2,7 +2,7 @@ rule aggregate:
     input:
         **JOBS.aggregate_inputs(),
     output:
-        **reported(paths.summary),
+        **reported(JOBS.aggregate_outputs()),
     params:
         cells=CELLS,
         train_manifests=JOBS.train_manifests(),

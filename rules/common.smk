@@ -6,7 +6,7 @@ from snakemake.settings.types import DeploymentMethod
 from knowledge_recovery.compression.entries import needs_calibration
 from knowledge_recovery.evaluation.task_formats import source_files
 from knowledge_recovery.pipeline.grid import compression_spec
-from knowledge_recovery.pipeline.jobs import Jobs
+from knowledge_recovery.pipeline.jobs import DIRECTORIES, Jobs
 from knowledge_recovery.pipeline.paths import unit
 
 JOBS = Jobs(config)  # what each job reads (the same graph `integrity` checks)
@@ -44,11 +44,16 @@ wildcard_constraints:
     unit=r"[^/]+|[^/]+/seed\d+",
 
 
-def reported(outputs):
+def outputs(files):
+    """A rule's outputs as `Jobs` gives them, its folders marked as directories."""
+    return {name: directory(path) if name in DIRECTORIES else path for name, path in files.items()}
+
+
+def reported(files):
     """The summary outputs, those in REPORTED marked for the report with their captions."""
     return {key: report(path, caption=f"../report/{REPORTED[key][1]}.rst",
                         category=REPORTED[key][0], labels={"output": REPORTED[key][2]})
-            if key in REPORTED else path for key, path in outputs.items()}
+            if key in REPORTED else path for key, path in files.items()}
 
 
 def task_sources(wildcards):

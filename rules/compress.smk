@@ -2,10 +2,7 @@ rule compress:
     input:
         unpack(compress_inputs),
     output:
-        checkpoint=directory(paths.checkpoint("{model}", "{compression}")),
-        masks=paths.masks("{model}", "{compression}"),
-        grids=paths.quant_grids("{model}", "{compression}"),
-        manifest=paths.model_manifest("{model}", "{compression}"),
+        **outputs(JOBS.compress_outputs("{model}", "{compression}")),
     wildcard_constraints:
         compression=r"(?!dense(?:/|$))[^/]+",  # the dense model is downloaded, not compressed
     params:
@@ -26,11 +23,9 @@ rule compress:
 
 rule pack:
     input:
-        checkpoint=paths.checkpoint("{model}", "{compression}"),
-        grids=paths.quant_grids("{model}", "{compression}"),
+        **JOBS.pack_inputs("{model}", "{compression}"),
     output:
-        packed=directory(paths.packed("{model}", "{compression}")),
-        manifest=paths.packed_manifest("{model}", "{compression}"),
+        **outputs(JOBS.pack_outputs("{model}", "{compression}")),
     params:
         spec=lambda w: compression_spec(COMPRESSION[w.compression]),
     threads: config["threads"]

@@ -7,9 +7,7 @@ rule deploy:
     input:
         unpack(lambda w: JOBS.deploy_inputs(w.model, w.compression)),
     output:
-        deployed=directory(paths.deployed("{model}", "{compression}", "openvino")),
-        samples=paths.deployed_samples("{model}", "{compression}", "openvino"),
-        manifest=paths.deploy_manifest("{model}", "{compression}", "openvino"),
+        **outputs(JOBS.export_outputs("{model}", "{compression}", "openvino")),
     params:
         python=DEPLOY_PYTHON,
         model=lambda w: w.model,
@@ -33,9 +31,7 @@ rule deploy_prompt:
     input:
         unpack(deploy_prompt_inputs),
     output:
-        prompt=paths.deployed_prompt("{model}", "{compression}", "openvino", "{unit}"),
-        samples=paths.deployed_samples("{model}", "{compression}", "openvino", "{unit}"),
-        manifest=paths.deploy_manifest("{model}", "{compression}", "openvino", "{unit}"),
+        **outputs(JOBS.deploy_prompt_outputs("{model}", "{compression}", "openvino", "{unit}")),
     params:
         python=DEPLOY_PYTHON,
         model=lambda w: w.model,
@@ -62,7 +58,7 @@ rule deploy_latency:
     input:
         unpack(deploy_latency_inputs),
     output:
-        latency=paths.deploy_latency("{model}", "openvino"),
+        **outputs(JOBS.latency_outputs("{model}", "openvino")),
     params:
         python=DEPLOY_PYTHON,
         model=lambda w: w.model,

@@ -2,7 +2,7 @@ rule sample_inputs:
     input:
         **JOBS.sample_inputs_inputs(),
     output:
-        inputs=paths.displacement_inputs,
+        **outputs(JOBS.sample_inputs_outputs()),
     params:
         tasks=lambda w: [TASKS[t] for t in TASKS],
         settings=config["displacement"],
@@ -21,7 +21,7 @@ rule represent:
     input:
         unpack(represent_inputs),
     output:
-        representation=paths.representation("{model}", "{compression}", "{unit}"),
+        **outputs(JOBS.represent_outputs("{model}", "{compression}", "{unit}")),
     params:
         cell=cell_of,
         settings=config["displacement"],

@@ -3,8 +3,7 @@
 
 rule download_model:
     output:
-        checkpoint=directory(paths.checkpoint("{model}")),
-        manifest=paths.model_manifest("{model}", "dense"),
+        **outputs(JOBS.download_outputs("{model}")),
     params:
         spec=lambda w: MODELS[w.model],
         seed=config["seed"],
@@ -21,8 +20,7 @@ rule download_model:
 
 rule download_text:
     output:
-        text=paths.text("{text}"),
-        manifest=paths.text_manifest("{text}"),
+        **outputs(JOBS.text_outputs("{text}")),
     params:
         spec=lambda w: JOBS.texts[w.text],
     log:
@@ -40,8 +38,7 @@ rule prepare_task:
     input:
         sources=task_sources,
     output:
-        tasks=directory(paths.task_dir("{task}")),
-        manifest=paths.task_manifest("{task}"),
+        **outputs(JOBS.task_outputs("{task}")),
     params:
         spec=lambda w: TASKS[w.task],
         seed=config["seed"],

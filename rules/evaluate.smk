@@ -2,8 +2,7 @@ rule evaluate:
     input:
         unpack(eval_inputs),
     output:
-        results=paths.eval_results("{model}", "{compression}", "{unit}"),
-        samples=paths.eval_samples("{model}", "{compression}", "{unit}"),
+        **outputs(JOBS.eval_outputs("{model}", "{compression}", "{unit}")),
     params:
         cell=cell_of,
         tasks=lambda w: [TASKS[t] for t in TASKS],

@@ -2,8 +2,7 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        adapter=directory(paths.adapter("{model}", "{compression}", TRAIN_UNIT)),
-        manifest=paths.train_manifest("{model}", "{compression}", TRAIN_UNIT),
+        **outputs(JOBS.train_outputs("{model}", "{compression}", TRAIN_UNIT)),
     params:
         spec=lambda w: TRAINED[w.train_id],
         resume=lambda w: paths.train_state(w.model, w.compression, train_unit(w)),

@@ -1,8 +1,10 @@
-"""The jobs of a grid and the files each reads and writes.
+"""The jobs of a grid and the files each reads and writes: one job graph.
 
-The rules take their inputs from here (`rules/common.smk`), and `integrity` walks the same graph
-to find what was built from a damaged artifact. Outputs are the rules' own, named through
-`paths.Layout`; a test checks them against Snakemake's list of the workflow's outputs.
+The rules take their inputs and outputs from here (`rules/*.smk`: outputs given the wildcards
+as "{model}" patterns, folders marked `directory()` by `DIRECTORIES`), and `graph` lists every
+job from the same functions, with the grid's values; `integrity` walks it to find what was
+built from a damaged artifact. A test checks its outputs against Snakemake's list of the
+workflow's outputs.
 """
 from __future__ import annotations
 
@@ -18,11 +20,15 @@ from knowledge_recovery.registry import compression_method
 from knowledge_recovery.text import text_id
 
 
+# Output names that are folders: the rules mark them `directory()`.
+DIRECTORIES = frozenset({"checkpoint", "tasks", "packed", "adapter", "deployed"})
+
+
 @dataclass(frozen=True)
 class Job:
     name: str                  # "<rule> <key>", as in the logs folder
     outputs: tuple[str, ...]   # everything the rule writes
-    manifest: str | None       # the output that records the others' sizes and hashes
+    manifest: str              # the output that records the others' sizes and hashes
     inputs: tuple[str, ...]    # outputs of other jobs that this one reads
 
 
@@ -49,6 +55,62 @@ class Jobs:
         for entry in self.trained.values():
             self.texts.update((text_id(s), s) for s in training_texts(entry) or [])
 
+    # Each rule's outputs, by the names its script reads, from its wildcards.
+
+    def text_outputs(self, text: str) -> dict:
+        return {"text": self.paths.text(text), "manifest": self.paths.text_manifest(text)}
+
+    def task_outputs(self, task: str) -> dict:
+        return {"tasks": self.paths.task_dir(task), "manifest": self.paths.task_manifest(task)}
+
+    def download_outputs(self, model: str) -> dict:
+        return {"checkpoint": self.paths.checkpoint(model),
+                "manifest": self.paths.model_manifest(model, "dense")}
+
+    def compress_outputs(self, model: str, compression: str) -> dict:
+        p = self.paths
+        return {"checkpoint": p.checkpoint(model, compression), "masks": p.masks(model, compression),
+                "grids": p.quant_grids(model, compression),
+                "manifest": p.model_manifest(model, compression)}
+
+    def pack_outputs(self, model: str, compression: str) -> dict:
+        return {"packed": self.paths.packed(model, compression),
+                "manifest": self.paths.packed_manifest(model, compression)}
+
+    def train_outputs(self, model: str, compression: str, unit: str) -> dict:
+        return {"adapter": self.paths.adapter(model, compression, unit),
+                "manifest": self.paths.train_manifest(model, compression, unit)}
+
+    def export_outputs(self, model: str, compression: str, target: str) -> dict:
+        p = self.paths
+        return {"deployed": p.deployed(model, compression, target),
+                "samples": p.deployed_samples(model, compression, target),
+                "manifest": p.deploy_manifest(model, compression, target)}
+
+    def deploy_prompt_outputs(self, model: str, compression: str, target: str, unit: str) -> dict:
+        p = self.paths
+        return {"prompt": p.deployed_prompt(model, compression, target, unit),
+                "samples": p.deployed_samples(model, compression, target, unit),
+                "manifest": p.deploy_manifest(model, compression, target, unit)}
+
+    def latency_outputs(self, model: str, target: str) -> dict:
+        return {"latency": self.paths.deploy_latency(model, target)}
+
+    def eval_outputs(self, model: str, compression: str, unit: str) -> dict:
+        return {"results": self.paths.eval_results(model, compression, unit),
+                "samples": self.paths.eval_samples(model, compression, unit)}
+
+    def sample_inputs_outputs(self) -> dict:
+        return {"inputs": self.paths.displacement_inputs}
+
+    def represent_outputs(self, model: str, compression: str, unit: str) -> dict:
+        return {"representation": self.paths.representation(model, compression, unit)}
+
+    def aggregate_outputs(self) -> dict:
+        return dict(self.paths.summary)
+
+    # Each rule's inputs (outputs of other jobs), from its wildcards.
+
     def compress_inputs(self, model: str, compression: str) -> dict:
         """Methods that need input statistics also read the calibration text; the others not."""
         inputs = {"checkpoint": self.paths.checkpoint(model)}
@@ -66,6 +128,10 @@ class Jobs:
             inputs["teacher"] = self.paths.checkpoint(model)
         return inputs
 
+    def pack_inputs(self, model: str, compression: str) -> dict:
+        return {"checkpoint": self.paths.checkpoint(model, compression),
+                "grids": self.paths.quant_grids(model, compression)}
+
     def eval_inputs(self, cell: Cell) -> dict:
         inputs = {"checkpoint": self.paths.checkpoint(cell.model, cell.compression),
                   "tasks": [self.paths.task_dir(t) for t in self.tasks],
@@ -76,10 +142,10 @@ class Jobs:
         return inputs
 
     def eval_results(self, cell: Cell) -> str:
-        return self.paths.eval_results(cell.model, cell.compression, cell.recovery_unit)
+        return self.eval_outputs(cell.model, cell.compression, cell.recovery_unit)["results"]
 
     def eval_samples(self, cell: Cell) -> str:
-        return self.paths.eval_samples(cell.model, cell.compression, cell.recovery_unit)
+        return self.eval_outputs(cell.model, cell.compression, cell.recovery_unit)["samples"]
 
     def train_manifest(self, cell: Cell) -> str:
         return self.paths.train_manifest(cell.model, cell.compression, cell.train_unit)
@@ -99,11 +165,8 @@ class Jobs:
         if not self.config["displacement"]["enabled"]:
             return []
         return [c for c in self.cells
-                if not (c.train_unit is None and self._is_baseline(c))
+                if not (c.baseline and not c.trains)
                 and c.settings.get("train_id", c.settings["id"]) == c.settings["id"]]
-
-    def _is_baseline(self, cell: Cell) -> bool:
-        return compression_method(self.compression[cell.compression]["method"]).family == "none"
 
     def sample_inputs_inputs(self) -> dict:
         return {"tasks": [self.paths.task_dir(t) for t in self.tasks],
@@ -119,7 +182,8 @@ class Jobs:
         return inputs
 
     def representation(self, cell: Cell) -> str:
-        return self.paths.representation(cell.model, cell.compression, cell.recovery_unit)
+        return self.represent_outputs(cell.model, cell.compression,
+                                      cell.recovery_unit)["representation"]
 
     def aggregate_inputs(self) -> dict:
         return {"results": [self.eval_results(c) for c in self.cells],
@@ -191,60 +255,54 @@ class Jobs:
         return [self.paths.deployed_samples(*d) for d in self.deployments()]
 
     def graph(self) -> list[Job]:
-        """Every job of the grid, upstream before downstream."""
-        p = self.paths
-        out = [Job(f"download_text {t}", (p.text(t), p.text_manifest(t)), p.text_manifest(t), ())
-               for t in self.texts]
-        out += [Job(f"prepare_task {t}", (p.task_dir(t), p.task_manifest(t)), p.task_manifest(t), ())
-                for t in self.tasks]
+        """Every job of the grid, upstream before downstream, from the functions the rules
+        read: each job's outputs, its manifest (the `manifest` output, else its first) and the
+        outputs of other jobs it reads."""
+        out = []
+
+        def job(rule: str, key: str, outputs: dict, inputs: dict | None = None) -> None:
+            out.append(Job(f"{rule} {key}", tuple(outputs.values()),
+                           outputs.get("manifest", next(iter(outputs.values()))),
+                           tuple(_flat(inputs or {}))))
+
+        for t in self.texts:
+            job("download_text", t, self.text_outputs(t))
+        for t in self.tasks:
+            job("prepare_task", t, self.task_outputs(t))  # its sources are the user's files
         for m in self.models:
             for c, entry in self.compression.items():
-                manifest = p.model_manifest(m, c)
                 if compression_method(entry["method"]).family == "none":
-                    out.append(Job(f"download_model {m}", (p.checkpoint(m), manifest), manifest, ()))
+                    job("download_model", m, self.download_outputs(m))
                     continue
-                out.append(Job(f"compress {m}/{c}", (p.checkpoint(m, c), p.masks(m, c),
-                                                     p.quant_grids(m, c), manifest), manifest,
-                               tuple(_flat(self.compress_inputs(m, c)))))
+                job("compress", f"{m}/{c}", self.compress_outputs(m, c), self.compress_inputs(m, c))
                 if entry.get("export_packed"):
-                    out.append(Job(f"pack {m}/{c}", (p.packed(m, c), p.packed_manifest(m, c)),
-                                   p.packed_manifest(m, c), (p.checkpoint(m, c), p.quant_grids(m, c))))
+                    job("pack", f"{m}/{c}", self.pack_outputs(m, c), self.pack_inputs(m, c))
         by_cell = {c.id: c for c in self.cells}
         units = {(c.model, c.compression, c.train_unit): c for c in self.cells if c.train_unit}
         for (m, c, unit_), cell in units.items():
-            manifest = p.train_manifest(m, c, unit_)
-            out.append(Job(f"train {m}/{c}/{unit_}", (p.adapter(m, c, unit_), manifest), manifest,
-                           tuple(_flat(self.train_inputs(m, c, cell.settings["train_id"])))))
+            job("train", f"{m}/{c}/{unit_}", self.train_outputs(m, c, unit_),
+                self.train_inputs(m, c, cell.settings["train_id"]))
         for m, c, target, unit_ in self.deployments():  # exports first, then prompt cells
-            manifest = p.deploy_manifest(m, c, target, unit_)
             if unit_ is None:
-                out.append(Job(f"deploy {m}/{c}", (p.deployed(m, c, target),
-                                                   p.deployed_samples(m, c, target), manifest),
-                               manifest, tuple(_flat(self.deploy_inputs(m, c)))))
+                job("deploy", f"{m}/{c}", self.export_outputs(m, c, target), self.deploy_inputs(m, c))
             else:
                 cell = by_cell[f"{m}/{c}/{unit_}"]
-                out.append(Job(f"deploy_prompt {cell.id}", (p.deployed_prompt(m, c, target, unit_),
-                                                            p.deployed_samples(m, c, target, unit_),
-                                                            manifest), manifest,
-                               tuple(_flat(self.deploy_prompt_inputs(cell)))))
+                job("deploy_prompt", cell.id, self.deploy_prompt_outputs(m, c, target, unit_),
+                    self.deploy_prompt_inputs(cell))
         for m, target in self.latency_runs():
-            path = p.deploy_latency(m, target)
-            out.append(Job(f"deploy_latency {m}", (path,), path,
-                           tuple(_flat(self.deploy_latency_inputs(m, target)))))
+            job("deploy_latency", m, self.latency_outputs(m, target),
+                self.deploy_latency_inputs(m, target))
         for cell in self.cells:
-            results = self.eval_results(cell)
-            out.append(Job(f"evaluate {cell.id}", (results, self.eval_samples(cell)), results,
-                           tuple(_flat(self.eval_inputs(cell)))))
+            job("evaluate", cell.id, self.eval_outputs(cell.model, cell.compression,
+                                                      cell.recovery_unit), self.eval_inputs(cell))
         if self.represented():
-            inputs = self.paths.displacement_inputs
-            out.append(Job("sample_inputs displacement", (inputs,), inputs,
-                           tuple(_flat(self.sample_inputs_inputs()))))
+            job("sample_inputs", "displacement", self.sample_inputs_outputs(),
+                self.sample_inputs_inputs())
         for cell in self.represented():
-            path = self.representation(cell)
-            out.append(Job(f"represent {cell.id}", (path,), path,
-                           tuple(_flat(self.represent_inputs(cell)))))
-        out.append(Job("aggregate aggregate", tuple(p.summary.values()), p.summary["manifest"],
-                       tuple(_flat(self.aggregate_inputs()))))
+            job("represent", cell.id, self.represent_outputs(cell.model, cell.compression,
+                                                            cell.recovery_unit),
+                self.represent_inputs(cell))
+        job("aggregate", "aggregate", self.aggregate_outputs(), self.aggregate_inputs())
         return out
 
 
