@@ -168,6 +168,22 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
         (run.data.metrics["kp_country_capital.acc"] + run.data.metrics["kp_element_symbol.acc"]) / 2)
     assert run.data.params["compression.bits"] == "4" and run.data.params["recovery.r"] == "2"
     assert run.data.params["training.objective"] == "distill"
+    # what the cell costs, as metrics MLflow's charts can plot accuracy against
+    assert run.data.metrics["compression.bits_per_weight"] > 4
+    assert run.data.metrics["compression.sparsity"] == 0
+    assert run.data.metrics["recovery.trainable_params"] > 0
+    dense = evaluated["tiny-llama/dense/none"]
+    assert dense.data.metrics["compression.bits_per_weight"] == 16
+    assert dense.data.metrics["recovery.trainable_params"] == 0
+    # compress and train runs: every parameter prefixed by what it describes
+    (compressed,) = [r for r in steps["compress"]
+                     if r.data.tags["compression"] == "gptq-w4-g32-sym"]
+    assert compressed.data.params["compression.method"] == "gptq"
+    assert all(p.startswith("compression.") for p in compressed.data.params)
+    trained = next(r for r in steps["train"] if r.data.tags["cell"].endswith("lora-r2/seed0"))
+    assert trained.data.params["recovery.method"] == "lora"
+    assert trained.data.params["training.objective"] == "distill"
+    assert all(p.split(".")[0] in ("recovery", "training") for p in trained.data.params)
     assert parent.info.status == "FINISHED"
     train_run = next(r for r in steps["train"] if r.data.tags["cell"].endswith("idp-m2-n4-routed/seed0"))
     history = client.get_metric_history(train_run.info.run_id, "train_loss")

@@ -42,5 +42,5 @@ with step(smk):
            [smk.output.checkpoint, smk.output.masks, smk.output.grids],
            record(smk, "compress", f"{model_name}/{comp}",
                   tags={"model": model_name, "compression": comp},
-                  params={**spec, "calibration": calib or {}},
+                  params={"compression": {**spec, "calibration": calib or {}}},
                   metrics=summary, artifacts=[smk.output.manifest]))

@@ -1,5 +1,7 @@
 """Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json, task by
 task; a killed job's finished tasks are kept and not evaluated again."""
+from pathlib import Path
+
 from knowledge_recovery import artifacts
 from knowledge_recovery.evaluation import harness
 from knowledge_recovery.evaluation.tasks import from_hub
@@ -12,6 +14,21 @@ from knowledge_recovery.recovery import adapters
 smk = snakemake  # noqa: F821 - injected by Snakemake
 cell = smk.params.cell
 cfg = smk.params.evaluation
+
+
+def _size_metrics() -> dict:
+    """What the cell costs, from the manifests of the model and the adapter it evaluates, so that
+    MLflow's charts plot accuracy against size: the compressed model's bits per weight and
+    sparsity (the dense model: 16 bits, none) and the adapter's trainable parameters."""
+    model = artifacts.read_json(Path(smk.input.checkpoint).parent / "manifest.json")
+    out = {"compression.bits_per_weight": model.get("effective_bits_per_weight", 16.0),
+           "compression.sparsity": model.get("sparsity", 0.0),
+           "recovery.trainable_params": 0}
+    if cell.train_unit:
+        out["recovery.trainable_params"] = artifacts.read_json(
+            smk.input.train_manifest)["trainable_params"]
+    return out
+
 with step(smk):
     model, tokenizer = checkpoints.load_checkpoint(smk.input.checkpoint, cfg["dtype"])
     if cell.train_unit:
@@ -37,6 +54,6 @@ with step(smk):
         params={"evaluation": cfg, **cell.axes, "compression": compression,
                 "recovery": {k: v for k, v in cell.settings.items() if k != "training"},
                 "training": cell.settings.get("training", {})},
-        metrics={**harness.tracked_metrics(results), **timer.as_dict()},
+        metrics={**harness.tracked_metrics(results), **timer.as_dict(), **_size_metrics()},
         artifacts=[smk.output.results]))
     artifacts.remove_state(state, results_root(smk))  # only now: results.json is in place

@@ -44,7 +44,8 @@ with step(smk):
         smk, "train", key,
         tags={"cell": key, "model": w.model, "compression": w.compression,
               "recovery": w.train_id, "seed": seed},
-        params=spec,
+        params={"recovery": {k: v for k, v in spec.items() if k != "training"},
+                "training": spec["training"]},
         metrics={k: manifest[k] if k in manifest else history[k]
                  for k in ("trainable_params", "adapter_bytes", "median_step_s", "wall_s", "cpu_s",
                            "best_val_loss", "initial_val_loss", "best_step")},
