@@ -189,7 +189,10 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
     history = client.get_metric_history(train_run.info.run_id, "train_loss")
     assert len(history) == 6
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.csv", "results.md", "mean_acc.png", "logs"} <= artifacts
+    assert {"results.csv", "results.md", "mean_acc.png", "logs", "tables"} <= artifacts
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "tables")] == [
+        "tables/overview.json"]
+    assert not parent.data.metrics  # the overview is a table, not a one-bar chart per cell
     # each step's log on its run: what the step printed, as far as it had when it logged
     (log,) = client.list_artifacts(run.info.run_id, "logs")
     text = Path(client.download_artifacts(run.info.run_id, log.path, str(workdir / "dl"))).read_text()

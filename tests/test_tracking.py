@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow_store import snapshot
@@ -29,8 +32,9 @@ def _evaluate_record(store, value, unit="m/dense/none"):
 
 def _grid_record(store):
     (store / "table.md").write_text("| a |\n")
-    return mlflow_runs.record(store, "aggregate", "grid", metrics={"mean_acc.m/c/none": 0.5},
-                           artifacts=[store / "table.md"])
+    (store / "overview.csv").write_text("cell,mean_acc\nm/c/none,0.5\nm/dense/none,0.75\n")
+    return mlflow_runs.record(store, "aggregate", "grid", artifacts=[store / "table.md"],
+                              tables={"overview": store / "overview.csv"})
 
 
 def test_a_record_is_plain_json_with_no_empty_tags_or_slashes(store):
@@ -76,8 +80,14 @@ def test_artifacts_land_beside_the_store(store):
     assert mlflow_runs.log_grid(store, "exp", _grid_record(store))
     client, runs = _runs(store, "exp")
     parent = next(r for r in runs if r.data.tags.get("kr.role") == "grid")
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["table.md"]
-    assert parent.data.metrics == {"mean_acc.m.c.none": 0.5}  # no '/': one chart section
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["table.md", "tables"]
+    # the overview as an MLflow table (its UI shows it as one), not a chart per cell
+    assert not parent.data.metrics
+    table = json.loads(Path(client.download_artifacts(
+        parent.info.run_id, "tables/overview.json", str(store / "dl"))).read_text())
+    assert table["columns"] == ["cell", "mean_acc"]
+    assert table["data"] == [["m/c/none", 0.5], ["m/dense/none", 0.75]]
+    assert "tables/overview.json" in parent.data.tags["mlflow.loggedArtifacts"]
     assert parent.info.status == "FINISHED"
     assert (store / "mlartifacts").is_dir()
 

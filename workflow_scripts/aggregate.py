@@ -85,7 +85,6 @@ with step(smk):
     artifacts.write_text(smk.output.deployment_markdown, aggregate.deployment_markdown(
         deployed, settings["confidence"], aggregate.not_deployed(deployments, cells))
         + aggregate.deployment_latency_markdown(latency, smk.config["deployment"]["latency"]))
-    means = aggregate.table(df)["mean"]
     print(aggregate.markdown(df))
     print(aggregate.overview_markdown(overview))
     print(aggregate.comparisons_markdown(compared, settings["confidence"]))
@@ -95,10 +94,12 @@ with step(smk):
     # every summary file goes onto the parent run; the manifest, written last, records them
     tables = [path for key, path in smk.output.items() if key != "manifest"]
     # tags, not params: the parent run outlives re-runs, and MLflow never changes a param
+    # the overview as a table MLflow shows, not a one-bar chart per cell
     grid = record(smk, "aggregate", "grid", tags={
-        "mlflow.source.git.commit": artifacts.git_commit(),
+        "mlflow.source.git.commit": artifacts.git_commit(), "mlflow.source.name": "Snakefile",
+        "mlflow.source.type": "LOCAL",
         **{f"versions.{k}": v for k, v in artifacts.versions().items()}},
-        metrics={f"mean_acc.{cell}": v for cell, v in means.items()}, artifacts=tables)
+        artifacts=tables, tables={"overview": smk.output.overview_csv})
     artifacts.write_manifest(smk.output.manifest, artifacts.manifest(
         "aggregate", settings, cells=[c.id for c in cells], **{mlflow_runs.RECORD_KEY: grid}), tables)
     mlflow_runs.log_grid(results_root(smk), smk.config["experiment"], grid)

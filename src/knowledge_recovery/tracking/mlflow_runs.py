@@ -74,11 +74,12 @@ def _number(v) -> bool:
 
 def record(results_dir, step: str, unit: str, *, tags: dict | None = None,
            params: dict | None = None, metrics: dict | None = None, series: dict | None = None,
-           artifacts=(), logs=()) -> dict:
+           artifacts=(), logs=(), tables: dict | None = None) -> dict:
     """What one step of one unit logs, as plain JSON: flattened params, numeric metrics, metric
     series [(step, value)], files relative to the results folder (`logs`: the step's log files,
-    under the run's logs/ folder), and the step's real start and end. No empty tag values;
-    metric names pass through `metric_name`."""
+    under the run's logs/ folder; `tables`: CSV files by name, logged as MLflow tables, which
+    its UI shows as tables), and the step's real start and end. No empty tag values; metric
+    names pass through `metric_name`."""
     root = Path(results_dir).resolve()
     return {
         "step": step, "unit": unit,
@@ -90,6 +91,8 @@ def record(results_dir, step: str, unit: str, *, tags: dict | None = None,
                    for name, values in (series or {}).items()},
         "artifacts": [os.path.relpath(Path(p).resolve(), root) for p in artifacts],
         "logs": [os.path.relpath(Path(p).resolve(), root) for p in logs],
+        "tables": {name: os.path.relpath(Path(p).resolve(), root)
+                   for name, p in (tables or {}).items()},
         "start_ms": STEP_STARTED_MS, "end_ms": int(1000 * time.time()),
     }
 
@@ -143,6 +146,11 @@ def _log_values(client, run_id, rec: dict, results_dir: Path) -> None:
     for rel in rec.get("logs", []):  # records written before logs were attached have none
         if (results_dir / rel).is_file():  # a log is not an output: it may have been cleaned
             client.log_artifact(run_id, str(results_dir / rel), artifact_path="logs")
+    for name, rel in rec.get("tables", {}).items():
+        import pandas as pd
+
+        client.log_table(run_id, data=pd.read_csv(results_dir / rel),
+                         artifact_file=f"tables/{name}.json")
 
 
 def run_name(rec: dict) -> str:
