@@ -219,6 +219,7 @@ def test_every_output_type_runs_for_every_recovery_method(method, tiny, shared_b
     import math
 
     from test_evaluation import attached
+    from test_idp import idp_entry
 
     names = ["lambada_openai", "nq_open", "wikitext"]
     for n in names:
@@ -226,7 +227,7 @@ def test_every_output_type_runs_for_every_recovery_method(method, tiny, shared_b
                            tmp_path / n, seed=0)
     manager = harness.task_manager([tmp_path / n for n in names], need_builtin=False)
     model, tok = attached(tiny, method)
-    entry = {"method": method, "selection": "attention"} if method == "idp" else {"method": method}
+    entry = idp_entry(selection="attention") if method == "idp" else {"method": method}
     limits = {"lambada_openai": 3, "nq_open": 2, "wikitext": 1}
     results = harness.evaluate_recovered(
         model, tok, [{"name": n, "limit": limits[n]} for n in names], manager,

@@ -96,8 +96,7 @@ with step(smk):
     # tags, not params: the parent run outlives re-runs, and MLflow never changes a param
     # the overview as a table MLflow shows, not a one-bar chart per cell
     grid = record(smk, "aggregate", "grid", tags={
-        "mlflow.source.git.commit": artifacts.git_commit(), "mlflow.source.name": "Snakefile",
-        "mlflow.source.type": "LOCAL",
+        "mlflow.source.git.commit": artifacts.git_commit(),
         **{f"versions.{k}": v for k, v in artifacts.versions().items()}},
         artifacts=tables, tables={"overview": smk.output.overview_csv})
     artifacts.write_manifest(smk.output.manifest, artifacts.manifest(
