@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import re
 import sys
 from pathlib import Path
@@ -134,9 +135,10 @@ def method_parts() -> dict:
     return parts
 
 
+@functools.cache  # one per process: every validation of a config reads it twice
 def schema() -> dict:
     """The schema that configs are validated against: the shipped file's hand-written parts
-    and the methods' generated ones."""
+    and the methods' generated ones (do not change the dict: it is shared)."""
     out = yaml.safe_load(SCHEMA_PATH.read_text())
     for name, part in method_parts().items():
         *path, last = PARTS[name]
