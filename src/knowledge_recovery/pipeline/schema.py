@@ -135,10 +135,16 @@ def method_parts() -> dict:
     return parts
 
 
-@functools.cache  # one per process: every validation of a config reads it twice
 def schema() -> dict:
     """The schema that configs are validated against: the shipped file's hand-written parts
-    and the methods' generated ones (do not change the dict: it is shared)."""
+    and the methods' generated ones (do not change the dict: it is shared). Made once per set
+    of registered methods: every validation reads it twice, and a method registered later (a
+    module of one's own) gets a schema that knows it."""
+    return _schema(tuple(compression_methods()), tuple(recovery_methods()))
+
+
+@functools.cache
+def _schema(compression: tuple, recovery: tuple) -> dict:
     out = yaml.safe_load(SCHEMA_PATH.read_text())
     for name, part in method_parts().items():
         *path, last = PARTS[name]
