@@ -36,15 +36,16 @@ def _properties(records, entry_level: bool = True) -> dict:
     """Each setting any of the records takes, once: its schema (the same for every method that
     takes it: a conflict is an error) and its help, prefixed with the methods whose help it is
     when not all of them share it."""
-    schemas, helps = {}, {}
+    schemas, helps, first = {}, {}, {}
     for record in records:
         for f in setting_fields(record.settings):
             if not entry_level and f.metadata["entry_level"]:
                 continue
             schema = field_schema(record.settings, f)
+            first.setdefault(f.name, record.name)
             if schemas.setdefault(f.name, schema) != schema:
                 raise TypeError(f"setting {f.name!r} of method {record.name!r} has schema "
-                                f"{schema}, another method's has {schemas[f.name]}")
+                                f"{schema}, method {first[f.name]!r}'s has {schemas[f.name]}")
             helps.setdefault(f.name, {}).setdefault(f.metadata["help"], []).append(record.name)
     out = {"method": {"enum": [r.name for r in records]}}
     for name, schema in schemas.items():
@@ -110,8 +111,9 @@ def _family_defaults(records):
 
 def method_parts() -> dict:
     """The generated parts of the schema, by the names of PARTS."""
-    compression = list(compression_methods().values())
-    recovery = list(recovery_methods().values())
+    # by name: a registry's order is the order its modules happened to be imported in
+    compression = sorted(compression_methods().values(), key=lambda r: r.name)
+    recovery = sorted(recovery_methods().values(), key=lambda r: r.name)
     quantizers = [r for r in compression if r.family == "quantization"]
     parts = {}
     sub = _properties(quantizers, entry_level=False)
