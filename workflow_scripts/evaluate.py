@@ -1,7 +1,5 @@
 """Evaluate one cell with lm-eval (model in memory, adapter attached) into results.json, task by
 task; a killed job's finished tasks are kept and not evaluated again."""
-from pathlib import Path
-
 from knowledge_recovery import artifacts
 from knowledge_recovery.evaluation import harness
 from knowledge_recovery.evaluation.tasks import from_hub
@@ -14,13 +12,14 @@ from knowledge_recovery.recovery import adapters
 smk = snakemake  # noqa: F821 - injected by Snakemake
 cell = smk.params.cell
 cfg = smk.params.evaluation
+layout = Layout(smk.config)
 
 
 def _size_metrics() -> dict:
     """What the cell costs, from the manifests of the model and the adapter it evaluates, so that
     MLflow's charts plot accuracy against size: the compressed model's bits per weight and
     sparsity (the dense model: 16 bits, none) and the adapter's trainable parameters."""
-    model = artifacts.read_json(Path(smk.input.checkpoint).parent / "manifest.json")
+    model = artifacts.read_json(layout.model_manifest(cell.model, cell.compression))
     out = {"compression.bits_per_weight": model.get("effective_bits_per_weight", 16.0),
            "compression.sparsity": model.get("sparsity", 0.0),
            "recovery.trainable_params": 0}
@@ -35,7 +34,7 @@ with step(smk):
         model = adapters.load(model, cell.settings, smk.input.adapter)
     tasks = harness_tasks(smk.params.tasks)
     manager = harness.task_manager(smk.input.tasks, any(map(from_hub, smk.params.tasks)))
-    state = Layout(smk.config).eval_state(cell.model, cell.compression, cell.recovery_unit)
+    state = layout.eval_state(cell.model, cell.compression, cell.recovery_unit)
     key = artifacts.fingerprint(smk.input, {"cell": cell.settings, "evaluation": cfg,
                                             "tasks": smk.params.tasks, "seed": smk.config["seed"]})
     with artifacts.Timer() as timer:

@@ -82,7 +82,7 @@ class PruningSettings(CompressionSettings):
             raise ConfigError(key, f"method {self.method!r} needs exactly one of 'sparsity' or "
                               "'pattern'")
         if self.pattern:
-            n, m = (int(x) for x in self.pattern.split(":"))
+            n, m = self.mask_pattern["n"], self.mask_pattern["m"]
             if n >= m:
                 raise ConfigError(f"{key}.pattern", f"N:M needs N < M, got {self.pattern!r}")
             group = (self.quantize or {}).get("group_size")
