@@ -115,6 +115,8 @@ CASES = [
     ("IDP score layer beyond the model", lambda c, f: [c["recovery"][i].update(score_layers=[5])
                                                        for i in (1, 2)],
      "recovery[1].score_layers", "5"),
+    ("IDP score layer beyond the model beside a valid variant",  # not "give one a name"
+     _set(("recovery", 2, "score_layers"), [0, 5]), "recovery[2].score_layers", "do not exist"),
     ("zero virtual tokens", _set(("recovery", 1, "num_virtual_tokens"), 0),
      "recovery[1].num_virtual_tokens", "0"),
     ("entry training override out of range", _set(("recovery", 3, "training"), {"steps": -1}),

@@ -295,13 +295,20 @@ def test_a_config_file_that_is_not_a_config_names_line_and_column(text, words, t
 
 
 def test_two_entries_training_one_adapter_differently_name_the_setting(tmp_path):
+    """The most specific error first: the layer the model lacks, when the model is known; the
+    two entries' difference only where nothing more specific can be said."""
     config = copy.deepcopy(SMOKE)
     config.update(results_dir=str(tmp_path))
     idp = {"method": "idp", "pool_size": 2, "num_virtual_tokens": 4, "score_layers": [0, 1]}
     config["recovery"] = [idp, {**idp, "score_layers": [0, 99], "selection": "random"}]
+    with pytest.raises(ConfigError, match=r"recovery\[1\]\.score_layers.*do not exist"):
+        load_config(copy.deepcopy(config))
     with pytest.raises(ConfigError, match=r"recovery\[1\]\.score_layers.*\[0, 99\] here, \[0, 1\] "
                                           r"there"):
         load_config(config, check_models=False)
+    config["recovery"][1]["score_layers"] = [0]  # exists: now the difference is the error
+    with pytest.raises(ConfigError, match=r"recovery\[1\]\.score_layers.*\[0\] here"):
+        load_config(config)
 
 
 def test_a_results_folder_that_cannot_be_written_is_a_config_error(tmp_path):

@@ -120,18 +120,6 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
     _unique([c["id"] for c in config["compression"]], "compression", "id (set 'name' to tell them apart)")
 
     _unique([r["id"] for r in config["recovery"]], "recovery", "id (set 'name' to tell them apart)")
-    first: dict[str, tuple[int, dict]] = {}
-    for i, r in enumerate(config["recovery"]):
-        if "train_id" in r:
-            j, spec = first.setdefault(r["train_id"], (i, grid.training_spec(r)))
-            mine = grid.training_spec(r)
-            if spec != mine:
-                differ = sorted(k for k in set(spec) | set(mine) if spec.get(k) != mine.get(k))
-                raise ConfigError(f"recovery[{i}].{differ[0]}", f"trains adapter "
-                                  f"{r['train_id']!r} like recovery[{j}] but with other settings ("
-                                  + "; ".join(f"{k}: {mine.get(k)!r} here, {spec.get(k)!r} there"
-                                              for k in differ)
-                                  + "): give one of them a 'name'")
 
     _check_text(config["text"], "text", base, _text_needs(config, None))
     for i, r in enumerate(config["recovery"]):
@@ -180,6 +168,24 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
             raise ConfigError(f"tasks[{i}].relations", "only 'probes' tasks have relations")
 
 
+def check_shared_adapters(config: dict) -> None:
+    """Recovery entries that train one adapter (one `train_id`, e.g. an IDP pool under several
+    selections) train it alike. Run after the model checks: an entry that cannot be built on the
+    model (a layer it lacks) is named for that, not as a duplicate of its neighbour."""
+    first: dict[str, tuple[int, dict]] = {}
+    for i, r in enumerate(config["recovery"]):
+        if "train_id" in r:
+            j, spec = first.setdefault(r["train_id"], (i, grid.training_spec(r)))
+            mine = grid.training_spec(r)
+            if spec != mine:
+                differ = sorted(k for k in set(spec) | set(mine) if spec.get(k) != mine.get(k))
+                raise ConfigError(f"recovery[{i}].{differ[0]}", f"trains adapter "
+                                  f"{r['train_id']!r} like recovery[{j}] but with other settings ("
+                                  + "; ".join(f"{k}: {mine.get(k)!r} here, {spec.get(k)!r} there"
+                                              for k in differ)
+                                  + "): give one of them a 'name'")
+
+
 def prepare(config: dict, base_dir: str | os.PathLike = ".", check_models: bool = True) -> dict:
     """A schema-validated config made ready for the workflow, in place: normalised, checked, and
     (`check_models`) checked on the models whose shape is known and on lm-eval's task list,
@@ -198,6 +204,7 @@ def prepare(config: dict, base_dir: str | os.PathLike = ".", check_models: bool 
             preflight.check_lm_eval_tasks(config, Path(base_dir))
             passed.parent.mkdir(parents=True, exist_ok=True)
             passed.touch()
+    check_shared_adapters(config)
     return config
 
 
