@@ -1,5 +1,6 @@
 # Compression x recovery benchmark: download -> compress -> train -> evaluate -> aggregate.
 # Run with a profile: `snakemake --profile profiles/default [--configfile my.yaml]`.
+import os
 import time
 
 from knowledge_recovery.pipeline import integrity, runlock
@@ -18,6 +19,11 @@ prepare(config, check_models=workflow.is_main_process)
 
 
 include: "rules/common.smk"
+
+# Job logs are files: no progress bars in them. Jobs inherit this environment (locally and on
+# SLURM, where a job re-reads this file); tqdm and Hugging Face read it when they are imported.
+os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
+                  HF_DATASETS_DISABLE_PROGRESS_BARS="1")
 
 
 report: "report/workflow.rst"

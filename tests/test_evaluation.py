@@ -375,3 +375,18 @@ def test_generation_runs_the_recovered_model(tiny, method):
                 ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
         expected = tok.decode(ids[0, start:]).split("\n")[0]
         assert text == expected, (context, text, expected)
+
+
+def test_tracked_mean_accuracy_carries_its_interval():
+    """mean_acc over the tasks with an accuracy, its 95% interval from their standard errors;
+    no interval where a task has no standard error."""
+    results = {"a": {"acc": 0.5, "acc_stderr": 0.03, "documents": 100},
+               "b": {"acc": 0.7, "acc_stderr": 0.04, "documents": 100},
+               "ppl": {"word_perplexity": 30.0}}
+    m = harness.tracked_metrics(results)
+    assert m["mean_acc"] == pytest.approx(0.6)
+    half = 1.959964 * (0.03 ** 2 + 0.04 ** 2) ** 0.5 / 2
+    assert (m["mean_acc_low"], m["mean_acc_high"]) == pytest.approx((0.6 - half, 0.6 + half))
+    assert m["ppl.word_perplexity"] == 30.0
+    del results["b"]["acc_stderr"]
+    assert "mean_acc_low" not in harness.tracked_metrics(results)

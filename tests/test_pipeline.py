@@ -166,6 +166,8 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
     assert 0 <= run.data.metrics["kp_country_capital.acc"] <= 1
     assert run.data.metrics["mean_acc"] == pytest.approx(
         (run.data.metrics["kp_country_capital.acc"] + run.data.metrics["kp_element_symbol.acc"]) / 2)
+    assert run.data.metrics["mean_acc_low"] < run.data.metrics["mean_acc"] < \
+        run.data.metrics["mean_acc_high"]
     assert run.data.params["compression.bits"] == "4" and run.data.params["recovery.r"] == "2"
     assert run.data.params["training.objective"] == "distill"
     # what the cell costs, as metrics MLflow's charts can plot accuracy against
@@ -193,6 +195,9 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "tables")] == [
         "tables/overview.json"]
     assert not parent.data.metrics  # the overview is a table, not a one-bar chart per cell
+    # the config as the grid run's params, entries by id
+    assert parent.data.params["compression.gptq-w4-g32-sym.bits"] == "4"
+    assert parent.data.params["recovery.lora-r2.training.objective"] == "distill"
     # each step's log on its run: what the step printed, as far as it had when it logged
     (log,) = client.list_artifacts(run.info.run_id, "logs")
     text = Path(client.download_artifacts(run.info.run_id, log.path, str(workdir / "dl"))).read_text()

@@ -178,3 +178,46 @@ def test_runs_are_named_by_what_differs_and_the_experiment_is_model_training(sto
     assert sorted(r.info.run_name for r in runs) == ["eval dense (m)", "grid"]
     exp = client.get_experiment_by_name("exp")
     assert exp.tags[mlflow_runs.KIND_TAG] == "custom_model_development"
+
+
+def test_the_grid_run_holds_the_config_and_a_changed_config_gets_a_new_parent(store):
+    """The config as the grid run's params, entries keyed by id; after a config change (MLflow
+    never changes a param) the summary goes onto a new parent run, every step run moves under
+    it, and the old parent is gone for good."""
+    config = {"experiment": "exp", "models": [{"name": "m", "dtype": "float32"}],
+              "compression": [{"method": "dense", "id": "dense"},
+                              {"method": "rtn", "bits": 4, "id": "rtn-w4"}],
+              "training": {"steps": 20},
+              "tasks": [{"name": "kp", "relations": ["a", "b"]}]}
+    params = mlflow_runs.config_params(config)
+    assert params["compression"]["rtn-w4"] == {"method": "rtn", "bits": 4}
+    assert params["models"]["m"] == {"dtype": "float32"}
+    assert params["tasks"]["kp"] == {"relations": ["a", "b"]}
+
+    def grid(cfg):
+        return mlflow_runs.record(store, "aggregate", "grid", params=mlflow_runs.config_params(cfg))
+
+    mlflow_runs.log_step(store, "exp", _evaluate_record(store, 0.5, "m/dense/none"))
+    first = mlflow_runs.log_grid(store, "exp", grid(config))
+    assert mlflow_runs.log_grid(store, "exp", grid(config)) == first  # same config: same parent
+    uri = mlflow_runs.tracking_uri(store)
+    parent = snapshot(uri, "exp")["grid"]
+    assert parent["params"]["compression.rtn-w4.bits"] == "4"
+    assert parent["params"]["training.steps"] == "20"
+    assert parent["params"]["tasks.kp.relations"] == "['a', 'b']"
+
+    changed = {**config, "training": {"steps": 200}}
+    mlflow_runs.log_step(store, "exp", _evaluate_record(store, 0.6, "m/rtn-w4/none"))
+    latest = grid(changed)
+    second = mlflow_runs.log_grid(store, "exp", latest)
+    assert second != first
+    client, runs = _runs(store, "exp")
+    assert [r.info.run_id for r in runs if r.data.tags.get("kr.role") == "grid"] == [second]
+    steps = [r for r in runs if r.data.tags.get("kr.role") == "step"]
+    assert len(steps) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in steps} == {second}
+    assert client.get_run(second).data.params["training.steps"] == "200"
+    from mlflow.entities import ViewType
+    exp = client.get_experiment_by_name("exp")
+    assert client.search_runs([exp.experiment_id], run_view_type=ViewType.DELETED_ONLY) == []
+    assert mlflow_runs.resync(store, "exp", [], latest)["current"] == ["aggregate:grid"]

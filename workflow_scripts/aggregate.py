@@ -93,11 +93,12 @@ with step(smk):
     artifacts.write_text(smk.output.config, yaml.safe_dump(dict(smk.config), sort_keys=False))
     # every summary file goes onto the parent run; the manifest, written last, records them
     tables = [path for key, path in smk.output.items() if key != "manifest"]
-    # tags, not params: the parent run outlives re-runs, and MLflow never changes a param
-    # the overview as a table MLflow shows, not a one-bar chart per cell
+    # the config as params (a changed config gets a new parent run: MLflow never changes a
+    # param); the overview as a table MLflow shows, not a one-bar chart per cell
     grid = record(smk, "aggregate", "grid", tags={
         "mlflow.source.git.commit": artifacts.git_commit(),
         **{f"versions.{k}": v for k, v in artifacts.versions().items()}},
+        params=mlflow_runs.config_params(dict(smk.config)),
         artifacts=tables, tables={"overview": smk.output.overview_csv})
     artifacts.write_manifest(smk.output.manifest, artifacts.manifest(
         "aggregate", settings, cells=[c.id for c in cells], **{mlflow_runs.RECORD_KEY: grid}), tables)

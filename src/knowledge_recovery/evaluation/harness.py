@@ -1,6 +1,7 @@
 """Evaluation with lm-eval on a model held in memory (a plain HF model or a PeftModel)."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -116,10 +117,19 @@ def split_samples(results: dict) -> tuple[dict, dict]:
 
 def tracked_metrics(results: dict) -> dict:
     """MLflow metrics of a cell's results: every `<task>.<metric>`, and `mean_acc` over the
-    tasks that report an accuracy."""
-    accs = [ms["acc"] for ms in results.values() if isinstance(ms.get("acc"), (int, float))]
-    return {**{f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()},
-            **({"mean_acc": sum(accs) / len(accs)} if accs else {})}
+    tasks that report an accuracy, with its 95% interval `mean_acc_low`/`mean_acc_high` (normal,
+    from lm-eval's per-task standard errors, the tasks' questions independent). The summary's
+    paired intervals (summary/comparisons.*) are the ones to compare cells by."""
+    scored = [ms for ms in results.values() if isinstance(ms.get("acc"), (int, float))]
+    out = {f"{t}.{m}": v for t, ms in results.items() for m, v in ms.items()}
+    if scored:
+        mean = sum(ms["acc"] for ms in scored) / len(scored)
+        out["mean_acc"] = mean
+        errors = [ms.get("acc_stderr") for ms in scored]
+        if all(isinstance(e, (int, float)) and math.isfinite(e) for e in errors):
+            half = 1.959964 * math.sqrt(sum(e * e for e in errors)) / len(scored)
+            out.update(mean_acc_low=mean - half, mean_acc_high=mean + half)
+    return out
 
 
 def evaluate_recovered(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed: int,

@@ -2,6 +2,7 @@
 "knowledge-recovery"), and how it scores a question's context once for all its answers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -121,6 +122,11 @@ def cache_rows(cache, index, last: bool = False):
     return cache
 
 
+def _bars_off() -> bool:
+    """Progress bars switched off for this process (the workflow's jobs: their logs are files)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
+
 @register_model(MODEL_NAME)
 class RecoveredLM(HFLM):
     """lm-eval's HFLM for a cell of the grid: a checkpoint with its recovery entry's adapter
@@ -177,7 +183,18 @@ class RecoveredLM(HFLM):
         # chose for each context, by context string: `per_question` records it
         self.choices: dict[str, int] = {}
 
+    # lm-eval passes `disable` to tqdm itself, which then ignores TQDM_DISABLE (job logs)
+    def loglikelihood(self, requests, disable_tqdm=False):
+        return super().loglikelihood(requests, disable_tqdm or _bars_off())
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        return super().loglikelihood_rolling(requests, disable_tqdm or _bars_off())
+
+    def generate_until(self, requests, disable_tqdm=False):
+        return super().generate_until(requests, disable_tqdm or _bars_off())
+
     def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
+        disable_tqdm = disable_tqdm or _bars_off()
         if self.backend != "causal":
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         out: list = [None] * len(requests)

@@ -147,7 +147,8 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=
         history = {"train_loss": [], "val_loss": [(0, val0)], "step_s": [], "routing": []}
         best = (val0, 0, trainable_state(model))
     bar = tqdm(range(start, steps + 1), initial=start - 1, total=steps, desc="train",
-               disable=not progress, mininterval=5, file=None)
+               disable=None if progress else True,  # None: off when not a terminal (a log)
+               mininterval=5, file=None)
     for step in bar:
         model.train()
         t0 = time.perf_counter()

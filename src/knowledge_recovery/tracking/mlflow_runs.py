@@ -135,7 +135,9 @@ def _log_values(client, run_id, rec: dict, results_dir: Path) -> None:
     from mlflow.entities import Metric, Param
 
     stamp = rec["end_ms"]
-    client.log_batch(run_id, params=[Param(k, v) for k, v in rec["params"].items()])
+    params = [Param(k, v) for k, v in rec["params"].items()]
+    for i in range(0, len(params), 100):  # log_batch takes at most 100 params
+        client.log_batch(run_id, params=params[i: i + 100])
     everything = [Metric(k, v, stamp, 0) for k, v in rec["metrics"].items()]
     everything += [Metric(name, v, stamp, s) for name, values in rec["series"].items()
                    for s, v in values]
@@ -187,12 +189,12 @@ def _log_step_run(client, exp_id, parent, rec: dict, results_dir: Path) -> str:
     return run_id
 
 
-def _log_grid_run(client, parent, rec: dict, results_dir: Path) -> str:
+def _log_grid_run(client, exp_id, parent, rec: dict, results_dir: Path) -> str:
     """The grid's summary onto the parent run, which then ends (a later run's steps reopen
-    nothing). The parent outlives re-runs of the grid and MLflow refuses to change a param:
-    a grid record carries tags and metrics, not params."""
-    if rec["params"]:
-        raise ValueError("a grid record has no params (the parent run's would be frozen)")
+    nothing). MLflow never changes a param, and the grid's params are its config: when the
+    config changed since the parent was made, the summary goes onto a new parent, the step runs
+    move under it, and the old parent is deleted."""
+    parent = _parent_with_params(client, exp_id, parent, rec["params"])
     _log_values(client, parent, rec, results_dir)
     kill_point("tracking:aggregate")
     for k, v in rec["tags"].items():
@@ -200,6 +202,36 @@ def _log_grid_run(client, parent, rec: dict, results_dir: Path) -> str:
     client.set_tag(parent, RECORD_TAG, record_digest(rec))
     client.set_terminated(parent, end_time=rec["end_ms"])
     return parent
+
+
+def _parent_with_params(client, exp_id, parent: str, params: dict) -> str:
+    """`parent`, if its params are `params` or it has none yet; else a new parent run holding
+    the experiment's step runs (the old one deleted)."""
+    logged = client.get_run(parent).data.params
+    if not logged or logged == params:
+        return parent
+    new = client.create_run(exp_id, run_name="grid", tags={ROLE_TAG: "grid"}).info.run_id
+    for runs in _step_runs(client, exp_id).values():
+        for run in runs:
+            client.set_tag(run.info.run_id, "mlflow.parentRunId", new)
+    client.delete_run(parent)
+    return new
+
+
+def config_params(config: dict) -> dict:
+    """A config as a grid run's params, prefixed as the step runs' are: entries of a list by
+    their id or name (`compression.gptq-w4-g128.bits`, `models.smollm2-135m.dtype`), other lists
+    as their text."""
+    def keyed(value):
+        if isinstance(value, dict):
+            return {k: keyed(v) for k, v in value.items()}
+        if isinstance(value, list) and value and all(
+                isinstance(v, dict) and ("id" in v or "name" in v) for v in value):
+            return {str(v.get("id", v.get("name"))): keyed({k: x for k, x in v.items()
+                                                           if k not in ("id", "name")})
+                    for v in value}
+        return value
+    return keyed(config)
 
 
 # SQLite refuses a writer while another holds the lock longer than its busy timeout: measured
@@ -255,7 +287,7 @@ def log_grid(results_dir, experiment: str, rec: dict) -> str | None:
 
     def log():
         client, exp_id, parent = _setup(results_dir, experiment)
-        _log_grid_run(client, parent, rec, results_dir)
+        parent = _log_grid_run(client, exp_id, parent, rec, results_dir)
         _purge_replaced(client, exp_id, results_dir)
         return parent
 
@@ -285,8 +317,8 @@ def _purge_replaced(client, exp_id: str, results_dir: Path) -> None:
     uri = tracking_uri(results_dir)
     if is_server(uri):
         return
-    replaced = [r.info.run_id for r in client.search_runs(
-        [exp_id], f"tags.`{ROLE_TAG}` = 'step'", run_view_type=ViewType.DELETED_ONLY,
+    replaced = [r.info.run_id for role in ("step", "grid") for r in client.search_runs(
+        [exp_id], f"tags.`{ROLE_TAG}` = '{role}'", run_view_type=ViewType.DELETED_ONLY,
         max_results=50000)]
     for i in range(0, len(replaced), 500):
         subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", uri,
@@ -351,7 +383,7 @@ def resync(results_dir, experiment: str, steps: list[dict], grid: dict | None,
             parent_run.data.tags.get(RECORD_TAG) == record_digest(grid)
         outcome["current" if fresh else "logged"].append("aggregate:grid")
         if not fresh and not dry_run:
-            _log_grid_run(client, parent_id, grid, results_dir)
+            _log_grid_run(client, exp_id, parent_id, grid, results_dir)
     if not dry_run and outcome["replaced"]:
         _purge_replaced(client, exp_id, results_dir)
     return outcome
