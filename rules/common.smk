@@ -5,7 +5,7 @@ from snakemake.settings.types import DeploymentMethod
 
 from knowledge_recovery.compression.entries import needs_calibration
 from knowledge_recovery.evaluation.task_formats import source_files
-from knowledge_recovery.pipeline.grid import compression_spec
+from knowledge_recovery.pipeline.grid import compression_spec, evaluation_settings
 from knowledge_recovery.pipeline.jobs import DIRECTORIES, Jobs
 from knowledge_recovery.pipeline.paths import unit
 

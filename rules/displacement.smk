@@ -25,7 +25,7 @@ rule represent:
     params:
         cell=cell_of,
         settings=config["displacement"],
-        dtype=config["evaluation"]["dtype"],
+        dtype=lambda w: evaluation_settings(config, w.model)["dtype"],
     threads: config["threads"]
     resources:
         mem_mb=8000,

@@ -6,7 +6,7 @@ rule evaluate:
     params:
         cell=cell_of,
         tasks=lambda w: [TASKS[t] for t in TASKS],
-        evaluation=config["evaluation"],
+        evaluation=lambda w: evaluation_settings(config, w.model),
     threads: config["threads"]
     resources:
         mem_mb=8000,

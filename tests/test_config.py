@@ -15,7 +15,9 @@ SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
 
 def test_default_config_is_valid_and_defaults_are_filled():
     config = load_config(REPO / "config.yaml", base_dir=REPO)
-    assert config["evaluation"]["dtype"] == "float32"
+    assert config["evaluation"]["dtype"] == "model"  # each model's own: float32 here
+    from knowledge_recovery.pipeline.grid import evaluation_settings
+    assert evaluation_settings(config, "smollm2-135m")["dtype"] == "float32"
     lora = next(r for r in config["recovery"] if r["method"] == "lora")
     # Shared training settings are merged into each trained recovery entry.
     assert lora["training"]["steps"] == config["training"]["steps"]

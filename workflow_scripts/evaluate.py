@@ -30,6 +30,7 @@ def _size_metrics() -> dict:
 
 with step(smk):
     model, tokenizer = checkpoints.load_checkpoint(smk.input.checkpoint, cfg["dtype"])
+    model_dtype = str(model.dtype).removeprefix("torch.")
     if cell.train_unit:
         model = adapters.load(model, cell.settings, smk.input.adapter)
     tasks = harness_tasks(smk.params.tasks)
@@ -43,7 +44,8 @@ with step(smk):
     results, samples = harness.split_samples(results)
     artifacts.write_json_gz(smk.output.samples, samples)
     out = artifacts.manifest("evaluate", {"cell": cell.id, **cell.axes, "evaluation": cfg},
-                             **timer.as_dict(), results=results)
+                             **timer.as_dict(), results=results,
+                             model_dtype=model_dtype)
     print(results)
     compression = next(c for c in smk.config["compression"] if c["id"] == cell.compression)
     # results.json is the step's manifest: its content hashed, and the samples file's

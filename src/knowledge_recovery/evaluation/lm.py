@@ -148,13 +148,13 @@ class RecoveredLM(HFLM):
       input token), whose batches go with an attention mask (`_score_whole`).
 
     `pretrained`: a model in memory (the pipeline) or a checkpoint folder (lm-eval's command
-    line, with `dtype`); `adapter`: a trained adapter folder, whose entry is read from the train
-    step's manifest beside it; `recovery`: the entry itself (in memory). Further keyword
-    arguments that are settings of the entry's method override it (IDP's `selection=random`);
-    the rest go to HFLM (`batch_size`, `device`)."""
+    line, with `dtype`, by default the checkpoint's own); `adapter`: a trained adapter folder,
+    whose entry is read from the train step's manifest beside it; `recovery`: the entry itself
+    (in memory). Further keyword arguments that are settings of the entry's method override it
+    (IDP's `selection=random`); the rest go to HFLM (`batch_size`, `device`)."""
 
     def __init__(self, pretrained, tokenizer=None, recovery: dict | None = None, adapter=None,
-                 dtype: str = "float32", shared_context: bool = True, **kwargs):
+                 dtype: str | None = None, shared_context: bool = True, **kwargs):
         from knowledge_recovery.registry import recovery_method
 
         if isinstance(pretrained, (str, Path)):
@@ -172,6 +172,9 @@ class RecoveredLM(HFLM):
             pretrained = adapters.load(pretrained, recovery, adapter)
             if record.prepare_evaluation:
                 record.prepare_evaluation(pretrained, record.parse(recovery))
+        # log-probabilities in float32 whatever the model's dtype (half-precision logits
+        # round a 0.6 nat answer gap to 0.004 steps)
+        kwargs.setdefault("softmax_dtype", "float32")
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
         self.padding_aware = record.padding_aware
         self.scorer = None

@@ -64,7 +64,9 @@ def tiny_random(spec: dict, seed: int):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(spec)), byte_tokenizer()
+    # initialised in float32, then cast: the same weights, rounded, whatever the dtype
+    model = AutoModelForCausalLM.from_config(tiny_config(spec))
+    return model.to(DTYPES[spec.get("dtype", "float32")]), byte_tokenizer()
 
 
 def from_gguf(path: Path, dtype: str):
@@ -113,12 +115,13 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_checkpoint(path, dtype: str = "float32", device=None):
-    """Load a checkpoint for training or evaluation on `device` (default: compute_device())."""
+def load_checkpoint(path, dtype: str | None = None, device=None):
+    """Load a checkpoint for training or evaluation on `device` (default: compute_device()), in
+    `dtype` (default: the dtype it was written in, which is its model's `dtype`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype] if dtype else "auto")
     model.to(device or compute_device())
     model.eval()
     return model, tokenizer

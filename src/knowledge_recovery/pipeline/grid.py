@@ -42,6 +42,15 @@ def compression_spec(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k not in ("export_packed", "deploy")}
 
 
+def evaluation_settings(config: dict, model: str) -> dict:
+    """The `evaluation:` settings of one model's cells: dtype `model` (the default) is the
+    model's own dtype, in which its checkpoints are written."""
+    settings = dict(config["evaluation"])
+    if settings["dtype"] == "model":
+        settings["dtype"] = next(m["dtype"] for m in config["models"] if m["name"] == model)
+    return settings
+
+
 def trained(config: dict) -> dict[str, dict]:
     """Adapters to train, by train id, with their training specs."""
     return {r["train_id"]: training_spec(r) for r in config["recovery"]
