@@ -122,6 +122,8 @@ CASES = [
     ("entry training override out of range", _set(("recovery", 3, "training"), {"steps": -1}),
      "recovery[3].training.steps", "0"),
     ("negative steps", _set(("training", "steps"), -1), "training.steps", "-1"),
+    ("convergence rule without its threshold", _set(("training", "stop_when"), {"window": 50}),
+     "training.stop_when", "min_improvement"),
     ("IDP curated pool without texts", _curated(None), "recovery[1].texts", "curated"),
     ("IDP curated pool, a text short", _curated([b"A text. " * 400]), "recovery[1].texts", "2 prompts"),
     ("IDP curated text file missing", _curated([b"A text. " * 400, None]),

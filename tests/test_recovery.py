@@ -73,6 +73,33 @@ def test_training_is_seeded(tiny, text):
     assert losses[0] == losses[1]
 
 
+def test_convergence_is_judged_on_the_best_loss_a_window_apart():
+    curve = [(0, 10.0), (10, 8.0), (20, 7.0), (30, 6.97), (40, 6.95), (50, 7.1)]
+    assert not training.converged(curve, 10, window=20, min_improvement=0.01)  # too early
+    assert not training.converged(curve, 20, window=20, min_improvement=0.01)  # 10 -> 7
+    assert not training.converged(curve, 30, window=20, min_improvement=0.01)  # 8 -> 6.97
+    assert training.converged(curve, 40, window=20, min_improvement=0.01)  # 7 -> 6.95: 0.7%
+    assert not training.converged(curve, 40, window=20, min_improvement=0.005)
+    assert training.converged(curve, 50, window=20, min_improvement=0.01)  # a worse point too
+
+
+def test_training_stops_once_converged_and_keeps_its_best_step(tiny, text):
+    """`stop_when`: a learning rate too small to move the loss converges at the first point a
+    window past the start; a useful one trains on."""
+    base, tok = tiny()
+    model = adapters.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 4})
+    stop = {"window": 10, "min_improvement": 0.01}
+    _, history = training.train(model, tok, text, {**CFG, "lr": 1e-9, "stop_when": stop}, seed=0,
+                                log=lambda *_: None)
+    assert history["stopped_step"] == 10 and len(history["train_loss"]) == 10
+    assert [s for s, _ in history["val_loss"]] == [0, 10]
+    base, tok = tiny()
+    model = adapters.attach(base, {"method": "prompt_tuning", "num_virtual_tokens": 4})
+    _, history = training.train(model, tok, text, {**CFG, "lr": 0.05, "stop_when": stop}, seed=0,
+                                log=lambda *_: None)
+    assert history.get("stopped_step", 30) > 10
+
+
 def test_too_little_text_is_a_clear_error(tiny):
     _, tok = tiny()
     with pytest.raises(ValueError, match="too few"):

@@ -46,9 +46,9 @@ with step(smk):
               "recovery": w.train_id, "seed": seed},
         params={"recovery": {k: v for k, v in spec.items() if k != "training"},
                 "training": spec["training"]},
-        metrics={k: manifest[k] if k in manifest else history[k]
+        metrics={k: manifest[k] if k in manifest else history.get(k)
                  for k in ("trainable_params", "adapter_bytes", "median_step_s", "wall_s", "cpu_s",
-                           "best_val_loss", "initial_val_loss", "best_step")},
+                           "best_val_loss", "initial_val_loss", "best_step", "stopped_step")},
         series={"train_loss": history["train_loss"], "val_loss": history["val_loss"]},
         artifacts=[smk.output.manifest]))
     artifacts.remove_state(smk.params.resume, results_root(smk))  # only now: outputs in place

@@ -71,6 +71,16 @@ def load_trainable_state(model, state: dict) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def converged(val_loss: list, step: int, window: int, min_improvement: float) -> bool:
+    """Whether the best validation loss up to `step` is less than `min_improvement` (a fraction)
+    below the best of `window` steps earlier. `val_loss`: [(step, loss)] in step order."""
+    earlier = [v for s, v in val_loss if s <= step - window]
+    if not earlier:
+        return False
+    then, now = min(earlier), min(v for s, v in val_loss if s <= step)
+    return then - now < min_improvement * abs(then)
+
+
 def _device(model):
     return next(model.parameters()).device
 
@@ -173,6 +183,12 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=
             log(f"step {step}/{steps} train_loss {loss.item():.4f} val_loss {val:.4f}")
             if val < best[0]:
                 best = (val, step, trainable_state(model))
+            if cfg.get("stop_when") and converged(history["val_loss"], step, **cfg["stop_when"]):
+                log(f"converged at step {step}: the best validation loss improved by less than "
+                    f"{cfg['stop_when']['min_improvement']:.1%} over the last "
+                    f"{cfg['stop_when']['window']} steps")
+                history["stopped_step"] = step
+                break
         if resume and step < steps and step % cfg.get("checkpoint_every", 50) == 0:
             resume.parent.mkdir(parents=True, exist_ok=True)
             tmp = resume.with_suffix(".tmp")
