@@ -27,6 +27,7 @@ REPORTED = {
     "overview_csv": ("Tables", "overview", "overview"),
     "csv": ("Tables", "results", "every cell x task"),
     "comparisons_csv": ("Comparisons", "comparisons", "paired comparisons"),
+    "claims_markdown": ("Comparisons", "claims", "the paper's claims, tested"),
     "displacement_markdown": ("Comparisons", "displacement", "forgotten or displaced"),
     "cka_plot": ("Plots", "cka", "representation vs dense per layer"),
     "latency_plot": ("Plots", "accuracy_vs_latency", "accuracy vs latency"),

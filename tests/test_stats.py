@@ -102,3 +102,66 @@ def test_pooling_over_seeds_counts_the_spread_between_seeds():
     assert same["high"] - same["low"] == pytest.approx(one["high"] - one["low"], abs=0.02)
     assert spread["high"] - spread["low"] > 1.5 * (same["high"] - same["low"])
     assert spread["questions"] == 200 and spread["significant"]
+
+
+def test_a_claim_verdict_and_the_questions_that_would_resolve_it():
+    from knowledge_recovery.analysis.claims import verdict
+
+    assert verdict("greater", 0, 0.05, 0.02, 0.08, 1000) == ("supported", None)
+    assert verdict("greater", 0, -0.05, -0.08, -0.02, 1000) == ("contradicted", None)
+    assert verdict("less", 0, -0.05, -0.08, -0.02, 1000) == ("supported", None)
+    # +0.01 +- 0.02 at 1,000 questions: +-0.01 takes 4x the questions
+    assert verdict("greater", 0, 0.01, -0.01, 0.03, 1000) == ("not resolved", 4000)
+    # not worse by more than 0.02: -0.01 [-0.03, +0.01] is not resolved; [-0.015, -0.005] is
+    assert verdict("not_worse", 0.02, -0.01, -0.03, 0.01, 1000) == ("not resolved", 4000)
+    assert verdict("not_worse", 0.02, -0.01, -0.015, -0.005, 1000) == ("supported", None)
+    assert verdict("not_worse", 0.02, -0.05, -0.07, -0.03, 1000) == ("contradicted", None)
+    assert verdict("equal", 0.02, 0.0, -0.01, 0.01, 1000) == ("supported", None)
+    assert verdict("equal", 0.02, 0.05, 0.03, 0.07, 1000) == ("contradicted", None)
+    assert verdict("greater", 0, 0.0, -0.02, 0.02, 1000) == ("not resolved", None)
+    from knowledge_recovery.analysis.claims import leaning
+    assert leaning("greater", 0, -0.027) == "contradicted" and leaning("less", 0, -0.1) == "supported"
+    assert leaning("not_worse", 0.01, -0.007) == "supported"
+    assert leaning("equal", 0.02, 0.03) == "contradicted"
+
+
+def test_claims_pair_cells_of_two_entries_and_are_refused_for_unknown_ids():
+    from knowledge_recovery.analysis.claims import claim_table, pairs
+    from knowledge_recovery.errors import ConfigError
+
+    raw = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    raw["compression"].append({"method": "magnitude", "sparsity": 0.5})
+    raw["claims"] = [
+        {"claim": "compression loses knowledge", "base": {"compression": "dense", "recovery": "none"},
+         "other": {"recovery": "none"}, "expect": "less", "by_group": True},
+        {"claim": "IDP at least as good as LoRA", "base": {"recovery": "lora-r2"},
+         "other": {"recovery": "idp-m2-n4-routed"}, "expect": "not_worse", "margin": 0.02}]
+    config = load_config(raw, check_models=False)
+    grid = cells(config)
+    lost = pairs(config["claims"][0], grid)
+    assert [(b.id, o.id) for b, o in lost] == [
+        ("tiny-llama/dense/none", "tiny-llama/gptq-w4-g32-sym/none"),
+        ("tiny-llama/dense/none", "tiny-llama/magnitude-s0.5/none")]
+    versus = pairs(config["claims"][1], grid)
+    assert [(b.id, o.id) for b, o in versus] == [
+        ("tiny-llama/gptq-w4-g32-sym/lora-r2/seed0", "tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed/seed0"),
+        ("tiny-llama/magnitude-s0.5/lora-r2/seed0", "tiny-llama/magnitude-s0.5/idp-m2-n4-routed/seed0")]
+    # dense knows everything, compression forgets a third of task a; the adapters tie
+    right = {"a": (list(range(90)), [1] * 90), "b": (list(range(60)), [1] * 60)}
+    lossy = {"a": (list(range(90)), [1] * 60 + [0] * 30), "b": (list(range(60)), [1] * 60)}
+    records = {c.id: right if c.compression == "dense" else lossy for c in grid}
+    table = claim_table(config["claims"], grid, records, {"a": "A", "b": "B"},
+                        config["statistics"])
+    first = table[table.claim == "compression loses knowledge"]
+    assert list(first.group) == ["all", "A", "B"] * 2
+    row = first.iloc[0]
+    assert row.difference == pytest.approx(-1 / 6) and row.verdict == "supported"
+    assert row.questions == 150
+    assert list(first[first.group == "B"].verdict) == ["not resolved"] * 2  # no difference in B
+    tie = table[table.claim == "IDP at least as good as LoRA"]
+    assert list(tie.verdict) == ["supported"] * 2 and (tie.difference == 0).all()
+
+    raw["claims"][1]["other"]["recovery"] = "idp-m2"
+    with pytest.raises(ConfigError) as err:
+        load_config(raw, check_models=False)
+    assert err.value.key == "claims[1].other.recovery" and "idp-m2-n4-routed" in str(err.value)

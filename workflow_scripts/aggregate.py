@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from knowledge_recovery import artifacts
-from knowledge_recovery.analysis import aggregate, displacement
+from knowledge_recovery.analysis import aggregate, claims, displacement
 from knowledge_recovery.evaluation.tasks import result_groups
 from knowledge_recovery.pipeline.grid import by_id
 from knowledge_recovery.pipeline.jobs import Jobs
@@ -61,6 +61,12 @@ with step(smk):
         compared.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.comparisons_markdown,
                          aggregate.comparisons_markdown(compared, settings["confidence"]))
+    tested = claims.claim_table(smk.config["claims"], cells, {
+        c.id: aggregate.correctness(f) for c, f in zip(cells, smk.input.samples)}, groups, settings)
+    with artifacts.atomic_path(smk.output.claims_csv) as tmp:
+        tested.to_csv(tmp, index=False)
+    artifacts.write_text(smk.output.claims_markdown,
+                         claims.markdown(tested, settings["confidence"]))
     selection = aggregate.selection_table(cells, smk.input.samples)
     with artifacts.atomic_path(smk.output.selection_csv) as tmp:
         selection.to_csv(tmp, index=False)

@@ -21,7 +21,8 @@ from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.paths import Layout
 
 REPO = Path(__file__).resolve().parents[3]
-SHOWN = ("overview_markdown", "comparisons_markdown", "selection_markdown", "displacement_markdown",
+SHOWN = ("overview_markdown", "comparisons_markdown", "claims_markdown", "selection_markdown",
+         "displacement_markdown",
          "markdown", "plot",
          "accuracy_vs_compression_plot", "recovery_ratio_plot", "pareto_plot", "cka_plot",
          "latency_plot", "deployment_markdown", "manifest")

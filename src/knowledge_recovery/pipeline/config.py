@@ -130,6 +130,15 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
         raise ConfigError("statistics.reference", f"{config['statistics']['reference']!r} is not a "
                           f"recovery method (one of {sorted(recovery_methods())})")
 
+    ids = {"recovery": {r["id"] for r in config["recovery"]},
+           "compression": {c["id"] for c in config["compression"]}}
+    for i, claim in enumerate(config["claims"]):
+        for side in ("base", "other"):
+            for what, value in claim[side].items():
+                if value not in ids[what]:
+                    raise ConfigError(f"claims[{i}].{side}.{what}", f"{value!r} is not the id of "
+                                      f"a {what} entry (ids: {sorted(ids[what])})")
+
     _unique([t["name"] for t in config["tasks"]], "tasks", "name")
     for i, t in enumerate(config["tasks"]):
         if t["type"] == "local":

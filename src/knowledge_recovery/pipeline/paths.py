@@ -131,6 +131,8 @@ class Layout:
                 "plot": f"{self.root}/summary/mean_acc.png",
                 "comparisons_csv": f"{self.root}/summary/comparisons.csv",
                 "comparisons_markdown": f"{self.root}/summary/comparisons.md",
+                "claims_csv": f"{self.root}/summary/claims.csv",
+                "claims_markdown": f"{self.root}/summary/claims.md",
                 "selection_csv": f"{self.root}/summary/selection.csv",
                 "selection_markdown": f"{self.root}/summary/selection.md",
                 # per model x compression x recovery: task groups, recovery ratio, sizes
