@@ -98,3 +98,15 @@ def test_the_summary_plots_are_drawn(tmp_path):
         path = tmp_path / f"{name}.png"
         draw(data, path)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_accuracy_plot_takes_any_number_of_models(tmp_path):
+    """One dense line per model (faded one after another): six models drew a line at a negative
+    opacity, and matplotlib refused it (found by the half-precision grid)."""
+    rows = [{"cell": f"m{i}/dense/none", "model": f"m{i}", "compression": "dense",
+             "recovery": "none", "seed": "", "task": "t", "metric": "acc", "value": 0.5,
+             "stderr": 0.01} for i in range(8)]
+    path = tmp_path / "mean_acc.png"
+    aggregate.plot(pd.DataFrame(rows), path, chance_level=0.25,
+                   dense_cells=[r["cell"] for r in rows])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -276,7 +276,8 @@ def plot(df: pd.DataFrame, path: Path, metric: str = METRIC, chance_level: float
     handles = [Patch(color=f"C{i}", label=name) for i, name in enumerate(names)]
     for k, cell in enumerate(c for c in dense_cells if c in wide.index):
         handles.append(ax.axhline(wide.loc[cell, "mean"], color="k", linestyle="--",
-                                  linewidth=1, alpha=1 - 0.3 * k, label=f"dense: {cell}"))
+                                  linewidth=1, alpha=1 / (1 + 0.6 * k),  # any number of models
+                                  label=f"dense: {cell}"))
     if chance_level is not None:
         handles.append(ax.axhline(chance_level, color="grey", linestyle=":", linewidth=1,
                                   label=f"chance ({chance_level:.2f})"))
