@@ -10,7 +10,7 @@ from pathlib import Path
 
 from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.paths import Layout
-from knowledge_recovery.tracking.mlflow_runs import tracking_uri
+from knowledge_recovery.tracking.mlflow_runs import CELLS_VIEW, tracking_uri
 
 
 def main(argv=None) -> int:
@@ -32,15 +32,19 @@ def main(argv=None) -> int:
           f"{tracking_uri(layout.root)} --host 127.0.0.1 --port 5000")
     experiment = _experiment_id(layout.root, config["experiment"])
     if experiment is not None:
-        print(f"then open the runs table: {runs_url('http://127.0.0.1:5000', experiment)}")
+        print(f"then open the runs table: "
+              f"{runs_url('http://127.0.0.1:5000', experiment, CELLS_VIEW)}")
     return 0
 
 
-def runs_url(base: str, experiment: str) -> str:
+def runs_url(base: str, experiment: str, view: str | None = None) -> str:
     """The runs table of an experiment in MLflow's model-training view: MLflow 3 (3.17) opens
     its GenAI view unless the URL says `workflowType=machine_learning` or the browser chose
-    "Model training" once (the experiment's `mlflow.experimentKind` tag does not switch it)."""
-    return f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    "Model training" once (the experiment's `mlflow.experimentKind` tag does not switch it).
+    `view`: a view the experiment keeps (`tracking.mlflow_runs.CELLS_VIEW`: the evaluate runs,
+    best first, with their axes, accuracy interval and cost as columns)."""
+    shared = f"viewStateShareKey={view}&" if view else ""
+    return f"{base}/#/experiments/{experiment}/runs?{shared}workflowType=machine_learning"
 
 
 def _experiment_id(root, name: str) -> str | None:

@@ -31,6 +31,18 @@ RECORD_KEY = "tracking"          # manifest key holding the step's record
 # MLflow's declared kind of an experiment (model training, not GenAI); MLflow 3.17's UI still
 # opens its GenAI view unless the URL says otherwise (cli.show.runs_url)
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+# A view of the runs table MLflow's UI opens from a URL (`?viewStateShareKey=cells`, which
+# `cli.show.runs_url` prints): the evaluate runs, best first, with what differs and what they
+# cost as columns. Kept as an experiment tag, where MLflow 3.17 reads shared views.
+CELLS_VIEW = "cells"
+VIEW_TAG = f"mlflow.sharedViewState.{CELLS_VIEW}"
+VIEW = json.dumps({
+    "searchFilter": "tags.step = 'evaluate'", "orderByKey": "metrics.`mean_acc`",
+    "orderByAsc": False,
+    "selectedColumns": ["tags.`model`", "tags.`compression`", "tags.`recovery`", "tags.`seed`",
+                        "metrics.`mean_acc`", "metrics.`mean_acc_low`", "metrics.`mean_acc_high`",
+                        "metrics.`compression.bits_per_weight`", "metrics.`compression.sparsity`",
+                        "metrics.`recovery.trainable_params`"]})
 # How a step's run is named: its verb, then what differs between its runs
 VERBS = {"evaluate": "eval", "download_model": "download", "download_text": "download text",
          "prepare_task": "task", "deploy_prompt": "deploy", "deploy_latency": "latency"}
@@ -119,11 +131,12 @@ def _setup(results_dir: Path, experiment: str, client=None):
             # the SQLite store keeps them beside itself.
             where = None if is_server(uri) else (results_dir / "mlartifacts").resolve().as_uri()
             exp_id = client.create_experiment(experiment, artifact_location=where,
-                                              tags={KIND_TAG: KIND})
+                                              tags={KIND_TAG: KIND, VIEW_TAG: VIEW})
         else:
             exp_id = exp.experiment_id
-            if exp.tags.get(KIND_TAG) != KIND:  # stores made before the tag
-                client.set_experiment_tag(exp_id, KIND_TAG, KIND)
+            for tag, value in ((KIND_TAG, KIND), (VIEW_TAG, VIEW)):
+                if exp.tags.get(tag) != value:  # stores made before the tag
+                    client.set_experiment_tag(exp_id, tag, value)
         parents = client.search_runs([exp_id], f"tags.`{ROLE_TAG}` = 'grid'", max_results=1)
         parent = parents[0].info.run_id if parents else client.create_run(
             exp_id, run_name="grid", tags={ROLE_TAG: "grid"}).info.run_id
