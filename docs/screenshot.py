@@ -1,11 +1,10 @@
-"""The MLflow screenshots in the docs, from a finished grid's own store, in headless chromium.
+"""The MLflow screenshot in the docs, from a finished grid's own store, in headless chromium.
 
     .venv/bin/python docs/screenshot.py --configfile config/idp.yaml
 
 Starts `mlflow ui` on the results folder's store (a free port, stopped after), opens the runs
 table at the URL `make run` prints (cli.show.runs_url: the evaluate runs, best first, with their
-columns) and the grid run's page, and writes
-docs/img/mlflow-<experiment>-runs.png and -grid.png (1600 x 1000). Needs chromium.
+columns), and writes docs/img/mlflow-<experiment>-runs.png (1600 x 1000). Needs chromium.
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from pathlib import Path
 from knowledge_recovery.cli.show import runs_url
 from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.paths import Layout
-from knowledge_recovery.tracking.mlflow_runs import CELLS_VIEW, ROLE_TAG, tracking_uri
+from knowledge_recovery.tracking.mlflow_runs import CELLS_VIEW, VIEW, VIEW_TAG, tracking_uri
 from knowledge_recovery.tracking.mlflow_server import free_port, wait_until_up
 
 DOCS = Path(__file__).resolve().parent
@@ -51,7 +50,8 @@ def main(argv=None) -> int:
     experiment = client.get_experiment_by_name(config["experiment"])
     if experiment is None:
         sys.exit(f"no experiment {config['experiment']!r} in {store}: run the grid first")
-    (grid,) = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = 'grid'")
+    # the view as this code defines it (a store's next logging step would set it too)
+    client.set_experiment_tag(experiment.experiment_id, VIEW_TAG, VIEW)
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
                            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -67,8 +67,6 @@ def main(argv=None) -> int:
             # the URL `make run` prints: the evaluate runs, best first, with their columns
             shoot(browser, runs_url(base, experiment.experiment_id, CELLS_VIEW),
                   out / f"mlflow-{name}-runs.png", Path(profile))
-            shoot(browser, f"{base}/#/experiments/{experiment.experiment_id}/runs/"
-                           f"{grid.info.run_id}", out / f"mlflow-{name}-grid.png", Path(profile))
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)

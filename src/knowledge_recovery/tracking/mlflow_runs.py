@@ -36,13 +36,14 @@ KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # cost as columns. Kept as an experiment tag, where MLflow 3.17 reads shared views.
 CELLS_VIEW = "cells"
 VIEW_TAG = f"mlflow.sharedViewState.{CELLS_VIEW}"
+_VIEW_COLUMNS = ["tags.`recovery`", "tags.`compression`", "metrics.`mean_acc`",
+                 "metrics.`mean_acc_low`", "metrics.`mean_acc_high`",
+                 "metrics.`recovery.trainable_params`", "metrics.`compression.bits_per_weight`",
+                 "metrics.`compression.sparsity`", "tags.`model`", "tags.`seed`"]
 VIEW = json.dumps({
     "searchFilter": "tags.step = 'evaluate'", "orderByKey": "metrics.`mean_acc`",
-    "orderByAsc": False,
-    "selectedColumns": ["tags.`model`", "tags.`compression`", "tags.`recovery`", "tags.`seed`",
-                        "metrics.`mean_acc`", "metrics.`mean_acc_low`", "metrics.`mean_acc_high`",
-                        "metrics.`compression.bits_per_weight`", "metrics.`compression.sparsity`",
-                        "metrics.`recovery.trainable_params`"]})
+    "orderByAsc": False, "selectedColumns": _VIEW_COLUMNS, "columnOrder": _VIEW_COLUMNS,
+    "columnWidths": {"tags.`recovery`": 250, "tags.`compression`": 170}})
 # How a step's run is named: its verb, then what differs between its runs
 VERBS = {"evaluate": "eval", "download_model": "download", "download_text": "download text",
          "prepare_task": "task", "deploy_prompt": "deploy", "deploy_latency": "latency"}
