@@ -193,6 +193,8 @@ def test_the_grid_run_holds_the_config_and_a_changed_config_gets_a_new_parent(st
     assert params["compression"]["rtn-w4"] == {"method": "rtn", "bits": 4}
     assert params["models"]["m"] == {"dtype": "float32"}
     assert params["tasks"]["kp"] == {"relations": ["a", "b"]}
+    twice = [{"source": "builtin", "name": "t"}, {"source": "builtin", "name": "t"}]
+    assert mlflow_runs.config_params({"texts": twice}) == {"texts": twice}  # not one key
 
     def grid(cfg):
         return mlflow_runs.record(store, "aggregate", "grid", params=mlflow_runs.config_params(cfg))

@@ -239,12 +239,12 @@ def config_params(config: dict) -> dict:
     def keyed(value):
         if isinstance(value, dict):
             return {k: keyed(v) for k, v in value.items()}
-        if isinstance(value, list) and value and all(
-                isinstance(v, dict) and ("id" in v or "name" in v) for v in value):
-            return {str(v.get("id", v.get("name"))): keyed({k: x for k, x in v.items()
-                                                           if k not in ("id", "name")})
-                    for v in value}
-        return value
+        keys = [str(v.get("id", v.get("name"))) if isinstance(v, dict) else None
+                for v in value] if isinstance(value, list) else []
+        if keys and None not in keys and "None" not in keys and len(set(keys)) == len(keys):
+            return {key: keyed({k: x for k, x in v.items() if k not in ("id", "name")})
+                    for key, v in zip(keys, value)}
+        return value  # entries without a unique id or name: the list as its text
     return keyed(config)
 
 
