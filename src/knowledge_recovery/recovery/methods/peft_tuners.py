@@ -4,7 +4,9 @@ the model). Adapters are saved and loaded with peft's save_pretrained / PeftMode
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from knowledge_recovery.recovery.entries import TrainedSettings
@@ -39,6 +41,14 @@ def register_peft(name: str, config_class: str, config_kwargs, settings: type, s
 
 def _save(model, path) -> None:
     model.save_pretrained(path)
+    # peft keeps module names in sets and writes them in hash order, which differs from process
+    # to process: sorted, the same adapter is the same bytes (peft reads them back as sets)
+    for config in Path(path).rglob("adapter_config.json"):
+        data = json.loads(config.read_text())
+        for key in ("target_modules", "feedforward_modules", "modules_to_save", "exclude_modules"):
+            if isinstance(data.get(key), list):
+                data[key] = sorted(data[key])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _load(base, path):
