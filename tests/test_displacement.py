@@ -52,8 +52,9 @@ def _analyse(tmp_path, right):
     grid_cells = _grid()
     files = _write(tmp_path, grid_cells, right)
     settings = {"resamples": 2000, "seed": 0, "confidence": 0.95, "reference": "lora"}
-    compared = aggregate.compare(grid_cells, files, settings)
-    rows, recovered = displacement.example_level(grid_cells, files)
+    records = {c.id: aggregate.correctness(f) for c, f in zip(grid_cells, files)}
+    compared = aggregate.compare(grid_cells, records, settings)
+    rows, recovered = displacement.example_level(grid_cells, records)
     pairs = displacement.overlap(rows, recovered)
     return rows, pairs, displacement.reading(rows, pairs, compared, 0.95, "lora")
 

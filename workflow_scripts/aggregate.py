@@ -55,14 +55,16 @@ with step(smk):
             draw(data, tmp)
     settings = smk.config["statistics"]
     params = df.drop_duplicates("cell").set_index("cell")["trainable_params"]
-    compared = aggregate.compare(cells, smk.input.samples, settings,
+    # every cell's per-question correctness, read once for the comparisons, claims and
+    # displacement below
+    records = {c.id: aggregate.correctness(f) for c, f in zip(cells, smk.input.samples)}
+    compared = aggregate.compare(cells, records, settings,
                                  budget=lambda c: params.get(c.id) or None)
     with artifacts.atomic_path(smk.output.comparisons_csv) as tmp:
         compared.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.comparisons_markdown,
                          aggregate.comparisons_markdown(compared, settings["confidence"]))
-    tested = claims.claim_table(smk.config["claims"], cells, {
-        c.id: aggregate.correctness(f) for c, f in zip(cells, smk.input.samples)}, groups, settings)
+    tested = claims.claim_table(smk.config["claims"], cells, records, groups, settings)
     with artifacts.atomic_path(smk.output.claims_csv) as tmp:
         tested.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.claims_markdown,
@@ -71,7 +73,7 @@ with step(smk):
     with artifacts.atomic_path(smk.output.selection_csv) as tmp:
         selection.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.selection_markdown, aggregate.selection_markdown(selection))
-    rows, recovered = displacement.example_level(cells, smk.input.samples)
+    rows, recovered = displacement.example_level(cells, records)
     pairs = displacement.overlap(rows, recovered)
     for frame, path in ((rows, smk.output.displacement_csv), (pairs, smk.output.overlap_csv)):
         with artifacts.atomic_path(path) as tmp:

@@ -49,8 +49,9 @@ def chance(samples_files) -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
-def compare(cells: list, samples_files: list, settings: dict, budget=None) -> pd.DataFrame:
-    """Every comparison of `stats.comparisons`, paired on the same questions: per task and on
+def compare(cells: list, records: dict, settings: dict, budget=None) -> pd.DataFrame:
+    """Every comparison of `stats.comparisons`, paired on the same questions (`records`: each
+    cell's `correctness`, by cell id): per task and on
     the mean over tasks, the difference, its interval, whether it excludes zero, McNemar's p.
     Where an entry was trained with several seeds, its comparisons are also pooled over them
     (`stats.pooled_bootstrap`; base and other named without the seed, `seeds` > 1).
@@ -58,7 +59,6 @@ def compare(cells: list, samples_files: list, settings: dict, budget=None) -> pd
     of a pair's budgets over the smaller is its `budget_ratio`."""
     from knowledge_recovery.analysis import stats
 
-    records = {c.id: correctness(f) for c, f in zip(cells, samples_files)}
     rows, pooled, ratios = [], {}, {}
     for kind, base, other in stats.comparisons(cells, settings["reference"], budget):
         a, b = records[base.id], records[other.id]

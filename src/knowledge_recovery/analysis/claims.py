@@ -47,41 +47,41 @@ def pairs(claim: dict, cells: list) -> list[tuple]:
     return out
 
 
+def _claim_side(expect: str, margin: float, difference: float) -> float:
+    """How far `difference` lies on the claim's side of its boundary (negative: the other side):
+    above 0, -margin or below 0 for greater, not_worse and less; inside +-margin for equal."""
+    if expect == "equal":
+        return margin - abs(difference)
+    if expect == "less":
+        difference = -difference
+    return difference - (-margin if expect == "not_worse" else 0.0)
+
+
 def verdict(expect: str, margin: float, difference: float, low: float, high: float,
             questions: int) -> tuple[str, int | None]:
-    """(supported | contradicted | not resolved, questions that would resolve it or None).
+    """(supported | contradicted | not resolved, questions that would resolve it or None): the
+    interval wholly on the claim's side of its boundary, wholly on the other, or across it.
     Which way more questions would resolve it: `leaning`."""
-    if expect == "less":  # mirror onto "greater"
-        difference, low, high = -difference, -high, -low
-    bound = -margin if expect == "not_worse" else 0.0
     if expect == "equal":
-        if -margin < low and high < margin:
-            return "supported", None
-        if low > margin or high < -margin:
-            return "contradicted", None
-        # to resolve: the interval inside (-margin, margin), or wholly outside it
-        gap = min(margin - abs(difference), abs(difference) - margin, key=abs)
+        supported, contradicted = -margin < low and high < margin, low > margin or high < -margin
     else:
-        if low > bound:
-            return "supported", None
-        if high < bound:
-            return "contradicted", None
-        gap = difference - bound
-    half = (high - low) / 2
+        # the interval's ends, on the claim's side of the boundary (one interval end each)
+        ends = sorted(_claim_side(expect, margin, x) for x in (low, high))
+        supported, contradicted = ends[0] > 0, ends[1] < 0
+    if supported:
+        return "supported", None
+    if contradicted:
+        return "contradicted", None
+    gap, half = abs(_claim_side(expect, margin, difference)), (high - low) / 2
     if gap == 0 or half <= 0:
         return "not resolved", None
-    return "not resolved", math.ceil(questions * (half / abs(gap)) ** 2)
+    return "not resolved", math.ceil(questions * (half / gap) ** 2)
 
 
 def leaning(expect: str, margin: float, difference: float) -> str:
     """The verdict the measured difference points to (what more questions would show if it
     held)."""
-    if expect == "equal":
-        return "supported" if abs(difference) < margin else "contradicted"
-    if expect == "less":
-        difference = -difference
-    bound = -margin if expect == "not_worse" else 0.0
-    return "supported" if difference > bound else "contradicted"
+    return "supported" if _claim_side(expect, margin, difference) > 0 else "contradicted"
 
 
 def claim_table(claims: list[dict], cells: list, correctness: dict, groups: dict,

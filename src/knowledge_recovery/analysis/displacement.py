@@ -10,26 +10,26 @@ import itertools
 
 import pandas as pd
 
-from knowledge_recovery.analysis.aggregate import correctness, figure
+from knowledge_recovery.analysis.aggregate import figure
 from knowledge_recovery.analysis.stats import baselines, reference_kind
 from knowledge_recovery.registry import recovery_method
 
 
-def _right(samples_file) -> dict[tuple, int]:
-    return {(task, doc): r for task, (docs, rs) in correctness(samples_file).items()
-            for doc, r in zip(docs, rs)}
+def _right(record: dict) -> dict[tuple, int]:
+    return {(task, doc): r for task, (docs, rs) in record.items() for doc, r in zip(docs, rs)}
 
 
 def _side(cell) -> str:
     return recovery_method(cell.settings["method"]).side or ""
 
 
-def example_level(cells: list, samples_files: list) -> tuple[pd.DataFrame, dict]:
+def example_level(cells: list, records: dict) -> tuple[pd.DataFrame, dict]:
     """One row per trained cell on a compressed model whose dense and untrained compressed cells
     are in the grid: questions lost by compression and the share this cell recovers; questions
     the compressed model answers and the share this cell breaks. Also returns, by cell id, the
-    set of lost questions it recovers (for `overlap`)."""
-    right = {c.id: _right(f) for c, f in zip(cells, samples_files)}
+    set of lost questions it recovers (for `overlap`). `records`: each cell's
+    `aggregate.correctness`, by cell id."""
+    right = {c.id: _right(records[c.id]) for c in cells}
     dense, untrained = baselines(cells)
     rows, recovered_sets = [], {}
     for c in cells:
