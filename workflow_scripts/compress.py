@@ -34,7 +34,7 @@ with step(smk):
         with artifacts.atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     manifest = artifacts.manifest("compress", spec, **timer.as_dict(), **stats, calibration=calib,
-                                  dtype=str(model.dtype).removeprefix("torch."),
+                                  dtype=checkpoints.dtype_name(model),
                                   checkpoint_bytes=artifacts.dir_bytes(smk.output.checkpoint))
     summary = {k: manifest[k] for k in ("sparsity", "effective_bits_per_weight", "packed_bytes",
                                         "compressed_params", "wall_s", "cpu_s")}

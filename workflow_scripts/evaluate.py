@@ -30,7 +30,7 @@ def _size_metrics() -> dict:
 
 with step(smk):
     model, tokenizer = checkpoints.load_checkpoint(smk.input.checkpoint, cfg["dtype"])
-    model_dtype = str(model.dtype).removeprefix("torch.")
+    model_dtype = checkpoints.dtype_name(model)
     if cell.train_unit:
         model = adapters.load(model, cell.settings, smk.input.adapter)
     tasks = harness_tasks(smk.params.tasks)

@@ -38,7 +38,7 @@ with step(smk):
         trainable_params=adapters.trainable_parameters(model),
         adapter_bytes=artifacts.dir_bytes(smk.output.adapter),
         median_step_s=step_s[len(step_s) // 2] if step_s else None,
-        base_zero_weights=zeros_before, base_dtype=str(base.dtype).removeprefix("torch."))
+        base_zero_weights=zeros_before, base_dtype=checkpoints.dtype_name(base))
     key = f"{w.model}/{w.compression}/{unit(w.train_id, seed)}"
     finish(smk, smk.output.manifest, manifest, [smk.output.adapter], record(
         smk, "train", key,

@@ -197,7 +197,7 @@ class RecoveredLM(HFLM):
         return super().generate_until(requests, disable_tqdm or _bars_off())
 
     def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
-        disable_tqdm = disable_tqdm or _bars_off()
+        disable_tqdm = disable_tqdm or _bars_off()  # rolling windows pass disable_tqdm=False
         if self.backend != "causal":
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
         out: list = [None] * len(requests)

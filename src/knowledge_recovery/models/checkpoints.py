@@ -105,6 +105,11 @@ def acquire(spec: dict, seed: int = 0):
     return model, tokenizer, {}
 
 
+def dtype_name(model) -> str:
+    """The model's dtype as the config names it (`bfloat16`): what manifests record."""
+    return str(model.dtype).removeprefix("torch.")
+
+
 def save_checkpoint(model, tokenizer, path) -> None:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
