@@ -439,8 +439,9 @@ def test_changing_one_setting_reruns_only_what_it_affects(finished):
     assert job_counts(out.stdout) == {"train": 1, "evaluate": 1, "represent": 1, "aggregate": 1}
 
 
-def test_a_packed_export_adds_only_the_pack_job(finished):
-    workdir, _, _ = finished
+def test_a_packed_export_adds_only_the_pack_job(tmp_path, finished):
+    # On a copy: the shared finished folder stays the uninterrupted run the kill tests compare with.
+    workdir = _copy_run(finished, tmp_path / "run")
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     config["compression"][1]["export_packed"] = True
     changed = workdir / "packed.yaml"
