@@ -24,6 +24,7 @@ REPORTED = {
     "accuracy_vs_compression_plot": ("Plots", "accuracy_vs_compression", "accuracy vs bits"),
     "recovery_ratio_plot": ("Plots", "recovery_ratio", "recovery ratio per task"),
     "pareto_plot": ("Plots", "pareto", "accuracy vs extra parameters"),
+    "training_plot": ("Plots", "training", "validation loss while training"),
     "overview_csv": ("Tables", "overview", "overview"),
     "csv": ("Tables", "results", "every cell x task"),
     "comparisons_csv": ("Comparisons", "comparisons", "paired comparisons"),

@@ -95,17 +95,12 @@ def test_no_loss_and_no_recovery_readings(tmp_path):
 
 def test_layer_table_and_plot_without_prompt_methods(tmp_path):
     """Only weight-side recoveries traced: no attention column values, the plot still draws."""
-    from knowledge_recovery.artifacts import write_json
-
     grid_cells = _grid()
     traced = [c for c in grid_cells if c.recovery in ("none", "lora-r2") and "gptq" in c.compression]
-    files = []
-    for i in range(len(traced)):
-        f = tmp_path / f"{i}.json"
-        write_json(f, {"layers": [0, 1, 2], "cka": [1.0, 0.9, 0.8], "attention_to_prompt": None,
-                       "latency": {"cell_over_dense": 1.1, "cell_ms": 2.0, "dense_ms": 1.8}})
-        files.append(f)
-    layers = displacement.layer_table(traced, files)
+    traces = {c.id: {"layers": [0, 1, 2], "cka": [1.0, 0.9, 0.8], "attention_to_prompt": None,
+                     "latency": {"1": {"cell_over_dense": 1.1, "cell_ms": 2.0, "dense_ms": 1.8}}}
+              for c in traced}
+    layers = displacement.layer_table(traced, traces)
     assert len(layers) == 6 and layers.attention_to_prompt.isna().all()
     displacement.plot_cka(layers, tmp_path / "cka.png")
     assert (tmp_path / "cka.png").read_bytes()[:4] == b"\x89PNG"

@@ -72,10 +72,20 @@ def test_a_model_is_its_own_reference(tiny):
     model, tok = tiny(seed=3)
     found = representation.analyse(model, model, tok, ["Question: what?\nAnswer:", "A b c d."],
                                    {"max_tokens": 16, "batch_size": 2, "timing_inputs": 1,
-                                    "timing_rounds": 2})
+                                    "timing_rounds": 2, "timing_batch_sizes": [1, 3]})
     assert found["cka"] == pytest.approx([1.0] * 3) and found["layers"] == [0, 1, 2]
     assert found["attention_to_prompt"] is None and found["inputs"] == 2
-    assert len(found["latency"]["cell"]["wall_ms"]) == 2 and found["latency"]["cell_over_dense"] > 0
+    assert list(found["latency"]) == ["1", "3"]
+    for timed in found["latency"].values():
+        assert len(timed["cell"]["wall_ms"]) == 2 and timed["cell_over_dense"] > 0
+
+
+def test_timing_batches_are_whole_inputs_cut_to_the_shortest():
+    inputs = [torch.arange(n)[None] for n in (5, 3, 4)]
+    batches = representation.timing_batches(inputs, 2, 3)
+    assert [b.shape for b in batches] == [(2, 3), (2, 4), (2, 3)]
+    assert batches[0].tolist() == [[2, 3, 4], [0, 1, 2]]  # the last tokens; round again at the end
+    assert representation.timing_batches(inputs, 1, 2)[1].tolist() == [[0, 1, 2]]
 
 
 def test_sample_inputs_spreads_over_tasks_and_is_fixed(tmp_path):

@@ -165,3 +165,58 @@ def test_claims_pair_cells_of_two_entries_and_are_refused_for_unknown_ids():
     with pytest.raises(ConfigError) as err:
         load_config(raw, check_models=False)
     assert err.value.key == "claims[1].other.recovery" and "idp-m2-n4-routed" in str(err.value)
+
+
+def test_claims_measure_recovery_ratio_lost_questions_and_latency():
+    """Dense right on all 150 questions, compression loses 30 of task a; IDP brings back 15 of
+    them and LoRA all 30 (breaking nothing): recovery ratios 0.5 and 1, on the lost questions
+    50% against 100%; IDP's latency 1.2x dense against LoRA's 1.5x (0.8x LoRA's). A latency
+    claim at a batch size that was not timed is refused."""
+    import pandas as pd
+    from knowledge_recovery.analysis.claims import claim_table, markdown
+    from knowledge_recovery.errors import ConfigError
+
+    raw = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    raw["displacement"] = {"timing_batch_sizes": [1, 8]}
+    ratio = {"claim": "a prompt recovers part of it", "base": {"recovery": "none"},
+             "other": {"recovery": "idp-m2-n4-routed"}, "expect": "greater",
+             "measure": "recovery_ratio"}
+    raw["claims"] = [
+        ratio, {**ratio, "other": {"recovery": "lora-r2"}},
+        {"claim": "displaced", "base": {"recovery": "lora-r2"}, "measure": "lost_questions",
+         "other": {"recovery": "idp-m2-n4-routed"}, "expect": "not_worse", "margin": 0.1},
+        {"claim": "faster", "base": {"recovery": "lora-r2"}, "measure": "latency", "batch_size": 8,
+         "other": {"recovery": "idp-m2-n4-routed"}, "expect": "less"}]
+    config = load_config(raw, check_models=False)
+    grid = cells(config)
+    ids = list(range(90)), list(range(60))
+
+    def answers(lost_right):  # task a: 60 kept, then the 30 lost questions, lost_right right
+        return {"a": (ids[0], [1] * 60 + [1] * lost_right + [0] * (30 - lost_right)),
+                "b": (ids[1], [1] * 60)}
+    right = {"dense": 30, "none": 0, "idp-m2-n4-routed": 15, "lora-r2": 30}
+    records = {c.id: answers(30 if c.compression == "dense" else right.get(c.recovery, 0))
+               for c in grid}
+
+    def timed(over_dense):
+        return {"8": {"cell": {"wall_ms": [over_dense * 10] * 3}, "dense": {"wall_ms": [10] * 3}}}
+    timings = {c.id: timed(1.2 if c.recovery.startswith("idp") else 1.5) for c in grid}
+    table = claim_table(config["claims"], grid, records, {"a": "A", "b": "B"},
+                        config["statistics"], timings)
+    idp, lora = table[table.measure == "recovery_ratio"].iloc[0], \
+        table[table.measure == "recovery_ratio"].iloc[1]
+    assert idp.difference == pytest.approx(0.5) and idp.low < 0.5 < idp.high
+    assert idp.verdict == "supported" and lora.difference == pytest.approx(1.0)
+    lost = table[table.measure == "lost_questions"].iloc[0]
+    assert lost.difference == pytest.approx(-0.5) and lost.questions == 30
+    assert (lost.other_value, lost.base_value) == (0.5, 1.0) and lost.verdict == "contradicted"
+    latency = table[table.measure == "latency"].iloc[0]
+    assert latency.difference == pytest.approx(0.8 - 1) and latency.verdict == "supported"
+    assert latency.group == "batch 8" and pd.isna(latency.questions)
+    shown = markdown(table, 0.95)
+    assert "ratio 0.50" in shown and "0.80x" in shown and "(50% vs 100% of them)" in shown
+
+    raw["claims"][3]["batch_size"] = 4
+    with pytest.raises(ConfigError) as err:
+        load_config(raw, check_models=False)
+    assert err.value.key == "claims[3].batch_size" and "[1, 8]" in str(err.value)

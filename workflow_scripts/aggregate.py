@@ -31,7 +31,9 @@ with step(smk):
     info = {key: aggregate.compression_info(artifacts.read_json(path))
             for key, path in Jobs(smk.config).model_manifests().items()}
     groups = result_groups(smk.config["tasks"], df.task.unique())
-    layers = displacement.layer_table(Jobs(smk.config).represented(), smk.input.representations)
+    represented = Jobs(smk.config).represented()
+    traces = {c.id: artifacts.read_json(f) for c, f in zip(represented, smk.input.representations)}
+    layers = displacement.layer_table(represented, traces)
     with artifacts.atomic_path(smk.output.layers_csv) as tmp:
         layers.to_csv(tmp, index=False)
     latency = dict(zip(layers.cell, layers.latency_over_dense))
@@ -53,6 +55,13 @@ with step(smk):
                               smk.output.cka_plot)):
         with artifacts.atomic_path(path) as tmp:
             draw(data, tmp)
+    curves, trained = aggregate.training_curves(cells, smk.params.train_manifests)
+    with artifacts.atomic_path(smk.output.training_csv) as tmp:
+        curves.to_csv(tmp, index=False)
+    artifacts.write_text(smk.output.training_markdown, aggregate.training_markdown(
+        trained, smk.config["training"].get("stop_when")))
+    with artifacts.atomic_path(smk.output.training_plot) as tmp:
+        aggregate.plot_training(curves, tmp)
     settings = smk.config["statistics"]
     params = df.drop_duplicates("cell").set_index("cell")["trainable_params"]
     # every cell's per-question correctness, read once for the comparisons, claims and
@@ -64,7 +73,8 @@ with step(smk):
         compared.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.comparisons_markdown,
                          aggregate.comparisons_markdown(compared, settings["confidence"]))
-    tested = claims.claim_table(smk.config["claims"], cells, records, groups, settings)
+    tested = claims.claim_table(smk.config["claims"], cells, records, groups, settings,
+                                timings={k: t["latency"] for k, t in traces.items()})
     with artifacts.atomic_path(smk.output.claims_csv) as tmp:
         tested.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.claims_markdown,

@@ -19,7 +19,13 @@ with step(smk):
     with artifacts.Timer() as timer:
         found = representation.analyse(dense, model, tokenizer, texts, settings)
     print({k: v for k, v in found.items() if k != "latency"}, found["latency"], sep="\n")
-    latency = found["latency"]
+    # the metrics at each timed batch size: latency_over_dense_b8, ...; unsuffixed at the first
+    latency = {}
+    for i, (size, timed) in enumerate(found["latency"].items()):
+        suffix = "" if i == 0 else f"_b{size}"
+        latency.update({f"latency_over_dense{suffix}": timed["cell_over_dense"],
+                        f"latency_ms{suffix}": timed["cell_ms"],
+                        f"dense_latency_ms{suffix}": timed["dense_ms"]})
     series = {"cka": list(enumerate(found["cka"]))}
     if found["attention_to_prompt"]:
         series["attention_to_prompt"] = list(enumerate(found["attention_to_prompt"], start=1))
@@ -27,7 +33,5 @@ with step(smk):
         "represent", settings, cell=cell.id, **cell.axes, **timer.as_dict(), **found), [],
         record(smk, "represent", cell.id, tags={"cell": cell.id, **cell.axes}, params=settings,
                metrics={"cka_last_layer": found["cka"][-1], "cka_mean": sum(found["cka"]) /
-                        len(found["cka"]), "latency_over_dense": latency["cell_over_dense"],
-                        "latency_ms": latency["cell_ms"], "dense_latency_ms": latency["dense_ms"],
-                        **timer.as_dict()},
+                        len(found["cka"]), **latency, **timer.as_dict()},
                series=series, artifacts=[smk.output.representation]))

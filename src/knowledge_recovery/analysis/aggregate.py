@@ -602,3 +602,69 @@ def selection_markdown(df: pd.DataFrame) -> str:
         "entropy": [f"{e:.2f} of {x:.2f}" for e, x in zip(df.selection_entropy, df.max_entropy)],
         "MI(task; prompt)": [f"{v:.3f}" for v in df.selection_mi]})
     return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+# ---------------------------------------------------------------- training curves (train step)
+TRAINING_COLUMNS = ["cell", "model", "compression", "recovery", "seed", "step", "val_loss"]
+
+
+def training_curves(cells: list, train_manifests: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every validation point of every trained adapter, one row per adapter): the step cap,
+    the steps it ran, whether it stopped on convergence (`training.stop_when`), its validation
+    loss before training and at its best step, and its median step time. Evaluation variants of
+    one adapter share its row (the first cell that names it)."""
+    points, rows, seen = [], [], set()
+    for c in cells:
+        path = train_manifests.get(c.id)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        manifest = read_json(path)
+        history, training = manifest["history"], manifest["settings"]["training"]
+        axes = {"cell": c.id, **c.axes}
+        points += [{**axes, "step": s, "val_loss": v} for s, v in history["val_loss"]]
+        stopped = history.get("stopped_step")
+        rows.append({**axes, "cap": training["steps"],
+                     "steps": stopped or history["val_loss"][-1][0],
+                     "stopped": "converged" if stopped else "cap",
+                     "tokens_per_step": training["batch_size"] * training["seq_len"],
+                     "initial_val_loss": history["initial_val_loss"],
+                     "best_val_loss": history["best_val_loss"], "best_step": history["best_step"],
+                     "median_step_s": manifest.get("median_step_s")})
+    return (pd.DataFrame(points, columns=TRAINING_COLUMNS),
+            pd.DataFrame(rows, columns=[*TRAINING_COLUMNS[:5], "cap", "steps", "stopped",
+                                        "tokens_per_step", "initial_val_loss", "best_val_loss",
+                                        "best_step", "median_step_s"]))
+
+
+def training_markdown(table: pd.DataFrame, stop_when: dict | None) -> str:
+    rule = (f"stopped once the best validation loss improved by less than "
+            f"{stop_when['min_improvement']:.1%} over {stop_when['window']} steps, or at the cap"
+            if stop_when else "trained to the cap (no `training.stop_when`)")
+    head = (f"Training of each adapter: validation loss (next-token, on held-out windows of "
+            f"the recovery text) before training and at its best step, which the adapter keeps; "
+            f"{rule}.\n\n")
+    if table.empty:
+        return head + "No trained adapter in this grid.\n"
+    shown = pd.DataFrame({
+        "cell": table.cell, "steps / cap": [f"{s} / {c}" for s, c in zip(table.steps, table.cap)],
+        "stopped": table.stopped, "tokens a step": table.tokens_per_step,
+        "val loss before": table.initial_val_loss.map("{:.3f}".format),
+        "best val loss": table.best_val_loss.map("{:.3f}".format), "best step": table.best_step,
+        "s a step": table.median_step_s.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")})
+    return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def plot_training(curves: pd.DataFrame, path: Path) -> None:
+    """Per model and compression: each adapter's validation loss against its step."""
+    panels = list(curves.groupby(["model", "compression"], sort=False)) if not curves.empty else []
+
+    def draw(ax, i):
+        (model, compression), group = panels[i]
+        for cell, points in group.groupby("cell", sort=False):
+            ax.plot(points.step, points.val_loss, marker=".", label=cell.split("/", 2)[2])
+        ax.set(title=f"{model} / {compression}", xlabel="step", ylabel="validation loss")
+        ax.legend(fontsize=7)
+
+    figure(path, draw, len(panels), "Validation loss while training",
+           empty="no trained adapter")

@@ -204,17 +204,16 @@ LAYER_COLUMNS = ["model", "compression", "recovery", "seed", "cell", "side", "la
                  "attention_to_prompt", "latency_over_dense", "latency_ms", "dense_latency_ms"]
 
 
-def layer_table(cells: list, files: list) -> pd.DataFrame:
+def layer_table(cells: list, traces: dict) -> pd.DataFrame:
     """One row per traced cell x layer (0: the input embeddings): CKA with the dense model,
     attention mass on prompt tokens (from layer 1; empty for methods without prompt tokens) and
-    the cell's latency over the dense model's (repeated on each of its rows)."""
-    from knowledge_recovery.artifacts import read_json
-
+    the cell's latency over the dense model's (repeated on each of its rows). `traces`: each
+    cell's represent record, by cell id."""
     rows = []
-    for c, path in zip(cells, files):
-        found = read_json(path)
+    for c in cells:
+        found = traces[c.id]
         mass = [None] + (found["attention_to_prompt"] or [None] * (len(found["layers"]) - 1))
-        lat = found["latency"]
+        lat = next(iter(found["latency"].values()))  # at the first listed batch size
         rows += [{**c.axes, "cell": c.id, "side": _side(c), "layer": layer, "cka": cka,
                   "attention_to_prompt": m, "latency_over_dense": lat["cell_over_dense"],
                   "latency_ms": lat["cell_ms"], "dense_latency_ms": lat["dense_ms"]}

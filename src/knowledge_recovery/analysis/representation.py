@@ -127,9 +127,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def latency(models: dict, inputs: list[torch.Tensor], rounds: int) -> dict:
-    """Forward passes at batch 1 over every input, the models taking turns round by round (so
-    that load on the machine falls on all alike): per model, wall and CPU milliseconds per input
-    of each round."""
+    """Forward passes over every input (a batch each), the models taking turns round by round
+    (so that load on the machine falls on all alike): per model, wall and CPU milliseconds per
+    input of each round."""
     for model in models.values():  # warm-up: first calls allocate and pick kernels
         model(input_ids=inputs[0], attention_mask=torch.ones_like(inputs[0]))
     out = {name: {"wall_ms": [], "cpu_ms": []} for name in models}
@@ -143,10 +143,23 @@ def latency(models: dict, inputs: list[torch.Tensor], rounds: int) -> dict:
     return out
 
 
+def timing_batches(inputs: list[torch.Tensor], batch_size: int, count: int) -> list[torch.Tensor]:
+    """`count` batches of `batch_size` inputs, taken in order from `inputs` (round again where
+    there are too few), each input cut to the batch's shortest (its last tokens): no padding,
+    so every position is real work for the model at every batch size."""
+    batches = []
+    for b in range(count):
+        group = [inputs[(b * batch_size + i) % len(inputs)] for i in range(batch_size)]
+        shortest = min(ids.shape[1] for ids in group)
+        batches.append(torch.cat([ids[:, -shortest:] for ids in group]))
+    return batches
+
+
 def analyse(dense, model, tokenizer, texts: list[str], settings: dict) -> dict:
     """The representation record of one cell: per layer CKA with the dense model and attention
-    mass on prompt positions over every input, and the latency of both at batch 1 on the first
-    `timing_inputs`, measured side by side. `settings`: the config's `displacement` section."""
+    mass on prompt positions over every input, and the latency of both at each of
+    `timing_batch_sizes` on `timing_inputs` batches, measured side by side. `settings`: the
+    config's `displacement` section."""
     import statistics
 
     inputs = [tokenizer(t, return_tensors="pt").input_ids[:, -settings["max_tokens"]:]
@@ -158,13 +171,18 @@ def analyse(dense, model, tokenizer, texts: list[str], settings: dict) -> dict:
         raise ValueError(f"the model has {len(states) - 1} layers, the dense model "
                          f"{len(reference) - 1}: they cannot be compared layer by layer")
     rounds = settings["timing_rounds"]
-    timing = latency({"dense": dense, "cell": model}, inputs[:settings["timing_inputs"]], rounds)
-    ratios = [c / d for c, d in zip(timing["cell"]["wall_ms"], timing["dense"]["wall_ms"])]
+    timed = {}
+    for size in settings["timing_batch_sizes"]:
+        timing = latency({"dense": dense, "cell": model},
+                         timing_batches(inputs, size, settings["timing_inputs"]), rounds)
+        ratios = [c / d for c, d in zip(timing["cell"]["wall_ms"], timing["dense"]["wall_ms"])]
+        timed[str(size)] = {**timing, "rounds": rounds, "batch_size": size,
+                            "cell_over_dense": statistics.median(ratios),
+                            "cell_ms": statistics.median(timing["cell"]["wall_ms"]),
+                            "dense_ms": statistics.median(timing["dense"]["wall_ms"])}
     return {"inputs": len(inputs), "tokens": int(states[0].shape[0]),
             "layers": list(range(len(states))),  # 0: embeddings
             "cka": [linear_cka(a, b) for a, b in zip(reference, states)],
             "attention_to_prompt": mass if any(m is not None for m in mass) else None,
-            "latency": {**timing, "rounds": rounds,
-                        "cell_over_dense": statistics.median(ratios),
-                        "cell_ms": statistics.median(timing["cell"]["wall_ms"]),
-                        "dense_ms": statistics.median(timing["dense"]["wall_ms"])}}
+            # by batch size; the tables' latency is at the first listed size
+            "latency": timed}

@@ -22,7 +22,7 @@ from knowledge_recovery.pipeline.paths import Layout
 
 REPO = Path(__file__).resolve().parents[3]
 SHOWN = ("overview_markdown", "comparisons_markdown", "claims_markdown", "selection_markdown",
-         "displacement_markdown",
+         "displacement_markdown", "training_markdown", "training_plot",
          "markdown", "plot",
          "accuracy_vs_compression_plot", "recovery_ratio_plot", "pareto_plot", "cka_plot",
          "latency_plot", "deployment_markdown", "manifest")

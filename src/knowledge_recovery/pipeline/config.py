@@ -138,6 +138,19 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                 if value not in ids[what]:
                     raise ConfigError(f"claims[{i}].{side}.{what}", f"{value!r} is not the id of "
                                       f"a {what} entry (ids: {sorted(ids[what])})")
+        if claim["measure"] in ("recovery_ratio", "lost_questions") and not (
+                "none" in ids["recovery"] and "dense" in ids["compression"]):
+            raise ConfigError(f"claims[{i}].measure", f"{claim['measure']!r} measures against the "
+                              f"dense and the untrained compressed model: the grid needs a "
+                              f"'dense' compression entry and a 'none' recovery entry")
+        if claim["measure"] == "latency":
+            timed = config["displacement"]["timing_batch_sizes"]
+            if not config["displacement"]["enabled"]:
+                raise ConfigError(f"claims[{i}].measure", "'latency' reads the represent steps' "
+                                  "timing: displacement.enabled is false")
+            if claim["batch_size"] not in timed:
+                raise ConfigError(f"claims[{i}].batch_size", f"{claim['batch_size']} is not a "
+                                  f"timed batch size (displacement.timing_batch_sizes: {timed})")
 
     _unique([t["name"] for t in config["tasks"]], "tasks", "name")
     for i, t in enumerate(config["tasks"]):

@@ -143,6 +143,10 @@ class Layout:
                 "recovery_ratio_csv": f"{self.root}/summary/recovery_ratio.csv",
                 "recovery_ratio_plot": f"{self.root}/summary/recovery_ratio.png",
                 "pareto_plot": f"{self.root}/summary/pareto.png",
+                # each adapter's validation curve and where it stopped
+                "training_csv": f"{self.root}/summary/training.csv",
+                "training_markdown": f"{self.root}/summary/training.md",
+                "training_plot": f"{self.root}/summary/training.png",
                 # question-level displacement: recovered / broken per cell, overlap, reading
                 "displacement_csv": f"{self.root}/summary/displacement.csv",
                 "overlap_csv": f"{self.root}/summary/overlap.csv",

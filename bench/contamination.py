@@ -1,0 +1,80 @@
+"""Are the evaluation questions in the recovery text? Word n-gram overlap between a grid's
+recovery text (what adapters train on and compression calibrates on) and every document its
+evaluate steps score (each task's first `limit`), the test of Brown et al. 2020 (GPT-3, appendix
+C: 13-grams; --n sets it). Run after the grid's prepare steps (any finished or started run):
+
+    .venv/bin/python bench/contamination.py --config config/study.yaml
+
+Prints, per task, the documents checked, those sharing an n-gram with the text, and the first
+few shared n-grams; the table also goes to --out (docs/results/bench/contamination-<experiment>.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from knowledge_recovery.pipeline.config import load_config
+from knowledge_recovery.pipeline.paths import Layout
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def ngrams(tokens: list[str], n: int) -> set[tuple]:
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def document_text(doc) -> str:
+    """Every string in a document (question, choices, passage, answer), joined."""
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict):
+        return " ".join(document_text(v) for v in doc.values())
+    if isinstance(doc, list):
+        return " ".join(document_text(v) for v in doc)
+    return ""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--n", type=int, default=13)
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, check_models=False)
+    layout = Layout(config)
+    text = Path(layout.recovery_text).read_text()
+    seen = ngrams(words(text), args.n)
+    rows = []
+    for task in config["tasks"]:
+        folder = Path(layout.root) / "tasks" / task["name"] / "lm_eval"
+        for path in sorted(folder.glob("*.jsonl")):
+            docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            docs = docs[:task.get("limit") or len(docs)]
+            shared = [sorted(ngrams(words(document_text(d)), args.n) & seen) for d in docs]
+            hits = [s for s in shared if s]
+            rows.append({"task": path.stem, "documents": len(docs), "sharing": len(hits),
+                         "share": len(hits) / len(docs) if docs else 0.0,
+                         "examples": "; ".join(" ".join(s[0]) for s in hits[:3])})
+    table = pd.DataFrame(rows)
+    head = (f"Documents of each task (its first `limit`) sharing a word {args.n}-gram with the "
+            f"recovery text ({len(words(text)):,} words, {layout.recovery_text}); "
+            f"`bench/contamination.py --config {args.config}`\n\n")
+    shown = head + table.to_markdown(index=False, floatfmt=".3f") + "\n"
+    print(shown)
+    out = Path(args.out or REPO / "docs" / "results" / "bench" /
+               f"contamination-{config['experiment']}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(shown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
