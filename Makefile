@@ -6,7 +6,7 @@ CONFIG ?= config.yaml
 # Extra Snakemake arguments, e.g. SMK_ARGS="--forceall" or "--dry-run".
 SMK_ARGS ?=
 
-.PHONY: run test lint venv verify resync readme report
+.PHONY: run test lint venv verify resync readme report plan
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ resync: venv
 	$(BIN)/python -m knowledge_recovery.cli.resync --configfile $(CONFIG)
 
 # The results blocks of README.md and docs/ from a finished run of CONFIG (docs/results/<experiment>/)
+# The grid's jobs, compute, memory, wall time and disk before launch (docs/cluster.md);
+# PLAN_ARGS="--profile profiles/slurm" flags jobs over the cluster profile's limits.
+plan: venv
+	$(BIN)/python -m knowledge_recovery.cli.plan --configfile $(CONFIG) $(PLAN_ARGS)
+
 readme: venv
 	$(BIN)/python -m knowledge_recovery.cli.readme --configfile $(CONFIG)
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.paths import Layout
+from knowledge_recovery.text import document_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,17 +30,6 @@ def words(text: str) -> list[str]:
 
 def ngrams(tokens: list[str], n: int) -> set[tuple]:
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
-
-
-def document_text(doc) -> str:
-    """Every string in a document (question, choices, passage, answer), joined."""
-    if isinstance(doc, str):
-        return doc
-    if isinstance(doc, dict):
-        return " ".join(document_text(v) for v in doc.values())
-    if isinstance(doc, list):
-        return " ".join(document_text(v) for v in doc)
-    return ""
 
 
 def main(argv=None) -> int:

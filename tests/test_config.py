@@ -159,6 +159,24 @@ def test_a_downloaded_model_is_checked_before_any_job(tmp_path):
         load_config(config)
 
 
+def test_a_model_shape_in_the_config_is_checked_before_the_download(tmp_path):
+    """SmolLM2-135M's widths (576, 1536) given as `shape:`: a group of 128 is refused in
+    preflight, before the download (found by the study's first try: it failed at compress)."""
+    config = copy.deepcopy(SMOKE)
+    config.update(results_dir=str(tmp_path), models=[
+        {"name": "smollm2-135m", "source": "pypi-gguf", "package": "some-wheel==1.0",
+         "file": "m.gguf", "shape": {"model_type": "llama", "hidden_size": 576,
+                                     "intermediate_size": 1536, "num_hidden_layers": 2,
+                                     "num_attention_heads": 9, "num_key_value_heads": 3,
+                                     "vocab_size": 1000}}])
+    config["compression"] = [{"method": "gptq", "bits": 3, "group_size": 128}]
+    with pytest.raises(ConfigError, match=r"compression\[1\]\.group_size.*128 does not divide "
+                                          r"the layer width 576 of model 'smollm2-135m'"):
+        load_config(copy.deepcopy(config))
+    config["compression"] = [{"method": "gptq", "bits": 3, "group_size": 96}]
+    load_config(config)
+
+
 def test_the_compress_step_checks_widths_of_the_loaded_model(tiny):
     from knowledge_recovery.compression.apply import linear_widths
     from knowledge_recovery.compression.entries import check_widths

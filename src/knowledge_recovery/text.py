@@ -89,3 +89,15 @@ def load_text(spec: dict, base_dir: str | Path = ".") -> str:
                 break
         text = "\n\n".join(p for p in parts if p.strip())
     return text[: spec["max_chars"]]
+
+
+def document_text(doc) -> str:
+    """Every string in a task document (question, choices, passage, answer), joined: what a
+    contamination check compares and what a plan counts tokens of."""
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict):
+        return " ".join(document_text(v) for v in doc.values())
+    if isinstance(doc, list):
+        return " ".join(document_text(v) for v in doc)
+    return ""

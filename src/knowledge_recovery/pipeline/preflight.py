@@ -14,17 +14,21 @@ from knowledge_recovery.registry import recovery_method
 
 def known_model_config(model: dict, base: Path, downloaded: Path | None = None):
     """The transformers config of a model whose shape is known before any job runs: tiny random
-    models, local folders, hub models with config.json in the HF cache, and any model the
-    download step has fetched already (a resumed run). Else None."""
+    models, local folders, hub models with config.json in the HF cache, any model the download
+    step has fetched already (a resumed run), and any model the config gives a `shape:`. Else
+    None."""
     if model["source"] == "tiny-random":
         from knowledge_recovery.models.checkpoints import tiny_config
 
         return tiny_config(model)
     found = model_config_file(model, base, downloaded)
-    if found is None:
+    if found is None and not model.get("shape"):
         return None
     from transformers import AutoConfig
 
+    if found is None:  # the config's `shape:`, until the model is downloaded
+        shape = dict(model["shape"])
+        return AutoConfig.for_model(shape.pop("model_type"), **shape)
     return AutoConfig.from_pretrained(found.parent)
 
 

@@ -1,0 +1,63 @@
+"""`make plan`: every job of a grid estimated, from shapes known before any download; jobs over
+a profile's limits flagged; a model of unknown size refused by its key."""
+import pytest
+import yaml
+from conftest import REPO
+
+from knowledge_recovery.errors import ConfigError
+from knowledge_recovery.pipeline import plan
+from knowledge_recovery.pipeline.config import load_config
+from knowledge_recovery.pipeline.jobs import Jobs
+
+
+def _smoke(**changes) -> dict:
+    raw = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    raw.update(changes)
+    return load_config(raw, check_models=False)
+
+
+def test_every_job_is_estimated_and_costs_follow_the_work(tmp_path):
+    config = _smoke()
+    estimates = plan.estimate(config)
+    assert [e.job for e in estimates] == [j.name for j in Jobs(config).graph()]
+    by_job = {e.job: e for e in estimates}
+    train = [e for e in estimates if e.rule == "train"]
+    assert all(e.flops > 0 and e.wall_s > 0 and e.accel_gb > 0 for e in train)
+    # twice the steps: about twice the training compute
+    longer = {e.job: e for e in plan.estimate(_smoke(training={**config["training"],
+                                                               "steps": 2 * config["training"]["steps"]}))}
+    for e in train:
+        assert longer[e.job].flops == pytest.approx(2 * e.flops, rel=0.1)
+    # a prompt before every input costs its evaluation more than no recovery
+    evaluate = {k.split(" ", 1)[1]: e for k, e in by_job.items() if e.rule == "evaluate"}
+    prompt = next(e for k, e in evaluate.items() if "/idp-" in k)
+    none = next(e for k, e in evaluate.items() if k.endswith("gptq-w4-g32-sym/none"))
+    assert prompt.flops > none.flops
+    # a compressed checkpoint is written in the model's dtype
+    half = plan.estimate(_smoke(models=[{**config["models"][0], "dtype": "bfloat16"}]))
+    compress = [e for e in estimates if e.rule == "compress"][0]
+    assert [e for e in half if e.rule == "compress"][0].disk_gb < 0.6 * compress.disk_gb
+    text = plan.markdown(estimates, config)
+    assert "| train" in text and "MLflow runs" in text
+
+
+def test_a_shape_stands_for_a_model_not_yet_downloaded_and_limits_are_flagged(tmp_path):
+    config = load_config(str(REPO / "config" / "paper.yaml"), check_models=False)
+    estimates = plan.estimate(config)
+    compress = [e for e in estimates if e.rule == "compress"]
+    assert len(compress) == 6 and all(12 < e.disk_gb < 16 for e in compress)  # 7B in float16
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(yaml.safe_dump({
+        "default-resources": {"runtime": 240, "mem_mb": 16000},
+        "set-resources": {"train": {"runtime": 1, "mem_mb": 64000},
+                          "evaluate": {"runtime": 240, "mem_mb": 64000}}}))
+    plan.flag(estimates, plan.profile_limits(profile))
+    assert all(e.flags and "runtime 1" in e.flags[0] for e in estimates if e.rule == "train")
+    assert not any(e.flags for e in estimates if e.rule == "evaluate")
+
+    raw = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    del raw["models"][1]["shape"]
+    with pytest.raises(ConfigError) as err:
+        plan.estimate(load_config(raw, check_models=False))
+    assert err.value.key == "models (opt-6.7b).shape"
