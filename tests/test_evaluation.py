@@ -198,7 +198,12 @@ def test_a_killed_evaluation_keeps_its_finished_tasks(tiny, tmp_path, monkeypatc
     model, tok = tiny(seed=3)
     args = (model, tok, tasks, manager, {"batch_size": 4, "bootstrap_iters": 10}, 0,
             {"method": "none"})
-    whole = harness.evaluate_cell(*args)
+    said = []
+    whole = harness.evaluate_cell(*args, log=said.append)
+    # a log file's progress: a line per task, with its accuracy
+    assert [line.split(":")[0] for line in said] == ["task 1/2 kp_country_capital",
+                                                     "task 2/2 kp_element_symbol"]
+    assert f"kp_element_symbol acc {whole['kp_element_symbol']['acc']:.3f}" in said[1]
     real, calls = harness.evaluate_recovered, []
 
     def counted(*a, **kw):

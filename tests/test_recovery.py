@@ -275,3 +275,15 @@ def test_a_saved_adapter_does_not_depend_on_where_the_results_are(tiny, tmp_path
     assert config["base_model_name_or_path"] == "models/m/checkpoint"
     # peft writes its module-name sets in hash order, which changes from process to process
     assert config["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_a_log_file_gets_a_line_per_tenth_of_training(tiny, text):
+    """Without a progress bar (a job's log is a file): one line at every 10% of the steps."""
+    base, tok = tiny()
+    entry = {"method": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]}
+    said = []
+    adapters.train(adapters.attach(base, entry), entry, tok, [text],
+                   {**CFG, "steps": 20, "eval_every": 100}, seed=0, log=said.append)
+    progress = [line for line in said if "%)" in line]
+    assert [line.split(" (")[0] for line in progress] == [f"step {s}/20" for s in range(2, 21, 2)]
+    assert progress[-1].startswith("step 20/20 (100%) train_loss ")

@@ -158,8 +158,10 @@ def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed:
     already holds the whole cell (the deploy step's OpenVINO model), scored as it is."""
     from knowledge_recovery.artifacts import kill_point, read_json, write_json
 
+    import time
+
     results = {}
-    for task in tasks:
+    for done, task in enumerate(tasks, 1):
         saved = Path(state_dir, f"{task['name']}.json") if state_dir else None
         if saved is not None and saved.is_file():
             kept = read_json(saved)
@@ -167,11 +169,17 @@ def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed:
                 log(f"{task['name']}: kept from {saved}")
                 results[task["name"]] = kept["results"]
                 continue
+        start = time.perf_counter()
         if lm is None:
-            results.update(evaluate_recovered(model, tokenizer, [task], manager, cfg, seed, entry))
+            found = evaluate_recovered(model, tokenizer, [task], manager, cfg, seed, entry)
         else:
-            results.update(evaluate(None, None, [task], manager, cfg["batch_size"],
-                                    cfg["bootstrap_iters"], seed, log_samples=True, lm=lm))
+            found = evaluate(None, None, [task], manager, cfg["batch_size"],
+                             cfg["bootstrap_iters"], seed, log_samples=True, lm=lm)
+        results.update(found)
+        # a log file's progress (no progress bars there): a line per task entry
+        scores = ", ".join(f"{name} acc {r['acc']:.3f}" for name, r in found.items() if "acc" in r)
+        log(f"task {done}/{len(tasks)} {task['name']}: {scores or 'done'} "
+            f"({time.perf_counter() - start:.1f} s)")
         if saved is not None:
             write_json(saved, {"key": key, "results": results[task["name"]]})
         kill_point("evaluate:task")  # tests: killed with some tasks done, others not

@@ -177,6 +177,9 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=
         if routing is not None:
             history["routing"].append(routing.tolist())
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if bar.disable and step % max(1, steps // 10) == 0:  # a log file: a line per 10%
+            log(f"step {step}/{steps} ({step / steps:.0%}) train_loss {loss.item():.4f} "
+                f"({time.perf_counter() - t0:.2f} s a step)")
         if step % cfg["eval_every"] == 0 or step == steps:
             val = mean_loss(model, val_blocks, cfg["batch_size"], cfg["val_batches"])
             history["val_loss"].append((step, val))
