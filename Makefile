@@ -42,12 +42,12 @@ verify: venv
 resync: venv
 	$(BIN)/python -m knowledge_recovery.cli.resync --configfile $(CONFIG)
 
-# The results blocks of README.md and docs/ from a finished run of CONFIG (docs/results/<experiment>/)
 # The grid's jobs, compute, memory, wall time and disk before launch (docs/cluster.md);
 # PLAN_ARGS="--profile profiles/slurm" flags jobs over the cluster profile's limits.
 plan: venv
 	$(BIN)/python -m knowledge_recovery.cli.plan --configfile $(CONFIG) $(PLAN_ARGS)
 
+# The results blocks of README.md and docs/ from a finished run of CONFIG (docs/results/<experiment>/)
 readme: venv
 	$(BIN)/python -m knowledge_recovery.cli.readme --configfile $(CONFIG)
 

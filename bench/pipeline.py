@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import os
 import re
 import resource
@@ -23,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
 from knowledge_recovery import artifacts
+from knowledge_recovery.pipeline import plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,20 +111,6 @@ def finished(folder: Path, rounds: int = 3) -> None:
     print(f"written to {out}")
 
 
-def per_rule(results: Path) -> dict:
-    totals = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
-    for tsv in (results / "benchmarks").rglob("*.tsv"):
-        rule = tsv.relative_to(results / "benchmarks").parts[0]
-        with open(tsv) as fh:
-            row = list(csv.DictReader(fh, delimiter="\t"))[-1]
-        t = totals[rule]
-        t[0] += 1
-        t[1] += float(row["s"])
-        t[2] += float(row["cpu_time"])
-        t[3] = max(t[3], float(row["max_rss"]))
-    return totals
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(REPO / "config" / "smoke.yaml"))
@@ -161,7 +146,7 @@ def main() -> None:
             lines.append(f"| {name} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['jobs']} |")
         lines += ["", *noop_table(noop)]
         lines += ["", "| rule | jobs | wall s | CPU s | max RSS MB |", "|---|---:|---:|---:|---:|"]
-        for rule, (n, wall, cpu, rss) in sorted(per_rule(results).items()):
+        for rule, (n, wall, cpu, rss) in sorted(plan.measured(results).items()):
             lines.append(f"| {rule} | {n} | {wall:.1f} | {cpu:.1f} | {rss:.0f} |")
         text = "\n".join(lines) + "\n"
         print(text)

@@ -154,24 +154,29 @@ def _judged(claim: dict, found: dict, questions: int | None) -> dict:
             "leaning": leaning(claim["expect"], claim["margin"], found["difference"])}
 
 
+def _mean_over_tasks(per_task: dict, draw: dict | None = None):
+    """Mean accuracy over tasks of {task: [0/1]}; with `draw` ({task: resamples x questions
+    indices}), one mean per resample."""
+    return np.mean([np.asarray(v, float)[draw[t]].mean(axis=-1) if draw is not None
+                    else np.mean(v) for t, v in per_task.items()], axis=0)
+
+
 def _accuracy(answers: dict, settings: dict) -> dict:
     from knowledge_recovery.analysis import stats
 
     result = stats.paired_bootstrap(answers["base"], answers["other"], settings["resamples"],
                                     settings["seed"], settings["confidence"])
     mean = result.get("mean", next(iter(result.values())))
-    means = {k: float(np.mean([np.mean(v) for v in answers[k].values()])) for k in ("base", "other")}
     return {"difference": mean["difference"], "low": mean["low"], "high": mean["high"],
-            "questions": mean["questions"], "base_value": means["base"],
-            "other_value": means["other"]}
+            "questions": mean["questions"], "base_value": float(_mean_over_tasks(answers["base"])),
+            "other_value": float(_mean_over_tasks(answers["other"]))}
 
 
 def _recovery_ratio(answers: dict, settings: dict) -> dict | None:
     """(other - base) / (dense - compressed) on the mean over tasks, every cell's questions
     drawn alike in each resample; None where compression lost nothing on these questions."""
     def mean_over_tasks(cell, draw=None):
-        return np.mean([np.asarray(v, float)[draw[t]].mean(axis=-1) if draw is not None
-                        else np.mean(v) for t, v in answers[cell].items()], axis=0)
+        return _mean_over_tasks(answers[cell], draw)
 
     drop = mean_over_tasks("dense") - mean_over_tasks("compressed")
     if drop <= 0:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -157,8 +158,6 @@ def evaluate_cell(model, tokenizer, tasks: list[dict], manager, cfg: dict, seed:
     a re-run after a kill evaluates only the tasks not yet done. `lm`: an lm-eval model that
     already holds the whole cell (the deploy step's OpenVINO model), scored as it is."""
     from knowledge_recovery.artifacts import kill_point, read_json, write_json
-
-    import time
 
     results = {}
     for done, task in enumerate(tasks, 1):

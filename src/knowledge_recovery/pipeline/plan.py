@@ -32,12 +32,13 @@ DEVICES = {
 TRAIN_EFFICIENCY = 0.45
 # Methods with a prompt before the input score answers on the context's cached keys and values
 # rather than packed after it: measured here (bench/evaluation.py, ARC-Easy), 1.33x the time a
-# token. And lm-eval's own work per task (building it, its requests, its metrics): ~4 s here.
+# token.
 CACHED_SCORING = 1.33
 # GPTQ's and SparseGPT's per-layer solves (Hessians, Cholesky, column sweeps in blocks) run far
 # below the forward rate: measured here (config/study-compression.yaml, SmolLM2-135M, 64 x 256
 # calibration tokens) SparseGPT at 0.19 and GPTQ act-order at 0.11 of it.
 SOLVER_EFFICIENCY = 0.15
+# lm-eval's own work per task (building it, its requests, its metrics): ~4 s here.
 TASK_S = 4.0
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CHARS_PER_TOKEN = 4.0
@@ -133,6 +134,7 @@ def estimate(config: dict, base: Path = Path(".")) -> list[Estimate]:
     from knowledge_recovery.compression.entries import needs_calibration, quant_stage, stages
     from knowledge_recovery.evaluation.tasks import task_names
     from knowledge_recovery.pipeline.jobs import Jobs
+
     jobs = Jobs(config)
     settings = config["plan"]
     startup = settings.get("startup_s") or DEVICES[settings["device"]]["startup_s"]
@@ -151,6 +153,7 @@ def estimate(config: dict, base: Path = Path(".")) -> list[Estimate]:
     task_count = sum(len(task_names(t)) for t in config["tasks"])
     eval_tokens = sum(q * t for q, t in tasks)
     cells = {c.id: c for c in jobs.cells}
+    trained = {f"{c.model}/{c.compression}/{c.train_unit}": c for c in jobs.cells if c.train_unit}
     out = []
     for job in jobs.graph():
         rule, key = job.name.split(" ", 1)
@@ -182,7 +185,7 @@ def estimate(config: dict, base: Path = Path(".")) -> list[Estimate]:
             e.host_gb = 2 * shape.bytes / 1e9
             e.wall_s = startup + e.flops / throughput(config, shape) + 2 * shape.bytes / io
         elif rule == "train":
-            cell = next(c for c in cells.values() if f"{c.model}/{c.compression}/{c.train_unit}" == key)
+            cell = trained[key]
             cfg = cell.settings["training"]
             virtual = _virtual_tokens(cell.settings)
             seq = cfg["seq_len"] + virtual
@@ -292,8 +295,8 @@ def markdown(estimates: list[Estimate], config: dict) -> str:
 
 
 def measured(results: Path) -> dict:
-    """{rule: (jobs, wall seconds, CPU seconds)} summed over a finished grid's Snakemake
-    benchmark files."""
+    """{rule: (jobs, wall seconds, CPU seconds, largest RSS MB)} over a finished grid's
+    Snakemake benchmark files (each job's last attempt)."""
     import csv
 
     totals: dict = {}
@@ -301,8 +304,9 @@ def measured(results: Path) -> dict:
         rule = tsv.relative_to(results / "benchmarks").parts[0]
         with open(tsv) as fh:
             row = list(csv.DictReader(fh, delimiter="\t"))[-1]
-        n, s, cpu = totals.get(rule, (0, 0.0, 0.0))
-        totals[rule] = (n + 1, s + float(row["s"]), cpu + float(row["cpu_time"]))
+        n, s, cpu, rss = totals.get(rule, (0, 0.0, 0.0, 0.0))
+        totals[rule] = (n + 1, s + float(row["s"]), cpu + float(row["cpu_time"]),
+                        max(rss, float(row["max_rss"])))
     return totals
 
 
