@@ -114,14 +114,15 @@ def test_the_accuracy_plot_takes_any_number_of_models(tmp_path):
 
 def test_training_curves_say_where_each_adapter_stopped(tmp_path):
     """One adapter stopped on convergence, one ran to its cap: their curves, their rows, the
-    table's words and the plot."""
+    table's words and the plot; the distilled one shows its teacher's loss, the other none."""
     from knowledge_recovery.artifacts import write_json
 
     manifests = {}
     for cell, stopped in zip(_cells()[2:], (75, None)):
         history = {"val_loss": [(0, 5.0), (25, 4.0), (50, 3.9), (75, 3.89)][:4 if stopped else 3],
                    "initial_val_loss": 5.0, "best_val_loss": 3.89 if stopped else 3.9,
-                   "best_step": 75 if stopped else 50, **({"stopped_step": stopped} if stopped else {})}
+                   "best_step": 75 if stopped else 50,
+                   **({"stopped_step": stopped, "teacher_val_loss": 3.123} if stopped else {})}
         path = tmp_path / f"{cell.seed}.json"
         write_json(path, {"history": history, "median_step_s": 2.5, "settings": {
             "training": {"steps": 300 if stopped else 50, "batch_size": 4, "seq_len": 128}}})
@@ -131,5 +132,8 @@ def test_training_curves_say_where_each_adapter_stopped(tmp_path):
     assert list(table.steps) == [75, 50] and list(table.cap) == [300, 50]
     shown = aggregate.training_markdown(table, {"window": 50, "min_improvement": 0.01})
     assert "| 75 / 300" in shown and "1.0% over 50 steps" in shown and "3.890" in shown
+    assert "dense val loss" in shown and "3.123" in shown
+    assert table.dense_val_loss.isna().tolist() == [False, True]
+    assert curves.dense_val_loss.notna().sum() == 4
     aggregate.plot_training(curves, tmp_path / "training.png")
     assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"

@@ -611,7 +611,8 @@ TRAINING_COLUMNS = ["cell", "model", "compression", "recovery", "seed", "step", 
 def training_curves(cells: list, train_manifests: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every validation point of every trained adapter, one row per adapter): the step cap,
     the steps it ran, whether it stopped on convergence (`training.stop_when`), its validation
-    loss before training and at its best step, and its median step time. Evaluation variants of
+    loss before training and at its best step, the dense model's on the same windows (a
+    distilled adapter's teacher; None otherwise), and its median step time. Evaluation variants of
     one adapter share its row (the first cell that names it)."""
     points, rows, seen = [], [], set()
     for c in cells:
@@ -622,7 +623,9 @@ def training_curves(cells: list, train_manifests: dict) -> tuple[pd.DataFrame, p
         manifest = read_json(path)
         history, training = manifest["history"], manifest["settings"]["training"]
         axes = {"cell": c.id, **c.axes}
-        points += [{**axes, "step": s, "val_loss": v} for s, v in history["val_loss"]]
+        points += [{**axes, "step": s, "val_loss": v,
+                    "dense_val_loss": history.get("teacher_val_loss")}
+                   for s, v in history["val_loss"]]
         stopped = history.get("stopped_step")
         rows.append({**axes, "cap": training["steps"],
                      "steps": stopped or history["val_loss"][-1][0],
@@ -630,11 +633,12 @@ def training_curves(cells: list, train_manifests: dict) -> tuple[pd.DataFrame, p
                      "tokens_per_step": training["batch_size"] * training["seq_len"],
                      "initial_val_loss": history["initial_val_loss"],
                      "best_val_loss": history["best_val_loss"], "best_step": history["best_step"],
+                     "dense_val_loss": history.get("teacher_val_loss"),
                      "median_step_s": manifest.get("median_step_s")})
-    return (pd.DataFrame(points, columns=TRAINING_COLUMNS),
+    return (pd.DataFrame(points, columns=[*TRAINING_COLUMNS, "dense_val_loss"]),
             pd.DataFrame(rows, columns=[*TRAINING_COLUMNS[:5], "cap", "steps", "stopped",
                                         "tokens_per_step", "initial_val_loss", "best_val_loss",
-                                        "best_step", "median_step_s"]))
+                                        "best_step", "dense_val_loss", "median_step_s"]))
 
 
 def training_markdown(table: pd.DataFrame, stop_when: dict | None) -> str:
@@ -651,18 +655,24 @@ def training_markdown(table: pd.DataFrame, stop_when: dict | None) -> str:
         "stopped": table.stopped, "tokens a step": table.tokens_per_step,
         "val loss before": table.initial_val_loss.map("{:.3f}".format),
         "best val loss": table.best_val_loss.map("{:.3f}".format), "best step": table.best_step,
+        "dense val loss": table.dense_val_loss.map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
         "s a step": table.median_step_s.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")})
     return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def plot_training(curves: pd.DataFrame, path: Path) -> None:
-    """Per model and compression: each adapter's validation loss against its step."""
+    """Per model and compression: each adapter's validation loss against its step, and the
+    dense model's on the same windows where the adapters were distilled from it."""
     panels = list(curves.groupby(["model", "compression"], sort=False)) if not curves.empty else []
 
     def draw(ax, i):
         (model, compression), group = panels[i]
         for cell, points in group.groupby("cell", sort=False):
             ax.plot(points.step, points.val_loss, marker=".", label=cell.split("/", 2)[2])
+        dense = group.dense_val_loss.dropna()
+        if not dense.empty:  # what the adapters distil towards
+            ax.axhline(dense.mean(), color="black", linestyle="--", linewidth=1,
+                       label="dense model")
         ax.set(title=f"{model} / {compression}", xlabel="step", ylabel="validation loss")
         ax.legend(fontsize=7)
 

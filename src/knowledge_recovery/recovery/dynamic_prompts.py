@@ -455,7 +455,9 @@ def train_curated(model: DynamicPromptModel, tokenizer, texts: list[str], cfg: d
                "step_s": [t for h in histories for t in h["step_s"]], "routing": [],
                "best_val_loss": mean("best_val_loss"), "initial_val_loss": mean("initial_val_loss"),
                "best_step": mean("best_step"), "train_blocks": mean("train_blocks"),
-               "val_blocks": mean("val_blocks")}
+               "val_blocks": mean("val_blocks"),
+               **({"teacher_val_loss": mean("teacher_val_loss")}
+                  if all("teacher_val_loss" in h for h in histories) else {})}
     return {"prompts": model.prompts.detach().clone()}, history
 
 

@@ -155,6 +155,9 @@ def train(model, tokenizer, text: str, cfg: dict, seed: int, log=print, teacher=
     if start == 1:
         val0 = mean_loss(model, val_blocks, cfg["batch_size"], cfg["val_batches"])
         history = {"train_loss": [], "val_loss": [(0, val0)], "step_s": [], "routing": []}
+        if teacher is not None:  # the dense model on the same windows: the loss to recover to
+            history["teacher_val_loss"] = mean_loss(teacher, val_blocks, cfg["batch_size"],
+                                                    cfg["val_batches"])
         best = (val0, 0, trainable_state(model))
     bar = tqdm(range(start, steps + 1), initial=start - 1, total=steps, desc="train",
                disable=None if progress else True,  # None: off when not a terminal (a log)
