@@ -10,13 +10,11 @@ chromium.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from knowledge_recovery.cli.show import runs_url
+from knowledge_recovery.cli.show import runs_url, screenshot
 from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.paths import Layout
 from knowledge_recovery.tracking.mlflow_runs import CELLS_VIEW, VIEW, VIEW_TAG
@@ -25,24 +23,12 @@ from knowledge_recovery.tracking.mlflow_server import serve
 DOCS = Path(__file__).resolve().parent
 
 
-def shoot(browser: str, url: str, out: Path, profile: Path) -> None:
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--user-data-dir={profile}", "--window-size=1600,1000",
-                    "--virtual-time-budget=30000", f"--screenshot={out}", url],
-                   check=True, capture_output=True, timeout=300)
-    print(f"wrote {out}")
-
-
 def main(argv=None) -> int:
     import mlflow
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", default="config.yaml")
     args = parser.parse_args(argv)
-    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
-                                                   "google-chrome"))), None)
-    if browser is None:
-        sys.exit("no chromium (apt-get install chromium)")
     config = load_config(args.configfile, check_models=False)
     name = config["experiment"]
     out = DOCS / "img"
@@ -56,8 +42,8 @@ def main(argv=None) -> int:
         # the view as this code defines it (a store's next logging step would set it too)
         client.set_experiment_tag(experiment.experiment_id, VIEW_TAG, VIEW)
         # the URL `make run` prints: the evaluate runs, best first, with their columns
-        shoot(browser, runs_url(server.uri, experiment.experiment_id, CELLS_VIEW),
-              out / f"mlflow-{name}-runs.png", Path(scratch) / "profile")
+        print("wrote", screenshot(runs_url(server.uri, experiment.experiment_id, CELLS_VIEW),
+                                  out / f"mlflow-{name}-runs.png", Path(scratch) / "profile"))
     return 0
 
 

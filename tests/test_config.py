@@ -397,3 +397,19 @@ def test_a_damaged_local_safetensors_folder_is_refused_before_any_job(tiny, tmp_
                   models=[{"name": "mine", "source": "local", "path": str(tmp_path / "model")}])
     with pytest.raises(ConfigError, match=r"models\[0\]\.path.*safetensors: "):
         load_config(config, check_models=False)
+
+
+def test_a_recovery_ratio_claim_needs_an_untrained_entry_whatever_its_name():
+    """The ratio measures from the untrained cells (`stats.baselines`): a grid that names its
+    untrained entry is accepted; one without any is refused, naming the claim's key."""
+    claim = {"claim": "idp recovers", "base": {"recovery": "untrained"},
+             "other": {"recovery": "lora-r2"}, "expect": "greater", "measure": "recovery_ratio"}
+    named = copy.deepcopy(SMOKE)
+    named["recovery"][0] = {"method": "none", "name": "untrained"}
+    load_config({**named, "claims": [claim]})
+    without = copy.deepcopy(SMOKE)
+    without["recovery"] = without["recovery"][1:]
+    claim = {**claim, "base": {"recovery": "idp-m2-n4-routed"}}
+    with pytest.raises(ConfigError) as err:
+        load_config({**without, "claims": [claim]})
+    assert err.value.key == "claims[0].measure" and "trains nothing" in str(err.value)

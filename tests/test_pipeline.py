@@ -174,7 +174,19 @@ def test_mlflow_has_one_run_per_step_with_axes(finished):
     assert run.data.metrics["compression.bits_per_weight"] > 4
     assert 0 <= run.data.metrics["compression.sparsity"] < 0.5  # zeros that rounding made
     assert run.data.metrics["recovery.trainable_params"] > 0
+    # the summary's paired difference from dense, onto each evaluate run but the dense one's:
+    # the comparisons table's figure for the compressed model
+    compared = pd.read_csv(res / "summary" / "comparisons.csv")
+    lost = compared[(compared.other == "tiny-llama/gptq-w4-g32-sym/none")
+                    & (compared.base == "tiny-llama/dense/none") & (compared.task == "mean")].iloc[0]
+    untrained = evaluated["tiny-llama/gptq-w4-g32-sym/none"].data.metrics
+    assert untrained["delta_vs_dense"] == pytest.approx(lost.difference)
+    assert (untrained["delta_vs_dense_low"], untrained["delta_vs_dense_high"]) == \
+        pytest.approx((lost.low, lost.high))
+    assert run.data.metrics["delta_vs_dense_low"] <= run.data.metrics["delta_vs_dense"] <= \
+        run.data.metrics["delta_vs_dense_high"]
     dense = evaluated["tiny-llama/dense/none"]
+    assert "delta_vs_dense" not in dense.data.metrics
     assert dense.data.metrics["compression.bits_per_weight"] == 16
     assert dense.data.metrics["recovery.trainable_params"] == 0
     # compress and train runs: every parameter prefixed by what it describes
@@ -224,6 +236,22 @@ def _page_text(browser: str, url: str, profile: Path) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
+def _check_screenshot(url: str, browser: str, tmp_path: Path) -> None:
+    """A picture of `url` (`cli.show.screenshot`, as docs/screenshot.py takes them): a PNG of
+    the window's size, not blank (a page that failed to render is one or two colours)."""
+    import numpy as np
+    from PIL import Image
+
+    from knowledge_recovery.cli.show import screenshot
+
+    shot = screenshot(url, tmp_path / "mlflow-smoke-runs.png", tmp_path / "shot-profile", browser)
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape == (1000, 1600, 3)
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50
+    if os.environ.get("KR_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["KR_SCREENSHOT_DIR"]) / shot.name)
+
+
 def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
     """The runs table a researcher opens (the URL `make run` prints), in headless chromium: every
     run listed, all of them finished, the parent included, the evaluate runs found by their
@@ -268,10 +296,20 @@ def test_the_mlflow_ui_shows_the_grid_in_a_real_browser(finished, tmp_path):
                            tmp_path / "profile")
         assert f"{evaluated} matching runs" in cells, cells[-2000:]
         assert "Judges" not in cells and "Evaluation runs" not in cells, cells[-2000:]
-        for shown_text in ("mean_acc", "mean_acc_low", "compression.bits_per_weight",
-                           "recovery.trainable_params", "gptq-w4-g32-sym", "lora-r2",
+        for shown_text in ("mean_acc", "mean_acc_low", "delta_vs_dense",
+                           "compression.bits_per_weight", "recovery.trainable_params",
+                           "gptq-w4-g32-sym", "lora-r2",
                            "idp-m2-n4-routed-oracle"):  # columns, and the cells' axes in them
             assert shown_text in cells, (shown_text, cells[-2000:])
+        # the grid run's overview opens as a table (rendered, not its JSON text)
+        (grid,) = [r for r in runs if r.data.tags.get("kr.role") == "grid"]
+        overview = _page_text(browser, f"{base}/#/experiments/{exp.experiment_id}/runs/"
+                              f"{grid.info.run_id}/artifacts/tables/overview.json",
+                              tmp_path / "profile")
+        assert "gptq-w4-g32-sym" in overview and "drop_from_dense" in overview, overview[-2000:]
+        assert '"columns"' not in overview and '"data"' not in overview, overview[-2000:]
+        # the README's picture of the runs table, taken here (KR_SCREENSHOT_DIR keeps it)
+        _check_screenshot(runs_url(base, exp.experiment_id, CELLS_VIEW), browser, tmp_path)
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)

@@ -223,3 +223,22 @@ def test_the_grid_run_holds_the_config_and_a_changed_config_gets_a_new_parent(st
     exp = client.get_experiment_by_name("exp")
     assert client.search_runs([exp.experiment_id], run_view_type=ViewType.DELETED_ONLY) == []
     assert mlflow_runs.resync(store, "exp", [], latest)["current"] == ["aggregate:grid"]
+
+
+def test_the_summary_puts_its_figures_on_the_step_runs_and_resync_keeps_them(store):
+    """The grid record's `step_metrics` (each evaluate run's difference from dense) land on
+    those runs; a step run logged again by resync (the grid itself current) gets them back."""
+    a = _evaluate_record(store, 0.5, "m/a/none")
+    grid = mlflow_runs.record(store, "aggregate", "grid", step_metrics={
+        "evaluate:m/a/none": {"delta_vs_dense": -0.25, "delta_vs_dense_low": -0.3,
+                              "delta_vs_dense_high": -0.2, "not a number": "x"}})
+    mlflow_runs.log_step(store, "exp", a)
+    mlflow_runs.log_grid(store, "exp", grid)
+    uri = mlflow_runs.tracking_uri(store)
+    logged = snapshot(uri, "exp")["evaluate:m/a/none"]["metrics"]
+    assert logged["delta_vs_dense"] == [(0, -0.25)] and "not a number" not in logged
+    mlflow_runs.log_step(store, "exp", dict(a, metrics={"kp.acc": 0.1}))  # another execution
+    done = mlflow_runs.resync(store, "exp", [a], grid)
+    assert done["replaced"] == ["evaluate:m/a/none"] and done["current"] == ["aggregate:grid"]
+    after = snapshot(uri, "exp")["evaluate:m/a/none"]["metrics"]
+    assert after["kp.acc"] == [(0, 0.5)] and after["delta_vs_dense_low"] == [(0, -0.3)]

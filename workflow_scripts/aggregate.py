@@ -117,7 +117,9 @@ with step(smk):
         "mlflow.source.git.commit": artifacts.git_commit(),
         **{f"versions.{k}": v for k, v in artifacts.versions().items()}},
         params=mlflow_runs.config_params(dict(smk.config)),
-        artifacts=tables, tables={"overview": smk.output.overview_csv})
+        artifacts=tables, tables={"overview": smk.output.overview_csv},
+        step_metrics={f"evaluate:{cell}": values
+                      for cell, values in aggregate.dense_deltas(cells, records, settings).items()})
     artifacts.write_manifest(smk.output.manifest, artifacts.manifest(
         "aggregate", settings, cells=[c.id for c in cells], **{mlflow_runs.RECORD_KEY: grid}), tables)
     mlflow_runs.log_grid(results_root(smk), smk.config["experiment"], grid)

@@ -49,6 +49,29 @@ def chance(samples_files) -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
+def dense_deltas(cells: list, records: dict, settings: dict) -> dict:
+    """{cell id: its mean accuracy over tasks minus its model's dense model's, with the paired
+    interval} for every cell but the dense ones (`records`: each cell's `correctness`). These go
+    onto the evaluate runs in MLflow (`delta_vs_dense`, `_low`, `_high`)."""
+    from knowledge_recovery.analysis import stats
+
+    dense, _ = stats.baselines(cells)
+    out = {}
+    for c in cells:
+        d = dense.get(c.model)
+        if d is None or d.id == c.id:
+            continue
+        a, b = records[d.id], records[c.id]
+        tasks = [t for t in a if t in b]
+        result = stats.paired_bootstrap({t: a[t][1] for t in tasks}, {t: b[t][1] for t in tasks},
+                                        settings["resamples"], settings["seed"],
+                                        settings["confidence"])
+        mean = result.get("mean", result[tasks[0]])
+        out[c.id] = {"delta_vs_dense": mean["difference"], "delta_vs_dense_low": mean["low"],
+                     "delta_vs_dense_high": mean["high"]}
+    return out
+
+
 def compare(cells: list, records: dict, settings: dict, budget=None) -> pd.DataFrame:
     """Every comparison of `stats.comparisons`, paired on the same questions (`records`: each
     cell's `correctness`, by cell id): per task and on

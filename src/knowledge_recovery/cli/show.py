@@ -47,6 +47,24 @@ def runs_url(base: str, experiment: str, view: str | None = None) -> str:
     return f"{base}/#/experiments/{experiment}/runs?{shared}workflowType=machine_learning"
 
 
+def screenshot(url: str, out: Path, profile: Path, browser: str | None = None,
+               size: tuple[int, int] = (1600, 1000)) -> Path:
+    """`url` as headless chromium renders it, its JavaScript run, to the PNG `out` (the docs'
+    MLflow pictures and the browser test's take the same picture)."""
+    import shutil
+    import subprocess
+
+    browser = browser or next(filter(None, map(shutil.which, (
+        "chromium", "chromium-browser", "google-chrome"))), None)
+    if browser is None:
+        raise FileNotFoundError("no chromium to take the screenshot with (apt-get install chromium)")
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                    "--virtual-time-budget=30000", f"--screenshot={out}", url],
+                   check=True, capture_output=True, timeout=300)
+    return Path(out)
+
+
 def _experiment_id(root, name: str) -> str | None:
     uri = tracking_uri(root)
     try:

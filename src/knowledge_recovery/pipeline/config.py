@@ -19,7 +19,7 @@ from knowledge_recovery.evaluation import task_formats, tasks
 from knowledge_recovery.models.files import model_files_problem
 from knowledge_recovery.pipeline import grid, schema
 from knowledge_recovery.recovery import entries as recovery
-from knowledge_recovery.registry import recovery_methods
+from knowledge_recovery.registry import compression_method, recovery_method, recovery_methods
 
 
 def _key(path) -> str:
@@ -139,10 +139,14 @@ def check(config: dict, base_dir: str | os.PathLike = ".") -> None:
                     raise ConfigError(f"claims[{i}].{side}.{what}", f"{value!r} is not the id of "
                                       f"a {what} entry (ids: {sorted(ids[what])})")
         if claim["measure"] in ("recovery_ratio", "lost_questions") and not (
-                "none" in ids["recovery"] and "dense" in ids["compression"]):
+                any(not recovery_method(r["method"]).trains for r in config["recovery"])
+                and any(compression_method(c["method"]).family == "none"
+                        for c in config["compression"])):
+            # the references `stats.baselines` finds: the untrained cells, the dense one
             raise ConfigError(f"claims[{i}].measure", f"{claim['measure']!r} measures against the "
-                              f"dense and the untrained compressed model: the grid needs a "
-                              f"'dense' compression entry and a 'none' recovery entry")
+                              f"dense and the untrained compressed model: the grid needs an "
+                              f"uncompressed entry (method 'dense') and a recovery entry that "
+                              f"trains nothing (method 'none')")
         if claim["measure"] == "latency":
             timed = config["displacement"]["timing_batch_sizes"]
             if not config["displacement"]["enabled"]:

@@ -37,7 +37,8 @@ KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 CELLS_VIEW = "cells"
 VIEW_TAG = f"mlflow.sharedViewState.{CELLS_VIEW}"
 _VIEW_COLUMNS = ["tags.`recovery`", "tags.`compression`", "metrics.`mean_acc`",
-                 "metrics.`mean_acc_low`", "metrics.`mean_acc_high`",
+                 "metrics.`mean_acc_low`", "metrics.`mean_acc_high`", "metrics.`delta_vs_dense`",
+                 "metrics.`delta_vs_dense_low`", "metrics.`delta_vs_dense_high`",
                  "metrics.`recovery.trainable_params`", "metrics.`compression.bits_per_weight`",
                  "metrics.`compression.sparsity`", "tags.`model`", "tags.`seed`"]
 VIEW = json.dumps({
@@ -87,12 +88,14 @@ def _number(v) -> bool:
 
 def record(results_dir, step: str, unit: str, *, tags: dict | None = None,
            params: dict | None = None, metrics: dict | None = None, series: dict | None = None,
-           artifacts=(), logs=(), tables: dict | None = None) -> dict:
+           artifacts=(), logs=(), tables: dict | None = None,
+           step_metrics: dict | None = None) -> dict:
     """What one step of one unit logs, as plain JSON: flattened params, numeric metrics, metric
     series [(step, value)], files relative to the results folder (`logs`: the step's log files,
     under the run's logs/ folder; `tables`: CSV files by name, logged as MLflow tables, which
     its UI shows as tables), and the step's real start and end. No empty tag values; metric
-    names pass through `metric_name`."""
+    names pass through `metric_name`. `step_metrics` ({step key `evaluate:<cell>`: {name:
+    value}}, the grid record's) are what the summary adds to other steps' runs."""
     root = Path(results_dir).resolve()
     return {
         "step": step, "unit": unit,
@@ -107,6 +110,9 @@ def record(results_dir, step: str, unit: str, *, tags: dict | None = None,
         "tables": {name: os.path.relpath(Path(p).resolve(), root)
                    for name, p in (tables or {}).items()},
         "start_ms": STEP_STARTED_MS, "end_ms": int(1000 * time.time()),
+        **({"step_metrics": {key: {metric_name(k): float(v) for k, v in values.items()
+                                   if _number(v)}
+                             for key, values in step_metrics.items()}} if step_metrics else {}),
     }
 
 
@@ -215,7 +221,19 @@ def _log_grid_run(client, exp_id, parent, rec: dict, results_dir: Path) -> str:
         client.set_tag(parent, k, v)
     client.set_tag(parent, RECORD_TAG, record_digest(rec))
     client.set_terminated(parent, end_time=rec["end_ms"])
+    _log_step_metrics(client, exp_id, rec)
     return parent
+
+
+def _log_step_metrics(client, exp_id, rec: dict) -> None:
+    """The summary's figures of a step onto that step's run (an evaluate run's paired
+    difference from dense), so MLflow's own charts and columns show them."""
+    from mlflow.entities import Metric
+
+    for key, values in rec.get("step_metrics", {}).items():
+        for run in client.search_runs([exp_id], f"tags.`{KEY_TAG}` = '{key}'"):
+            client.log_batch(run.info.run_id, metrics=[
+                Metric(k, v, rec["end_ms"], 0) for k, v in values.items()])
 
 
 def _parent_with_params(client, exp_id, parent: str, params: dict) -> str:
@@ -398,6 +416,8 @@ def resync(results_dir, experiment: str, steps: list[dict], grid: dict | None,
         outcome["current" if fresh else "logged"].append("aggregate:grid")
         if not fresh and not dry_run:
             _log_grid_run(client, exp_id, parent_id, grid, results_dir)
+        elif not dry_run and (outcome["logged"] or outcome["replaced"]):
+            _log_step_metrics(client, exp_id, grid)  # onto the step runs logged again
     if not dry_run and outcome["replaced"]:
         _purge_replaced(client, exp_id, results_dir)
     return outcome
