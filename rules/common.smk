@@ -1,3 +1,4 @@
+import functools
 import json
 from pathlib import Path
 
@@ -6,6 +7,7 @@ from snakemake.settings.types import DeploymentMethod
 from knowledge_recovery.compression.entries import needs_calibration
 from knowledge_recovery.evaluation.task_formats import source_files
 from knowledge_recovery.pipeline.grid import compression_spec, evaluation_settings
+from knowledge_recovery.pipeline import plan
 from knowledge_recovery.pipeline.jobs import DIRECTORIES, Jobs
 from knowledge_recovery.pipeline.paths import unit
 
@@ -44,6 +46,28 @@ wildcard_constraints:
     task=r"[^/]+",
     text=r"[^/]+",
     unit=r"[^/]+|[^/]+/seed\d+",
+
+
+@functools.cache
+def job_estimates():
+    """`make plan`'s estimate of every job of the grid, by job name (computed once, when the
+    first job's resources are asked for)."""
+    return {e.job: e for e in plan.estimate(config)}
+
+
+def planned(rule, key, **fixed):
+    """A rule's resources. With `resource_safety_factor` set (profiles/slurm sets it), each job
+    asks for `make plan`'s estimate of its wall time and host memory times the factor
+    (`plan.job_resources`); without, the rule's `fixed` requests. `key`: the job's key, the
+    pattern of its log's path."""
+    if config["resource_safety_factor"] is None:
+        return fixed
+
+    def sized(resource):
+        return lambda wildcards, attempt: plan.job_resources(
+            job_estimates()[f"{rule} {key.format(**wildcards)}"], config, attempt)[resource]
+
+    return {"runtime": sized("runtime"), "mem_mb": sized("mem_mb")}
 
 
 def outputs(files):

@@ -10,7 +10,7 @@ rule compress:
         calibration=lambda w: calibration_settings(COMPRESSION[w.compression]),
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **planned("compress", "{model}/{compression}", mem_mb=8000),
     log:
         paths.log("compress", "{model}/{compression}"),
     benchmark:
@@ -30,7 +30,7 @@ rule pack:
         spec=lambda w: compression_spec(COMPRESSION[w.compression]),
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **planned("pack", "{model}/{compression}", mem_mb=8000),
     log:
         paths.log("pack", "{model}/{compression}"),
     benchmark:

@@ -16,7 +16,7 @@ rule deploy:
         tasks=[TASKS[t] for t in TASKS],
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **planned("deploy", "{model}/{compression}", mem_mb=8000),
     log:
         paths.log("deploy", "{model}/{compression}"),
     benchmark:
@@ -41,7 +41,7 @@ rule deploy_prompt:
         recovery=lambda w: cell_of(w).settings,
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **planned("deploy_prompt", "{model}/{compression}/{unit}", mem_mb=8000),
     log:
         paths.log("deploy_prompt", "{model}/{compression}/{unit}"),
     benchmark:
@@ -66,7 +66,7 @@ rule deploy_latency:
         deployed=lambda w: JOBS.latency_deployments(w.model, "openvino"),
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **planned("deploy_latency", "{model}", mem_mb=8000),
     log:
         paths.log("deploy_latency", "{model}"),
     benchmark:

@@ -28,7 +28,7 @@ rule represent:
         dtype=lambda w: evaluation_settings(config, w.model)["dtype"],
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **planned("represent", "{model}/{compression}/{unit}", mem_mb=8000),
     log:
         paths.log("represent", "{model}/{compression}/{unit}"),
     benchmark:

@@ -9,7 +9,7 @@ rule evaluate:
         evaluation=lambda w: evaluation_settings(config, w.model),
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **planned("evaluate", "{model}/{compression}/{unit}", mem_mb=8000),
     log:
         paths.log("evaluate", "{model}/{compression}/{unit}"),
     benchmark:

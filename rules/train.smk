@@ -8,7 +8,7 @@ rule train:
         resume=lambda w: paths.train_state(w.model, w.compression, train_unit(w)),
     threads: config["threads"]
     resources:
-        mem_mb=8000,
+        **planned("train", f"{{model}}/{{compression}}/{TRAIN_UNIT}", mem_mb=8000),
     log:
         paths.log("train", f"{{model}}/{{compression}}/{TRAIN_UNIT}"),
     benchmark:

@@ -52,12 +52,52 @@ def test_a_shape_stands_for_a_model_not_yet_downloaded_and_limits_are_flagged(tm
         "default-resources": {"runtime": 240, "mem_mb": 16000},
         "set-resources": {"train": {"runtime": 1, "mem_mb": 64000},
                           "evaluate": {"runtime": 240, "mem_mb": 64000}}}))
-    plan.flag(estimates, plan.profile_limits(profile))
+    limits, factor = plan.profile_settings(profile)
+    assert factor is None
+    plan.flag(estimates, limits, config)
     assert all(e.flags and "runtime 1" in e.flags[0] for e in estimates if e.rule == "train")
     assert not any(e.flags for e in estimates if e.rule == "evaluate")
+    # the head node's jobs are not held to a cluster job's limits
+    assert not any(e.flags for e in estimates if e.rule == "download_model")
 
     raw = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     del raw["models"][1]["shape"]
     with pytest.raises(ConfigError) as err:
         plan.estimate(load_config(raw, check_models=False))
     assert err.value.key == "models (opt-6.7b).shape"
+
+
+def test_the_slurm_profile_sizes_each_job_from_its_estimate():
+    """profiles/slurm sets the factor; each job then asks for its estimate times it (times the
+    attempt), at the floors; nothing is flagged against a fixed limit; the plan shows the asks."""
+    import math
+
+    config = load_config(str(REPO / "config" / "paper.yaml"), check_models=False)
+    limits, factor = plan.profile_settings(REPO / "profiles" / "slurm")
+    assert factor == 3
+    config["resource_safety_factor"] = factor
+    estimates = plan.estimate(config)
+    plan.flag(estimates, limits, config)
+    assert not any(e.flags for e in estimates)
+    train = max((e for e in estimates if e.rule == "train"), key=lambda e: e.wall_s)
+    asked = plan.job_resources(train, config)
+    assert asked["runtime"] == math.ceil(train.wall_s / 60 * 3) > config["plan"]["min_runtime"]
+    assert asked["mem_mb"] == math.ceil((train.host_gb + plan.PROCESS_GB) * 1000 * 3)
+    assert plan.job_resources(train, config, attempt=2)["runtime"] == math.ceil(train.wall_s / 60 * 6)
+    text = plan.markdown(estimates, config)
+    assert "`resource_safety_factor` 3" in text and f"| train | {asked['runtime']:,} |" in text
+
+
+def test_the_plans_rule_lists_match_the_rules_files():
+    """LOCAL_RULES are the rules marked `localrule: True`; PLANNED_RULES those whose resources
+    come from `planned(...)`."""
+    import re
+
+    local, planned = set(), set()
+    for path in (REPO / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", path.read_text(), re.M):
+            if "localrule: True" in body:
+                local.add(name)
+            if f'planned("{name}"' in body:
+                planned.add(name)
+    assert local == set(plan.LOCAL_RULES) and planned == set(plan.PLANNED_RULES)

@@ -36,6 +36,9 @@ def grid(folder: Path) -> Path:
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     config["compression"] = [{"method": "dense"}, {"method": "magnitude", "sparsity": 0.5}]
     config["recovery"] = [{"method": "none"}, {"method": "lora", "r": 2}]
+    # A slow planned device, so that the jobs' estimated wall times differ by rule (a tiny
+    # model's are all at the floor otherwise), and floors this small node can give.
+    config["plan"] = {"tflops": 1e-4, "min_runtime": 1, "min_mem_mb": 500}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "slurm.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -45,11 +48,9 @@ def grid(folder: Path) -> Path:
 def slurm_command(folder: Path) -> list[str]:
     return [*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "slurm"),
             "--directory", str(folder), "--configfile", str(grid(folder)),
-            # This node is small and has no accounting: scale requests down, skip the account.
+            # No accounting here: skip the account. Resources: the profile's, sized per job.
             "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
-            "--default-resources", "mem_mb=1000", "runtime=30",
-            "--set-resources", "compress:mem_mb=1500", "train:mem_mb=1500", "evaluate:mem_mb=1500",
-            "represent:mem_mb=1500", "--jobs", "2", "--latency-wait", "10"]
+            "--jobs", "2", "--latency-wait", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +67,11 @@ def local_results(tmp_path_factory):
 
 def test_smoke_grid_runs_through_the_slurm_profile(tmp_path, local_results):
     require_slurm()
-    proc = subprocess.run(slurm_command(tmp_path), capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run([*slurm_command(tmp_path), "--verbose"], capture_output=True, text=True,
+                          timeout=1200)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
+    check_sized_requests(tmp_path, output)
     res = tmp_path / "results" / "smoke"
     for cell in ("dense/none", "magnitude-s0.5/none", "magnitude-s0.5/lora-r2/seed0"):
         assert (res / "eval" / "tiny-llama" / cell / "results.json").is_file()
@@ -77,6 +80,30 @@ def test_smoke_grid_runs_through_the_slurm_profile(tmp_path, local_results):
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+", output)
     assert len(submitted) == 7, output[-4000:]
     assert (res / "summary" / "results.csv").read_bytes() == local_results
+
+
+def check_sized_requests(folder: Path, output: str) -> None:
+    """Each sbatch call (logged with --verbose) asks for its job's estimate times the profile's
+    factor: per rule, the requests are the plan's (`plan.job_resources`), and they differ
+    between rules (not one constant)."""
+    from knowledge_recovery.pipeline import plan
+    from knowledge_recovery.pipeline.config import load_config
+
+    config = load_config(str(folder / "slurm.yaml"), base_dir=folder, check_models=False)
+    config["resource_safety_factor"] = plan.profile_settings(REPO / "profiles" / "slurm")[1]
+    expected = {}
+    for e in plan.estimate(config, base=folder):
+        if e.rule in plan.PLANNED_RULES:
+            r = plan.job_resources(e, config)
+            expected.setdefault(e.rule, set()).add((r["runtime"], r["mem_mb"]))
+    asked = {}
+    for call in re.findall(r"sbatch call: (.*)", output):
+        rule = re.search(r"rule_([a-z_]+?)_wildcards", call).group(1)
+        runtime = int(re.search(r" -t '?(\d+)", call).group(1))
+        mem = int(re.search(r" --mem '?(\d+)", call).group(1))
+        asked.setdefault(rule, set()).add((runtime, mem))
+    assert asked and asked == {rule: expected[rule] for rule in asked}, (asked, expected)
+    assert len({runtime for values in asked.values() for runtime, _ in values}) > 1, asked
 
 
 def _our_jobs(folder: Path) -> list[tuple[str, str, str]]:

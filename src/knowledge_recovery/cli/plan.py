@@ -5,7 +5,8 @@
 
 Per rule: the number of jobs, the compute (PFLOP), the sum and the longest of their wall times
 at the config's `plan:` throughput, the largest accelerator and host memory, the disk written;
-then the totals and every job over the profile's runtime or memory. `--measured DIR`: beside a
+then the totals, what each cluster job asks for where the profile sizes resources per job
+(`resource_safety_factor`), and every job over a limit the profile fixes. `--measured DIR`: beside a
 finished grid's measured times (its benchmark files) and size, to check the estimates.
 `--device`, `--tflops`: another machine than the config's `plan:` says.
 """
@@ -34,8 +35,11 @@ def main(argv=None) -> int:
         config["plan"] = {**config["plan"], "device": args.device, "tflops": None, "startup_s": None}
     if args.tflops:
         config["plan"] = {**config["plan"], "tflops": args.tflops}
+    limits, factor = plan.profile_settings(Path(args.profile) if args.profile else None)
+    if factor and not config["resource_safety_factor"]:  # what the profile's runs would use
+        config["resource_safety_factor"] = factor
     estimates = plan.estimate(config)
-    plan.flag(estimates, plan.profile_limits(Path(args.profile) if args.profile else None))
+    plan.flag(estimates, limits, config)
     text = plan.markdown(estimates, config)
     if args.measured:
         text += "\n" + plan.compare_measured(estimates, Path(args.measured))

@@ -15,6 +15,7 @@ SparseGPT; a few passes over the weights for the others.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,15 @@ TASK_S = 4.0
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CHARS_PER_TOKEN = 4.0
 GPU_RULES = ("compress", "train", "evaluate", "represent")
+# The rules that run on the head node (`localrule: True` in rules/*.smk: they download, or only
+# read and write summaries) and those whose cluster resources are sized from the plan
+# (`planned(...)` in rules/*.smk); tests/test_plan.py checks both against the rules' files.
+LOCAL_RULES = ("download_model", "download_text", "prepare_task", "sample_inputs", "aggregate")
+PLANNED_RULES = ("compress", "pack", "train", "evaluate", "represent", "deploy", "deploy_prompt",
+                 "deploy_latency")
+# Host memory of a job's process before its model: Python, torch, transformers, lm-eval
+# (measured: the bookkeeping rules' peak RSS 0.26-0.47 GB in the study's run).
+PROCESS_GB = 0.5
 
 
 @dataclass
@@ -232,23 +242,42 @@ def estimate(config: dict, base: Path = Path(".")) -> list[Estimate]:
     return out
 
 
-def profile_limits(profile: Path | None) -> dict:
-    """{rule: (runtime minutes, mem_mb)} from a Snakemake profile's resources."""
+def job_resources(e: Estimate, config: dict, attempt: int = 1) -> dict:
+    """What a cluster job asks for (`resource_safety_factor` set): its estimated wall time
+    (minutes) and host memory (MB: the process, and its model; on a CPU device its accelerator
+    memory too) times the factor and the attempt, at the plan's floors."""
+    factor = config["resource_safety_factor"] * attempt
+    settings = config["plan"]
+    host = max(e.host_gb, e.accel_gb if settings["device"] == "cpu" else 0.0) + PROCESS_GB
+    return {"runtime": max(settings["min_runtime"], math.ceil(e.wall_s / 60 * factor)),
+            "mem_mb": max(settings["min_mem_mb"], math.ceil(host * 1000 * factor))}
+
+
+def profile_settings(profile: Path | None) -> tuple[dict, float | None]:
+    """({rule: (runtime minutes, mem_mb)} a Snakemake profile fixes, its
+    `resource_safety_factor` (set in its `config:` list), None where it sets none)."""
     import yaml
 
     if profile is None:
-        return {}
+        return {}, None
     cfg = yaml.safe_load((Path(profile) / "config.yaml").read_text()) or {}
     default = cfg.get("default-resources") or {}
     limits = {"*": (default.get("runtime"), default.get("mem_mb"))}
     for rule, res in (cfg.get("set-resources") or {}).items():
         limits[rule] = (res.get("runtime", default.get("runtime")), res.get("mem_mb", default.get("mem_mb")))
-    return limits
+    config = cfg.get("config") or []
+    factor = next((float(c.split("=", 1)[1]) for c in config
+                   if c.split("=", 1)[0].strip() == "resource_safety_factor"), None)
+    return limits, factor
 
 
-def flag(estimates: list[Estimate], limits: dict) -> None:
-    """Mark the jobs whose wall time or host memory exceeds the profile's limit for its rule."""
+def flag(estimates: list[Estimate], limits: dict, config: dict) -> None:
+    """Mark the cluster jobs (not the head node's LOCAL_RULES) whose wall time or host memory
+    exceeds what they ask for: the profile's fixed limit for the rule, or nothing where
+    resources are sized per job (`resource_safety_factor`: each asks for its estimate times it)."""
     for e in estimates:
+        if e.rule in LOCAL_RULES or config["resource_safety_factor"] and e.rule in PLANNED_RULES:
+            continue
         runtime, mem_mb = limits.get(e.rule, limits.get("*", (None, None)))
         if runtime and e.wall_s > runtime * 60:
             e.flags.append(f"wall {e.wall_s / 60:.0f} min > runtime {runtime}")
@@ -285,6 +314,19 @@ def markdown(estimates: list[Estimate], config: dict) -> str:
              f"{gpu:.2f} h on the accelerator (compress, train, evaluate, represent), "
              f"{sum(e.disk_gb for e in estimates):.1f} GB on disk, {runs} MLflow runs; longest "
              f"job {longest.job} ({longest.wall_s / 60:.1f} min)."]
+    factor = config["resource_safety_factor"]
+    if factor:
+        asks = {}
+        for e in estimates:
+            if e.rule in PLANNED_RULES:
+                r = job_resources(e, config)
+                runtime, mem = asks.get(e.rule, (0, 0))
+                asks[e.rule] = (max(runtime, r["runtime"]), max(mem, r["mem_mb"]))
+        lines += ["", f"What the cluster jobs ask for: each its estimate times "
+                  f"`resource_safety_factor` {factor:g}, at least {device['min_runtime']} min and "
+                  f"{device['min_mem_mb']} MB (the largest request per rule; a retry asks for twice):",
+                  "", "| rule | runtime (min) | mem_mb |", "|:--|--:|--:|"]
+        lines += [f"| {rule} | {runtime:,} | {mem:,} |" for rule, (runtime, mem) in asks.items()]
     flagged = [e for e in estimates if e.flags]
     if flagged:
         lines += ["", f"Over the profile's limits ({len(flagged)} jobs):"]
