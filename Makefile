@@ -6,7 +6,7 @@ CONFIG ?= config.yaml
 # Extra Snakemake arguments, e.g. SMK_ARGS="--forceall" or "--dry-run".
 SMK_ARGS ?=
 
-.PHONY: run test lint venv verify resync readme report plan
+.PHONY: run test lint venv verify resync readme report plan gpu-check
 
 venv: $(VENV)/.installed
 
@@ -48,6 +48,11 @@ plan: venv
 	$(BIN)/python -m knowledge_recovery.cli.plan --configfile $(CONFIG) $(PLAN_ARGS)
 
 # The results blocks of README.md and docs/ from a finished run of CONFIG (docs/results/<experiment>/)
+# The smoke grid in float16 and bfloat16 on this machine's GPU against float32 on its CPU (exits 0
+# saying so where there is no GPU): knowledge_recovery.cli.gpu_check
+gpu-check: venv
+	$(BIN)/python -m knowledge_recovery.cli.gpu_check
+
 readme: venv
 	$(BIN)/python -m knowledge_recovery.cli.readme --configfile $(CONFIG)
 

@@ -574,18 +574,7 @@ def test_every_method_runs_on_two_architectures(tmp_path):
         assert manifest["architecture"].startswith(model.split("-")[1])  # gemma3_text
 
 
-# Half precision against float32, the same tiny models (float32 weights rounded). Measured on
-# this grid (2026-12-06): uncompressed cells differ by at most 0.015 nats per answer in bfloat16
-# and 0.002 in float16, and answer alike on 59-60 of 60 questions. Compressed cells differ more:
-# GPTQ runs on half-precision activations and its error feedback takes other rounding
-# decisions (11% of tiny Gemma-3's weights identical to the float32 run's), so they are other
-# models: up to 0.52 nats (bfloat16) and 0.18 (float16) per answer, and tiny Gemma-3's bfloat16
-# GPTQ cells answer alike on 55-57 of 60 questions (below the 95% asked for; every flip was a
-# near-tie of the random model, a float32 margin of at most 0.11 nats).
-LL_TOLERANCE = {"bfloat16": 0.05, "float16": 0.01}  # nats per answer, uncompressed cells
-LL_TOLERANCE_COMPRESSED = {"bfloat16": 1.0, "float16": 0.5}
-SAME_ANSWER = 0.95  # share of questions answered alike, uncompressed cells
-SAME_ANSWER_COMPRESSED = 0.90
+# Half precision against float32: the tolerances are analysis.agreement's (measured there).
 SCALE_TOLERANCE = 0.01  # median relative difference of quantization scales from the twin's
 
 
@@ -593,16 +582,12 @@ def test_half_precision_grids_agree_with_float32(tmp_path, monkeypatch):
     """The smoke grid's tiny Llama and tiny Gemma-3 each in float32, bfloat16 and float16, in one
     run: every stage finishes; every checkpoint is written in its model's dtype and every step
     holds the model in it, adapters in float32; no NaN or inf in any loss, metric or
-    log-likelihood; each half-precision cell answers as its float32 twin (see LL_TOLERANCE for
+    log-likelihood; each half-precision cell answers as its float32 twin (analysis.agreement:
     what was measured and how closely) and its compressed weights lie on their quantization
     grid, close to the twin's."""
-    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-    llama = config["models"][0]
-    config["models"] = [{**llama, "name": f"{arch}-{dtype}", "architecture": arch, "dtype": dtype,
-                         "num_layers": 2 if arch == "llama" else 4}
-                        for arch in ("llama", "gemma3") for dtype in ("float32", "bfloat16", "float16")]
-    config["recovery"] = [r for r in config["recovery"] if r.get("selection") != "oracle"]
-    config["tasks"][0]["per_relation"] = 30
+    from knowledge_recovery.cli import gpu_check
+
+    config = gpu_check.grid(("float32", *gpu_check.HALF), "smoke")  # make gpu-check's grid
     path = tmp_path / "half.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     snakemake(tmp_path, path)
@@ -614,6 +599,7 @@ def check_half_precision_grid(path: Path, monkeypatch) -> None:
     import numpy as np
     from safetensors import safe_open
 
+    from knowledge_recovery.analysis.agreement import agreement
     from knowledge_recovery.artifacts import read_json, read_json_gz
     from knowledge_recovery.pipeline.config import load_config
     from knowledge_recovery.pipeline.jobs import Jobs
@@ -655,21 +641,8 @@ def check_half_precision_grid(path: Path, monkeypatch) -> None:
         twin = by_id[cell.id.replace(cell.model, cell.model.replace(dtype, "float32"))]
         mine = read_json_gz(paths.eval_samples(cell.model, cell.compression, cell.recovery_unit))
         theirs = read_json_gz(paths.eval_samples(twin.model, twin.compression, twin.recovery_unit))
-        compressed = cell.compression != "dense"
-        tolerance = (LL_TOLERANCE_COMPRESSED if compressed else LL_TOLERANCE)[dtype]
-        gaps, alike, questions = [], 0, 0
-        for task in theirs:
-            for a, b in zip(mine[task]["loglikelihoods"], theirs[task]["loglikelihoods"], strict=True):
-                a, b = np.array(a), np.array(b)
-                assert np.isfinite(a).all(), cell.id
-                gaps.append(float(np.abs(a - b).max()))
-                alike += int(a.argmax() == b.argmax())
-                questions += 1
-                margin = np.sort(b)[-1] - np.sort(b)[-2]  # a question float32 decides clearly
-                assert a.argmax() == b.argmax() or margin <= 2 * tolerance, (cell.id, margin)
-        assert max(gaps) <= tolerance, (cell.id, max(gaps))
-        assert alike >= (SAME_ANSWER_COMPRESSED if compressed else SAME_ANSWER) * questions, \
-            (cell.id, alike, questions)
+        found = agreement(mine, theirs, dtype, compressed=cell.compression != "dense")
+        assert found.ok and found.questions > 0, (cell.id, found)
     # compressed weights: on their quantization grid, to the dtype's rounding, and the grid the
     # float32 twin's (GPTQ's error feedback runs on other Hessians: scales differ a little)
     import torch

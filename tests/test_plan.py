@@ -101,3 +101,18 @@ def test_the_plans_rule_lists_match_the_rules_files():
             if f'planned("{name}"' in body:
                 planned.add(name)
     assert local == set(plan.LOCAL_RULES) and planned == set(plan.PLANNED_RULES)
+
+
+def test_gpu_check_without_a_gpu_says_so_and_runs_nothing(tmp_path, capsys):
+    """`make gpu-check` on a machine without CUDA: exit 0, a sentence, no grid folder."""
+    import torch
+
+    from knowledge_recovery.cli import gpu_check
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: make gpu-check runs for real here")
+    assert gpu_check.main(["--out", str(tmp_path / "check")]) == 0
+    assert "no GPU here" in capsys.readouterr().out and not (tmp_path / "check").exists()
+    grid = gpu_check.grid(gpu_check.HALF, "half")  # what it would run: both models, both dtypes
+    assert [m["name"] for m in grid["models"]] == [
+        "llama-bfloat16", "llama-float16", "gemma3-bfloat16", "gemma3-float16"]

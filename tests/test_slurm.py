@@ -38,7 +38,7 @@ def grid(folder: Path) -> Path:
     config["recovery"] = [{"method": "none"}, {"method": "lora", "r": 2}]
     # A slow planned device, so that the jobs' estimated wall times differ by rule (a tiny
     # model's are all at the floor otherwise), and floors this small node can give.
-    config["plan"] = {"tflops": 1e-4, "min_runtime": 1, "min_mem_mb": 500}
+    config["plan"] = {"tflops": 1e-4, "min_runtime": 3, "min_mem_mb": 500}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "slurm.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -50,7 +50,8 @@ def slurm_command(folder: Path) -> list[str]:
             "--directory", str(folder), "--configfile", str(grid(folder)),
             # No accounting here: skip the account. Resources: the profile's, sized per job.
             "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
-            "--jobs", "2", "--latency-wait", "10"]
+            "--jobs", "2", "--latency-wait", "10",
+            "--cores", "1"]  # the grid's threads: a group's jobs run one at a time (the profile)
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +76,15 @@ def test_smoke_grid_runs_through_the_slurm_profile(tmp_path, local_results):
     res = tmp_path / "results" / "smoke"
     for cell in ("dense/none", "magnitude-s0.5/none", "magnitude-s0.5/lora-r2/seed0"):
         assert (res / "eval" / "tiny-llama" / cell / "results.json").is_file()
-    # The compute rules really went through sbatch (1 compress, 1 train, 3 evaluate, 2
-    # represent); the local rules (downloads, aggregate) did not.
-    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+", output)
-    assert len(submitted) == 7, output[-4000:]
     assert (res / "summary" / "results.csv").read_bytes() == local_results
 
 
 def check_sized_requests(folder: Path, output: str) -> None:
-    """Each sbatch call (logged with --verbose) asks for its job's estimate times the profile's
-    factor: per rule, the requests are the plan's (`plan.job_resources`), and they differ
+    """Each sbatch call (logged with --verbose) asks for what the plan sizes: a single job its
+    estimate times the profile's factor (`plan.job_resources`); a group of evaluate and
+    represent jobs (the profile's `groups`) one GPU, their summed runtime, their largest memory.
+    The 7 computing jobs (1 compress, 1 train, 3 evaluate, 2 represent) go in fewer
+    submissions than jobs, the local rules (downloads, aggregate) in none; the requests differ
     between rules (not one constant)."""
     from knowledge_recovery.pipeline import plan
     from knowledge_recovery.pipeline.config import load_config
@@ -95,15 +95,26 @@ def check_sized_requests(folder: Path, output: str) -> None:
     for e in plan.estimate(config, base=folder):
         if e.rule in plan.PLANNED_RULES:
             r = plan.job_resources(e, config)
-            expected.setdefault(e.rule, set()).add((r["runtime"], r["mem_mb"]))
-    asked = {}
-    for call in re.findall(r"sbatch call: (.*)", output):
-        rule = re.search(r"rule_([a-z_]+?)_wildcards", call).group(1)
+            expected.setdefault(e.rule, []).append((r["runtime"], r["mem_mb"]))
+    grouped = expected["evaluate"] + expected["represent"]
+    calls = re.findall(r"sbatch call: (.*)", output)
+    asked = []
+    for call in calls:
         runtime = int(re.search(r" -t '?(\d+)", call).group(1))
         mem = int(re.search(r" --mem '?(\d+)", call).group(1))
-        asked.setdefault(rule, set()).add((runtime, mem))
-    assert asked and asked == {rule: expected[rule] for rule in asked}, (asked, expected)
-    assert len({runtime for values in asked.values() for runtime, _ in values}) > 1, asked
+        assert "--gpus=1 " in call, call[:600]
+        single = re.search(r"--comment '?rule_([a-z_]+?)_wildcards", call)
+        if single:
+            assert (runtime, mem) in expected[single.group(1)], (call[:600], expected)
+        else:  # a group: in series on one GPU
+            assert "group_cells" in call, call[:600]
+            assert mem in {m for _, m in grouped} and runtime >= max(t for t, _ in grouped) \
+                and runtime <= sum(t for t, _ in grouped), (call[:600], grouped)
+        asked.append(runtime)
+    assert 3 <= len(calls) < 7 and any("group_cells" in c for c in calls), output[-4000:]
+    assert len(set(asked)) > 1, calls
+    submitted = re.findall(r"has been submitted with SLURM jobid \d+", output)
+    assert len(submitted) == len(calls), output[-4000:]
 
 
 def _our_jobs(folder: Path) -> list[tuple[str, str, str]]:
