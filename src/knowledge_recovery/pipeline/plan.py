@@ -224,8 +224,10 @@ def estimate(config: dict, base: Path = Path(".")) -> list[Estimate]:
                 + shape.bytes / io
         elif rule == "represent":
             d = config["displacement"]
-            tokens = d["inputs"] * d["max_tokens"]
-            timed = d["timing_rounds"] * d["timing_inputs"] * sum(d["timing_batch_sizes"]) * d["max_tokens"]
+            # each input is its last max_tokens tokens: shorter where the tasks' questions are
+            per_input = min(d["max_tokens"], eval_tokens / max(questions, 1))
+            tokens = d["inputs"] * per_input
+            timed = d["timing_rounds"] * d["timing_inputs"] * sum(d["timing_batch_sizes"]) * per_input
             e.flops = shape.token_flops * 2 * (2 * tokens + timed)
             e.accel_gb = (2 * shape.bytes + 2 * tokens * shape.hidden * (shape.layers + 1) * 4) / 1e9
             e.host_gb = 2 * shape.bytes / 1e9
