@@ -43,16 +43,16 @@ resync: venv
 	$(BIN)/python -m knowledge_recovery.cli.resync --configfile $(CONFIG)
 
 # The grid's jobs, compute, memory, wall time and disk before launch (docs/cluster.md);
-# PLAN_ARGS="--profile profiles/slurm" flags jobs over the cluster profile's limits.
+# PLAN_ARGS="--profile profiles/slurm": what each cluster job asks for, and jobs over fixed limits.
 plan: venv
 	$(BIN)/python -m knowledge_recovery.cli.plan --configfile $(CONFIG) $(PLAN_ARGS)
 
-# The results blocks of README.md and docs/ from a finished run of CONFIG (docs/results/<experiment>/)
 # The smoke grid in float16 and bfloat16 on this machine's GPU against float32 on its CPU (exits 0
 # saying so where there is no GPU): knowledge_recovery.cli.gpu_check
 gpu-check: venv
 	$(BIN)/python -m knowledge_recovery.cli.gpu_check
 
+# The results blocks of README.md and docs/ from a finished run of CONFIG (docs/results/<experiment>/)
 readme: venv
 	$(BIN)/python -m knowledge_recovery.cli.readme --configfile $(CONFIG)
 

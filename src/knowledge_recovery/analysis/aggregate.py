@@ -66,7 +66,7 @@ def dense_deltas(cells: list, records: dict, settings: dict) -> dict:
         result = stats.paired_bootstrap({t: a[t][1] for t in tasks}, {t: b[t][1] for t in tasks},
                                         settings["resamples"], settings["seed"],
                                         settings["confidence"])
-        mean = result.get("mean", result[tasks[0]])
+        mean = stats.on_the_mean(result)
         out[c.id] = {"delta_vs_dense": mean["difference"], "delta_vs_dense_low": mean["low"],
                      "delta_vs_dense_high": mean["high"]}
     return out
@@ -151,9 +151,8 @@ def deployment_table(deployed: list, manifests: list, samples: list, cells: list
             tasks = [t for t in a if t in b and a[t][0] == b[t][0]]
             if tasks:
                 pair = ({t: a[t][1] for t in tasks}, {t: b[t][1] for t in tasks})
-                mean = stats.paired_bootstrap(*pair, settings["resamples"], settings["seed"],
-                                              settings["confidence"])
-                mean = mean.get("mean", mean[tasks[0]])
+                mean = stats.on_the_mean(stats.paired_bootstrap(
+                    *pair, settings["resamples"], settings["seed"], settings["confidence"]))
                 row.update(evaluated_acc=sum(sum(v) / len(v) for v in pair[0].values()) / len(tasks),
                            deployed_acc=sum(sum(v) / len(v) for v in pair[1].values()) / len(tasks),
                            **mean)

@@ -166,7 +166,7 @@ def _accuracy(answers: dict, settings: dict) -> dict:
 
     result = stats.paired_bootstrap(answers["base"], answers["other"], settings["resamples"],
                                     settings["seed"], settings["confidence"])
-    mean = result.get("mean", next(iter(result.values())))
+    mean = stats.on_the_mean(result)
     return {"difference": mean["difference"], "low": mean["low"], "high": mean["high"],
             "questions": mean["questions"], "base_value": float(_mean_over_tasks(answers["base"])),
             "other_value": float(_mean_over_tasks(answers["other"]))}
