@@ -46,8 +46,10 @@ def assert_grid_tracked(folder: Path, uri: str, monkeypatch) -> dict:
         key = "grid" if rec is summary else f"{rec['step']}:{rec['unit']}"
         logged = store[key]
         assert logged["status"] == "FINISHED", key
+        # an evaluate run also holds what the grid's summary says of its cell (delta_vs_dense)
         assert {m: v[-1][1] for m, v in logged["metrics"].items()} == \
-            {**rec["metrics"], **{s: v[-1][1] for s, v in rec["series"].items()}}, key
+            {**rec["metrics"], **{s: v[-1][1] for s, v in rec["series"].items()},
+             **summary.get("step_metrics", {}).get(key, {})}, key
         assert {s: logged["metrics"][s] for s in rec["series"]} == \
             {s: [tuple(p) for p in v] for s, v in rec["series"].items()}, key
         assert logged["params"] == rec["params"], key
@@ -57,6 +59,7 @@ def assert_grid_tracked(folder: Path, uri: str, monkeypatch) -> dict:
                                             str(folder / "downloads" / key.replace("/", "_")))
             assert Path(got).read_bytes() == (root / rel).read_bytes(), (key, rel)
     assert len([k for k in store if k.startswith("evaluate:")]) == 3  # one per cell
+    assert len(summary["step_metrics"]) == 2  # every cell but dense
     return store
 
 
