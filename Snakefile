@@ -14,7 +14,7 @@ for path in workflow.configfiles:
     read_yaml(path)
 validate_schema(config)  # the package's JSON schema, defaults filled in
 # Every error names its config key, before any job runs. Cluster jobs re-read this file: the
-# main process has checked the models already, so they skip that (it imports torch and peft).
+# main process has checked the models already (in a child process that imports torch and peft).
 prepare(config, check_models=workflow.is_main_process)
 
 

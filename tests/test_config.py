@@ -221,6 +221,30 @@ def test_recovery_settings_are_checked(entry, key, words):
     assert err.value.key == key and words in str(err.value), str(err.value)
 
 
+def test_a_process_without_torch_runs_the_model_checks_in_a_child(tmp_path):
+    """The main Snakemake process never imports torch: the model checks run in a child process,
+    whose config problem is raised in the parent as the same ConfigError."""
+    import json
+    import subprocess
+    import sys
+
+    config = {**copy.deepcopy(SMOKE), "recovery": [
+        {"method": "none"}, {"method": "lora", "r": 2, "target_modules": ["query_key_value"]}]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    script = ("import json, sys\n"
+              "from knowledge_recovery.errors import ConfigError\n"
+              "from knowledge_recovery.pipeline.config import load_config\n"
+              "try:\n"
+              "    load_config(json.load(open('config.json')))\n"
+              "except ConfigError as err:\n"
+              "    print(json.dumps([err.key, str(err), 'torch' in sys.modules]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    key, message, imported_torch = json.loads(proc.stdout)
+    assert key == "recovery[1].target_modules" and "not found" in message, proc.stderr
+    assert not imported_torch
+
+
 def test_idp_selection_variants_share_one_adapter():
     config = {**copy.deepcopy(SMOKE), "recovery": [
         IDP, {**IDP, "selection": "random"}, {**IDP, "selection": "oracle"},

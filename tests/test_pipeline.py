@@ -833,9 +833,10 @@ def _mkdir(path: Path) -> Path:
 
 
 def test_a_huge_text_is_read_no_further_than_the_grid_needs(tmp_path):
-    """A 1 GiB recovery text with max_chars 50,000: the dry run's peak memory is that of the
-    same dry run on a small text (the preflight's imports of torch, transformers and peft, about
-    520 MB here), within 50 MB. Reading the whole file took 2.2 GB."""
+    """A 1 GiB recovery text with max_chars 50,000: the dry run's peak memory (of any one of
+    its processes: the preflight's model checks import torch, transformers and peft in a child,
+    ~400 MB here) is under 500 MB and that of the same dry run on a small text within 50 MB.
+    Reading the whole file took 2.2 GB."""
     huge = tmp_path / "huge.txt"
     with open(huge, "wb") as fh:  # sparse: a gibibyte of NUL characters (valid UTF-8)
         fh.write(b"Some text. " * 10000)
@@ -855,4 +856,4 @@ def test_a_huge_text_is_read_no_further_than_the_grid_needs(tmp_path):
         rc, planned, peak_mb = proc.stdout.split()
         assert rc == "0" and planned == "True", proc.stdout
         peaks[name] = int(peak_mb)
-    assert peaks["huge"] < peaks["small"] + 50, f"peak RSS of the dry runs (MB): {peaks}"
+    assert peaks["huge"] < min(500, peaks["small"] + 50), f"peak RSS of the dry runs (MB): {peaks}"

@@ -8,6 +8,7 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"config key '{key}': {message}")
         self.key = key
+        self.message = message
 
 
 
@@ -17,3 +18,4 @@ class ConfigFileError(ConfigError):
     def __init__(self, path, message: str):
         ValueError.__init__(self, f"config file '{path}': {message}")
         self.key = str(path)
+        self.message = message

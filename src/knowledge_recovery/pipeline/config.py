@@ -215,8 +215,8 @@ def check_shared_adapters(config: dict) -> None:
 def prepare(config: dict, base_dir: str | os.PathLike = ".", check_models: bool = True) -> dict:
     """A schema-validated config made ready for the workflow, in place: normalised, checked, and
     (`check_models`) checked on the models whose shape is known and on lm-eval's task list,
-    which imports torch, transformers, peft and lm-eval (seconds): processes that only need the
-    grid skip it."""
+    which imports torch, transformers, peft and lm-eval (seconds, in a child process: see
+    `preflight.run`): processes that only need the grid skip it."""
     grid.normalise(config)
     check(config, base_dir)
     if check_models:
@@ -226,8 +226,7 @@ def prepare(config: dict, base_dir: str | os.PathLike = ".", check_models: bool 
         # peft and build every model (seconds), the fingerprint reads files (milliseconds).
         passed = Path(base_dir, preflight.PASSED_DIR, preflight.fingerprint(config, Path(base_dir)))
         if not passed.is_file():
-            preflight.check_models(config, Path(base_dir))
-            preflight.check_lm_eval_tasks(config, Path(base_dir))
+            preflight.run(config, Path(base_dir))
             passed.parent.mkdir(parents=True, exist_ok=True)
             passed.touch()
     check_shared_adapters(config)

@@ -1,9 +1,15 @@
 """Preflight on model shapes: every compression entry fits the layer widths of every model whose
 config is at hand, and every trained recovery entry attaches to it within its budget. Built on
 empty (meta-device) models, before any job runs; the compress and train steps repeat the checks
-for models first fetched by the run."""
+for models first fetched by the run.
+
+`python -m knowledge_recovery.pipeline.preflight BASE_DIR` runs the checks on the config given as
+JSON on stdin (what `run` does in a child process)."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from knowledge_recovery.compression.entries import check_widths, needs_calibration
@@ -154,3 +160,40 @@ def check_context(config: dict, model_cfg, model_name: str) -> None:
             virtual = f" + {total - seq_len} virtual" if total > seq_len else ""
             raise ConfigError(key, f"{seq_len}{virtual} tokens is beyond the context of model "
                               f"{model_name!r} ({context})")
+
+
+def run(config: dict, base: Path) -> None:
+    """`check_models` and `check_lm_eval_tasks`, in a child process unless this one has already
+    imported torch: the checks import torch, transformers, peft and lm-eval (~350 MB), which the
+    main Snakemake process, alive for the whole grid (on a cluster's login node too), never needs
+    again. A problem found there is raised here as the same ConfigError."""
+    if "torch" in sys.modules:  # nothing left to save
+        check_models(config, base)
+        check_lm_eval_tasks(config, base)
+        return
+    proc = subprocess.run([sys.executable, "-m", __name__, str(base)], input=json.dumps(config),
+                          capture_output=True, text=True)
+    if proc.returncode == CONFIG_PROBLEM:
+        problem = json.loads(proc.stdout)
+        raise ConfigError(problem["key"], problem["message"])
+    if proc.returncode:
+        raise RuntimeError(f"the preflight checks on the models failed:\n{proc.stderr[-4000:]}")
+
+
+CONFIG_PROBLEM = 3  # the child's exit status when it found a config problem (JSON on stdout)
+
+
+def main(argv=None) -> int:
+    base = Path((argv or sys.argv[1:])[0])
+    config = json.load(sys.stdin)
+    try:
+        check_models(config, base)
+        check_lm_eval_tasks(config, base)
+    except ConfigError as err:
+        print(json.dumps({"key": err.key, "message": err.message}))
+        return CONFIG_PROBLEM
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
