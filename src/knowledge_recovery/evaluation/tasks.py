@@ -167,7 +167,7 @@ def _mc_task_yaml(name: str, data_file: Path, text: str, choices: str, target: s
     return {
         "task": name,
         "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}},
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
         "test_split": "test",
         "output_type": "multiple_choice",
         "doc_to_text": text,
@@ -303,7 +303,10 @@ def from_hub(entry: dict) -> bool:
 def prepare_task(entry: dict, out_dir: Path, seed: int, base_dir=".",
                  final_dir: Path | None = None) -> dict:
     """Write the lm-eval folder for one task entry into out_dir; its YAMLs point at final_dir,
-    where out_dir will be moved (default: out_dir itself). Returns what the manifest records."""
+    where out_dir will be moved (default: out_dir itself), as given: a relative final_dir is
+    read from the working directory (lm-eval resolves `data_files` there, not from the YAML's
+    folder), so a grid's task YAMLs do not name the folder it ran in. Returns what the manifest
+    records."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final_dir = final_dir or out_dir
     kind = entry["type"]
