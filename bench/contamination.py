@@ -1,7 +1,9 @@
 """Are the evaluation questions in the recovery text? Word n-gram overlap between a grid's
 recovery text (what adapters train on and compression calibrates on) and every document its
 evaluate steps score (each task's first `limit`), the test of Brown et al. 2020 (GPT-3, appendix
-C: 13-grams; --n sets it). Run after the grid's prepare steps (any finished or started run):
+C: 13-grams; --n sets it), and for probe tasks the text's documents that name a question's
+subject and its answer (`text.Contamination`, what `decontaminate: true` drops). Run after the
+grid's prepare steps (any finished or started run):
 
     .venv/bin/python bench/contamination.py --config config/study.yaml
 
@@ -12,24 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.paths import Layout
-from knowledge_recovery.text import document_text
+from knowledge_recovery.text import Contamination, document_text, documents, ngrams, words
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def ngrams(tokens: list[str], n: int) -> set[tuple]:
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
 def main(argv=None) -> int:
@@ -42,6 +35,7 @@ def main(argv=None) -> int:
     layout = Layout(config)
     text = Path(layout.recovery_text).read_text()
     seen = ngrams(words(text), args.n)
+    paragraphs = documents(text)
     rows = []
     for task in config["tasks"]:
         folder = Path(layout.root) / "tasks" / task["name"] / "lm_eval"
@@ -50,9 +44,15 @@ def main(argv=None) -> int:
             docs = docs[:task.get("limit") or len(docs)]
             shared = [sorted(ngrams(words(document_text(d)), args.n) & seen) for d in docs]
             hits = [s for s in shared if s]
+            # the probes' facts (subject and answer) in the text's documents
+            facts = Contamination(docs, args.n)
+            naming = [w for w in map(facts.why, paragraphs) if w and w.startswith("fact")] \
+                if facts.facts else []
             rows.append({"task": path.stem, "documents": len(docs), "sharing": len(hits),
                          "share": len(hits) / len(docs) if docs else 0.0,
-                         "examples": "; ".join(" ".join(s[0]) for s in hits[:3])})
+                         "text documents naming a fact": len(naming) if facts.facts else None,
+                         "examples": "; ".join([" ".join(s[0]) for s in hits[:3]]
+                                               + [w[6:] for w in naming[:3]])})
     table = pd.DataFrame(rows)
     head = (f"Documents of each task (its first `limit`) sharing a word {args.n}-gram with the "
             f"recovery text ({len(words(text)):,} words, {layout.recovery_text}); "

@@ -89,6 +89,10 @@ def task_sources(wildcards):
     return [str(p) for p in source_files(Path(path))] if path else []
 
 
+def text_inputs(wildcards):
+    return JOBS.text_inputs(wildcards.text)
+
+
 def compress_inputs(wildcards):
     return JOBS.compress_inputs(wildcards.model, wildcards.compression)
 

@@ -20,6 +20,8 @@ rule download_model:
 
 
 rule download_text:
+    input:
+        unpack(text_inputs),
     output:
         **outputs(JOBS.text_outputs("{text}")),
     params:

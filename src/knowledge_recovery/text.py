@@ -70,13 +70,50 @@ def _read_files(paths: list[Path], max_chars: int) -> str:
     return "".join(parts)
 
 
+class RowError(ValueError):
+    """A row of a JSON Lines text file that is not a JSON object."""
+
+
+def _read_rows(paths: list[Path], template: str, max_chars: int) -> str:
+    """JSON Lines files, each row rendered by `template` (its fields; Jinja's immutable sandbox,
+    as a task's templates) as one document, the documents joined by blank lines and cut to
+    max_chars, reading no more rows than that takes."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    compiled = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(template)
+    parts, size = [], 0
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise RowError(f"{path}, line {n}: not JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise RowError(f"{path}, line {n}: not a JSON object (a row's fields are "
+                                   f"what the template reads)")
+                doc = compiled.render(**row).strip()
+                if doc:
+                    parts.append(doc)
+                    size += len(doc) + 2
+                if size >= max_chars:
+                    return "\n\n".join(parts)[:max_chars]
+    return "\n\n".join(parts)
+
+
 def load_text(spec: dict, base_dir: str | Path = ".") -> str:
     """Return the text a `text:` config entry names, cut to max_chars."""
     source = spec["source"]
     if source == "builtin":
         text = BUILTIN[spec["name"]]()
     elif source == "files":  # read no further than max_chars: a text file may be huge
-        return _read_files([Path(base_dir, p) for p in spec["paths"]], spec["max_chars"])
+        paths = [Path(base_dir, p) for p in spec["paths"]]
+        if spec.get("template"):
+            return _read_rows(paths, spec["template"], spec["max_chars"])
+        return _read_files(paths, spec["max_chars"])
     else:
         import datasets
 
@@ -101,3 +138,56 @@ def document_text(doc) -> str:
     if isinstance(doc, list):
         return " ".join(document_text(v) for v in doc)
     return ""
+
+
+# ---------------------------------------------------------------- contamination
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def ngrams(tokens: list[str], n: int) -> set[tuple]:
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def documents(body: str) -> list[str]:
+    """A text's documents: its paragraphs (a JSON Lines text's rows, a file's blocks)."""
+    return [p for p in re.split(r"\n\s*\n", body) if p.strip()]
+
+
+class Contamination:
+    """What of a text holds an evaluation question (Brown et al. 2020, GPT-3 appendix C, and a
+    fact test for probes): a document sharing a word `n`-gram with a task document, or naming
+    both a probe question's subject and its answer (a fact the probes ask, too short for
+    n-grams: "What is the capital of Nigeria?" is 7 words)."""
+
+    def __init__(self, task_documents, n: int = 13):
+        self.n, self.grams, self.facts = n, set(), {}
+        for doc in task_documents:
+            self.grams |= ngrams(words(document_text(doc)), n)
+            if isinstance(doc, dict) and {"subject", "choices", "gold"} <= set(doc):
+                answer = tuple(words(str(doc["choices"][doc["gold"]])))
+                self.facts.setdefault(tuple(words(str(doc["subject"]))), set()).add(answer)
+        self.longest = max((len(k) for k in self.facts), default=0)
+
+    def why(self, document: str) -> str | None:
+        """Why a text document is contaminated ("13-gram: ...", "fact: subject -> answer"), or None."""
+        tokens = words(document)
+        shared = ngrams(tokens, self.n) & self.grams
+        if shared:
+            return f"{self.n}-gram: {' '.join(min(shared))}"
+        phrases = set()
+        for k in range(1, self.longest + 1):
+            phrases |= ngrams(tokens, k)
+        for subject in sorted(phrases & self.facts.keys()):
+            answers = sorted(a for a in self.facts[subject] if a in phrases)
+            if answers:
+                return f"fact: {' '.join(subject)} -> {' '.join(answers[0])}"
+        return None
+
+    def clean(self, body: str) -> tuple[str, list[tuple[str, str]]]:
+        """The text without its contaminated documents, and those dropped (document, why)."""
+        kept, dropped = [], []
+        for doc in documents(body):
+            why = self.why(doc)
+            (dropped.append((doc, why)) if why else kept.append(doc))
+        return "\n\n".join(kept), dropped

@@ -303,10 +303,18 @@ def _check_text(spec: dict, key: str, base: Path, needs: list[tuple[int, str]]) 
     """A text source's files exist and hold the windows the grid cuts from them. A token
     covers at least one byte of UTF-8 (plus a BOS token), so fewer bytes than that can never
     be enough. Only local files are read here (built-in and hub texts at download)."""
-    from knowledge_recovery.text import load_text
+    from jinja2 import TemplateError
 
+    from knowledge_recovery.text import RowError, load_text
+
+    if spec.get("template") is not None and spec["source"] != "files":
+        raise ConfigError(f"{key}.template", "only a text from files (JSON Lines) is rendered "
+                          "by a template")
     if spec["source"] != "files":
         return
+    problem = spec.get("template") is not None and tasks.template_problem(spec["template"])
+    if problem:
+        raise ConfigError(f"{key}.template", problem)
     for j, p in enumerate(spec["paths"]):
         if not (base / p).is_file():
             raise ConfigError(f"{key}.paths[{j}]", f"no such file: {p}")
@@ -314,6 +322,11 @@ def _check_text(spec: dict, key: str, base: Path, needs: list[tuple[int, str]]) 
         body = load_text(spec, base)
     except UnicodeDecodeError as err:
         raise ConfigError(f"{key}.paths", f"a text file is not UTF-8 ({err.reason})") from None
+    except RowError as err:
+        raise ConfigError(f"{key}.paths", str(err)) from None
+    except TemplateError as err:  # a field a row lacks, a key the sandbox refuses
+        raise ConfigError(f"{key}.template", f"does not render every row: {type(err).__name__}: "
+                          f"{err}") from None
     if not body.strip():
         raise ConfigError(f"{key}.paths", "the text is empty")
     size = len(body.encode("utf-8")) + 1

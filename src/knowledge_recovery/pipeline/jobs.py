@@ -111,6 +111,12 @@ class Jobs:
 
     # Each rule's inputs (outputs of other jobs), from its wildcards.
 
+    def text_inputs(self, text: str) -> dict:
+        """A text cleaned of the grid's questions reads the grid's task documents."""
+        if not self.texts[text].get("decontaminate"):
+            return {}
+        return {"tasks": [self.paths.task_dir(t) for t in self.tasks]}
+
     def compress_inputs(self, model: str, compression: str) -> dict:
         """Methods that need input statistics also read the calibration text; the others not."""
         inputs = {"checkpoint": self.paths.checkpoint(model)}

@@ -27,6 +27,9 @@ class TrainedSettings(RecoverySettings):
                                      "is a config error")
     training: dict | None = setting(None, help="this entry's changes to the grid's `training:`",
                                     **{"$ref": "#/$defs/training"})
+    text: dict | None = setting(None, help="the text this entry trains on instead of the grid's "
+                                "`text:` (compression still calibrates on the grid's)",
+                                **{"$ref": "#/$defs/text_source"})
 
 
 TRAINED_ONLY = frozenset(f.name for f in setting_fields(TrainedSettings)) - frozenset(
@@ -66,6 +69,6 @@ def check_entry(entry: dict, key: str) -> None:
 
 
 def training_texts(entry: dict) -> list[dict] | None:
-    """The text sources a trained entry reads, in order (IDP's curated pools: one per prompt);
-    None: the grid's `text`."""
-    return entry.get("texts")
+    """The text sources a trained entry reads, in order (IDP's curated pools: one per prompt;
+    an entry's own `text`); None: the grid's `text`."""
+    return entry.get("texts") or ([entry["text"]] if entry.get("text") else None)

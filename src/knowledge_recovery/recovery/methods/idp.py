@@ -59,6 +59,9 @@ class IDPSettings(TrainedSettings):
     def check(self, key: str) -> None:
         """A curated pool names one text per prompt; only a curated pool names texts."""
         if self.scheme == "curated":
+            if self.text:
+                raise ConfigError(f"{key}.text", "a curated pool trains each prompt on its own "
+                                  "text: give them as `texts`, one per prompt")
             if not self.texts:
                 raise ConfigError(f"{key}.texts", "scheme 'curated' trains each prompt on its "
                                   f"own text: give a list of {self.pool_size} text sources")
