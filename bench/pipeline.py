@@ -27,18 +27,14 @@ from pathlib import Path
 import yaml
 
 from knowledge_recovery import artifacts
-from knowledge_recovery.pipeline import plan
-
-REPO = Path(__file__).resolve().parents[1]
+from knowledge_recovery.pipeline import launch, plan
+from knowledge_recovery.pipeline.launch import REPO
 
 
 def run(workdir: Path, config: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                           "--workflow-profile", str(REPO / "profiles" / "default"),
-                           "--directory", str(workdir), "--configfile", str(config)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(launch.grid_command(workdir, config), capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -74,9 +70,7 @@ def make_run(workdir: Path, config: Path) -> dict:
     where = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     py, said = sys.executable, []
     parts = {"config check": timed([py, "-m", "knowledge_recovery.pipeline.config", str(config)]),
-             "snakemake": timed([py, "-m", "snakemake", *where, "--workflow-profile",
-                                 str(REPO / "profiles" / "default"), "--configfile", str(config)],
-                                said)}
+             "snakemake": timed(launch.grid_command(workdir, config), said)}
     if "Nothing to be done" not in said[0]:
         sys.exit(f"the grid in {workdir} is not finished, or this version re-runs some of it:\n"
                  f"{said[0][-3000:]}")

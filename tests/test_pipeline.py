@@ -15,9 +15,11 @@ import pytest
 import yaml
 from conftest import REPO
 
+from knowledge_recovery.pipeline import launch
+
 pytestmark = pytest.mark.e2e
-SNAKEMAKE_BASE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-SNAKEMAKE = [*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "default")]
+SNAKEMAKE_BASE = launch.snakemake(profile=None)
+SNAKEMAKE = launch.snakemake()
 EXPECTED_JOBS = {"download_model": 1, "download_text": 1, "prepare_task": 1, "compress": 1,
                  "train": 2, "evaluate": 5, "sample_inputs": 1, "represent": 3,
                  "aggregate": 1}  # IDP and its oracle share an adapter
@@ -32,8 +34,8 @@ def smoke_config(workdir: Path, **changes) -> Path:
 
 
 def snakemake(workdir: Path, config: Path, *args, check=True):
-    proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config),
-                           *args], capture_output=True, text=True)
+    proc = subprocess.run(launch.grid_command(workdir, config, *args), capture_output=True,
+                          text=True)
     if check and proc.returncode:
         raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

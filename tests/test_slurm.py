@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from test_pipeline import SNAKEMAKE_BASE
+
+from knowledge_recovery.pipeline import launch
 
 pytestmark = pytest.mark.e2e
 
@@ -46,12 +47,13 @@ def grid(folder: Path) -> Path:
 
 
 def slurm_command(folder: Path) -> list[str]:
-    return [*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "slurm"),
-            "--directory", str(folder), "--configfile", str(grid(folder)),
-            # No accounting here: skip the account. Resources: the profile's, sized per job.
-            "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
-            "--jobs", "2", "--latency-wait", "10",
-            "--cores", "1"]  # the grid's threads: a group's jobs run one at a time (the profile)
+    return launch.grid_command(
+        folder, grid(folder),
+        # No accounting here: skip the account. Resources: the profile's, sized per job.
+        "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
+        "--jobs", "2", "--latency-wait", "10",
+        "--cores", "1",  # the grid's threads: a group's jobs run one at a time (the profile)
+        profile="slurm")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +61,8 @@ def local_results(tmp_path_factory):
     """The same grid run locally (profiles/default): what every SLURM run must equal."""
     require_slurm()
     folder = tmp_path_factory.mktemp("local")
-    proc = subprocess.run([*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "default"),
-                           "--directory", str(folder), "--configfile", str(grid(folder))],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(launch.grid_command(folder, grid(folder)), capture_output=True,
+                          text=True, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return (folder / "results" / "smoke" / "summary" / "results.csv").read_bytes()
 

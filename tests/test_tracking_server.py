@@ -8,12 +8,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import REPO
 from mlflow_store import snapshot
-from test_pipeline import SNAKEMAKE_BASE
 from test_slurm import grid, require_slurm, slurm_command
 
 from knowledge_recovery.cli import resync
+from knowledge_recovery.pipeline import launch
 from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.tracking.mlflow_server import Server
 
@@ -74,9 +73,8 @@ def server(tmp_path):
 def test_the_grid_logs_to_a_tracking_server_and_resync_copies_it_to_another_store(
         tmp_path, server, monkeypatch):
     folder = tmp_path / "grid"
-    proc = subprocess.run([*SNAKEMAKE_BASE, "--workflow-profile", str(REPO / "profiles" / "default"),
-                           "--directory", str(folder), "--configfile", str(grid(folder))],
-                          capture_output=True, text=True, timeout=1200,
+    proc = subprocess.run(launch.grid_command(folder, grid(folder)), capture_output=True,
+                          text=True, timeout=1200,
                           env={**os.environ, "MLFLOW_TRACKING_URI": server.uri})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert not (folder / "results" / EXPERIMENT / "mlflow.db").exists()  # all went to the server

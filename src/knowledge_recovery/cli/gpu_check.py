@@ -22,7 +22,9 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
+from knowledge_recovery.pipeline import launch
+from knowledge_recovery.pipeline.launch import REPO
+
 ARCHITECTURES = {"llama": 2, "gemma3": 4}  # the smoke models and their layers
 HALF = ("bfloat16", "float16")
 
@@ -47,10 +49,8 @@ def run(folder: Path, config: dict, hide_gpu: bool) -> float:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if hide_gpu else {})}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                           "--workflow-profile", str(REPO / "profiles" / "default"),
-                           "--directory", str(folder), "--configfile", str(path)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(launch.grid_command(folder, path), capture_output=True, text=True,
+                          env=env)
     if proc.returncode:
         sys.exit(f"the {config['experiment']} grid failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return time.perf_counter() - start
