@@ -137,3 +137,13 @@ def test_training_curves_say_where_each_adapter_stopped(tmp_path):
     assert curves.dense_val_loss.notna().sum() == 4
     aggregate.plot_training(curves, tmp_path / "training.png")
     assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_curated_pools_prompts_are_separate_curves():
+    """Prompt j's steps follow prompt j-1's, each validated on its own text: three curves, not
+    one line with jumps."""
+    points = pd.DataFrame({"step": [0, 10, 20, 20, 30, 40, 40, 50, 60],
+                           "val_loss": [7, 6, 5.5, 6.5, 6, 5.8, 7.2, 6.4, 6.1]})
+    segments = aggregate.curve_segments(points)
+    assert [s.step.tolist() for s in segments] == [[0, 10, 20], [20, 30, 40], [40, 50, 60]]
+    assert len(aggregate.curve_segments(points.iloc[:3])) == 1

@@ -682,6 +682,14 @@ def training_markdown(table: pd.DataFrame, stop_when: dict | None) -> str:
     return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
+def curve_segments(points: pd.DataFrame) -> list[pd.DataFrame]:
+    """One adapter's validation points as the curves they are: a curated pool's prompts train
+    one after another, each validated on its own text, so a step that does not advance starts
+    the next prompt's curve (drawn joined, the jump between texts looked like training)."""
+    start = (points.step.diff() <= 0).cumsum().values
+    return [segment for _, segment in points.groupby(start, sort=True)]
+
+
 def plot_training(curves: pd.DataFrame, path: Path) -> None:
     """Per model and compression: each adapter's validation loss against its step, and the
     dense model's on the same windows where the adapters were distilled from it."""
@@ -690,7 +698,11 @@ def plot_training(curves: pd.DataFrame, path: Path) -> None:
     def draw(ax, i):
         (model, compression), group = panels[i]
         for cell, points in group.groupby("cell", sort=False):
-            ax.plot(points.step, points.val_loss, marker=".", label=cell.split("/", 2)[2])
+            color = None
+            for segment in curve_segments(points):
+                line, = ax.plot(segment.step, segment.val_loss, marker=".", color=color,
+                                label=None if color else cell.split("/", 2)[2])
+                color = line.get_color()
         dense = group.dense_val_loss.dropna()
         if not dense.empty:  # what the adapters distil towards
             ax.axhline(dense.mean(), color="black", linestyle="--", linewidth=1,
