@@ -147,3 +147,29 @@ def test_a_curated_pools_prompts_are_separate_curves():
     segments = aggregate.curve_segments(points)
     assert [s.step.tolist() for s in segments] == [[0, 10, 20], [20, 30, 40], [40, 50, 60]]
     assert len(aggregate.curve_segments(points.iloc[:3])) == 1
+
+
+def test_adapters_on_different_texts_each_get_their_dense_line(tmp_path):
+    """Two adapters distilled on two texts: the dense model's loss differs by text, so each
+    gets its own dashed line (one line at their mean put the dense model where neither is)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    curves = pd.DataFrame({"model": "m", "compression": "c", "cell": ["m/c/a"] * 2 + ["m/c/b"] * 2,
+                           "step": [0, 10] * 2, "val_loss": [5, 4, 4, 3.5],
+                           "dense_val_loss": [3.9, 3.9, 3.2, 3.2]})
+    drawn = []
+    original = pyplot.Axes.axhline
+
+    def record(ax, y=0, **kwargs):
+        drawn.append(y)
+        return original(ax, y, **kwargs)
+
+    pyplot.Axes.axhline = record
+    try:
+        aggregate.plot_training(curves, tmp_path / "training.png")
+    finally:
+        pyplot.Axes.axhline = original
+    assert sorted(drawn) == [3.2, 3.9]

@@ -697,16 +697,24 @@ def plot_training(curves: pd.DataFrame, path: Path) -> None:
 
     def draw(ax, i):
         (model, compression), group = panels[i]
+        # what the adapters distil towards: one line, or one per adapter where they trained
+        # on different texts (the dense model's loss differs by text)
+        one_dense = group.dense_val_loss.dropna().nunique() == 1
         for cell, points in group.groupby("cell", sort=False):
             color = None
             for segment in curve_segments(points):
                 line, = ax.plot(segment.step, segment.val_loss, marker=".", color=color,
                                 label=None if color else cell.split("/", 2)[2])
                 color = line.get_color()
-        dense = group.dense_val_loss.dropna()
-        if not dense.empty:  # what the adapters distil towards
-            ax.axhline(dense.mean(), color="black", linestyle="--", linewidth=1,
-                       label="dense model")
+            dense = points.dense_val_loss.dropna()
+            if not one_dense and not dense.empty:
+                ax.axhline(dense.iloc[0], color=color, linestyle="--", linewidth=1)
+        if one_dense:
+            ax.axhline(group.dense_val_loss.dropna().iloc[0], color="black", linestyle="--",
+                       linewidth=1, label="dense model")
+        elif group.dense_val_loss.notna().any():
+            ax.plot([], [], color="gray", linestyle="--", linewidth=1,
+                    label="dense model, on each adapter's text")
         ax.set(title=f"{model} / {compression}", xlabel="step", ylabel="validation loss")
         ax.legend(fontsize=7)
 
