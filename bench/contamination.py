@@ -13,11 +13,11 @@ few shared n-grams; the table also goes to --out (docs/results/bench/contaminati
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from knowledge_recovery.evaluation import task_formats
 from knowledge_recovery.pipeline.config import load_config
 from knowledge_recovery.pipeline.paths import Layout
 from knowledge_recovery.text import Contamination, document_text, documents, ngrams, words
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     for task in config["tasks"]:
         folder = Path(layout.root) / "tasks" / task["name"] / "lm_eval"
         for path in sorted(folder.glob("*.jsonl")):
-            docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            docs = task_formats.read_rows(path)
             docs = docs[:task.get("limit") or len(docs)]
             shared = [sorted(ngrams(words(document_text(d)), args.n) & seen) for d in docs]
             hits = [s for s in shared if s]
