@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     layout = Layout(config)
     text = Path(layout.recovery_text).read_text()
     seen = ngrams(words(text), args.n)
-    paragraphs = documents(text)
+    paragraphs = [words(p) for p in documents(text)]  # once, for every task's facts
     rows = []
     for task in config["tasks"]:
         folder = Path(layout.root) / "tasks" / task["name"] / "lm_eval"
@@ -46,13 +46,12 @@ def main(argv=None) -> int:
             hits = [s for s in shared if s]
             # the probes' facts (subject and answer) in the text's documents
             facts = Contamination(docs, args.n)
-            naming = [w for w in map(facts.why, paragraphs) if w and w.startswith("fact")] \
+            naming = [f for f in map(facts.fact, paragraphs) if f] \
                 if facts.facts else []
             rows.append({"task": path.stem, "documents": len(docs), "sharing": len(hits),
                          "share": len(hits) / len(docs) if docs else 0.0,
                          "text documents naming a fact": len(naming) if facts.facts else None,
-                         "examples": "; ".join([" ".join(s[0]) for s in hits[:3]]
-                                               + [w[6:] for w in naming[:3]])})
+                         "examples": "; ".join([" ".join(s[0]) for s in hits[:3]] + naming[:3])})
     table = pd.DataFrame(rows)
     head = (f"Documents of each task (its first `limit`) sharing a word {args.n}-gram with the "
             f"recovery text ({len(words(text)):,} words, {layout.recovery_text}); "

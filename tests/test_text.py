@@ -56,6 +56,15 @@ def test_decontamination_drops_what_holds_a_question_and_keeps_the_rest():
                                     "Abuja is a planned city.", "The fox and the dog are friends."]
 
 
+def test_a_text_without_blank_lines_is_cleaned_line_by_line():
+    """WikiText's raw files hold a paragraph a line and no blank line: each line is a document
+    (as one document, one fact anywhere dropped the whole text)."""
+    probes = [{"subject": "Nigeria", "choices": ["Plymouth", "Abuja"], "gold": 1}]
+    body = " = Lagos = \n Abuja is the capital of Nigeria .\n Lagos is a port .\n"
+    kept, dropped = text.Contamination(probes).clean(body)
+    assert kept == " = Lagos = \n Lagos is a port ." and len(dropped) == 1
+
+
 @pytest.mark.parametrize("change,key,words", [
     ({"template": "{{ question.__class__ }}"}, "text.template", "may not read attribute"),
     ({"template": "{{ missing_field }}"}, "text.template", "does not render every row"),

@@ -78,10 +78,9 @@ def _read_rows(paths: list[Path], template: str, max_chars: int) -> str:
     """JSON Lines files, each row rendered by `template` (its fields; Jinja's immutable sandbox,
     as a task's templates) as one document, the documents joined by blank lines and cut to
     max_chars, reading no more rows than that takes."""
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from knowledge_recovery.evaluation.tasks import sandboxed
 
-    compiled = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(template)
+    compiled = sandboxed(template)
     parts, size = [], 0
     for path in paths:
         with open(path, encoding="utf-8") as fh:
@@ -149,9 +148,19 @@ def ngrams(tokens: list[str], n: int) -> set[tuple]:
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
+PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+
+def _separator(body: str) -> str:
+    """What separates a text's paragraphs: blank lines where it has them (a JSON Lines text's
+    rendered rows, most prose), else line ends (WikiText's raw files: a paragraph a line)."""
+    return "\n\n" if PARAGRAPH_BREAK.search(body) else "\n"
+
+
 def documents(body: str) -> list[str]:
-    """A text's documents: its paragraphs (a JSON Lines text's rows, a file's blocks)."""
-    return [p for p in re.split(r"\n\s*\n", body) if p.strip()]
+    """A text's documents: its paragraphs (see `_separator`)."""
+    pattern = PARAGRAPH_BREAK if _separator(body) == "\n\n" else re.compile(r"\n")
+    return [p for p in pattern.split(body) if p.strip()]
 
 
 class Contamination:
@@ -175,13 +184,18 @@ class Contamination:
         shared = ngrams(tokens, self.n) & self.grams
         if shared:
             return f"{self.n}-gram: {' '.join(min(shared))}"
+        fact = self.fact(tokens)
+        return f"fact: {fact}" if fact else None
+
+    def fact(self, tokens: list[str]) -> str | None:
+        """The first probe fact ("subject -> answer") that a document's words name, or None."""
         phrases = set()
         for k in range(1, self.longest + 1):
             phrases |= ngrams(tokens, k)
         for subject in sorted(phrases & self.facts.keys()):
             answers = sorted(a for a in self.facts[subject] if a in phrases)
             if answers:
-                return f"fact: {' '.join(subject)} -> {' '.join(answers[0])}"
+                return f"{' '.join(subject)} -> {' '.join(answers[0])}"
         return None
 
     def clean(self, body: str) -> tuple[str, list[tuple[str, str]]]:
@@ -190,4 +204,4 @@ class Contamination:
         for doc in documents(body):
             why = self.why(doc)
             (dropped.append((doc, why)) if why else kept.append(doc))
-        return "\n\n".join(kept), dropped
+        return _separator(body).join(kept), dropped

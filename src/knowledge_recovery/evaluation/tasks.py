@@ -204,14 +204,20 @@ def missing_field(rows: list[dict], template: str) -> str | None:
     return None
 
 
+def sandboxed(template: str):
+    """A template from a config (passed by `template_problem`), compiled as the project renders
+    one: Jinja's immutable sandbox, a missing field an error."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(template)
+
+
 def render_problem(rows: list[dict], template: str) -> str | None:
     """Why a template (passed by `template_problem`) does not render every row of a file in
     Jinja's immutable sandbox (a computed key reaching an attribute such as `__class__`, or any
     other error), or None."""
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    compiled = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(template)
+    compiled = sandboxed(template)
     for n, row in enumerate(rows, 1):
         try:
             compiled.render(**row)
