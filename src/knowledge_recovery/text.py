@@ -70,6 +70,15 @@ def _read_files(paths: list[Path], max_chars: int) -> str:
     return "".join(parts)
 
 
+def sandboxed(template: str):
+    """A template from a config, compiled as the project renders one (a task's documents, a
+    text's JSON Lines rows): Jinja's immutable sandbox, a missing field an error."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(template)
+
+
 class RowError(ValueError):
     """A row of a JSON Lines text file that is not a JSON object."""
 
@@ -78,8 +87,6 @@ def _read_rows(paths: list[Path], template: str, max_chars: int) -> str:
     """JSON Lines files, each row rendered by `template` (its fields; Jinja's immutable sandbox,
     as a task's templates) as one document, the documents joined by blank lines and cut to
     max_chars, reading no more rows than that takes."""
-    from knowledge_recovery.evaluation.tasks import sandboxed
-
     compiled = sandboxed(template)
     parts, size = [], 0
     for path in paths:

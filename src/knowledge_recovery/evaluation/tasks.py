@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from knowledge_recovery.evaluation import task_formats
+from knowledge_recovery.text import sandboxed
 
 # ---------------------------------------------------------------- knowledge probes
 # Each relation: (packages it reads, question template, fact source).
@@ -202,15 +203,6 @@ def missing_field(rows: list[dict], template: str) -> str | None:
             return (f"uses field {lacking[0]!r}, which document {n} of the file lacks "
                     f"(its fields: {', '.join(sorted(row)) or 'none'})")
     return None
-
-
-def sandboxed(template: str):
-    """A template from a config (passed by `template_problem`), compiled as the project renders
-    one: Jinja's immutable sandbox, a missing field an error."""
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(template)
 
 
 def render_problem(rows: list[dict], template: str) -> str | None:
