@@ -37,6 +37,39 @@ def test_rows_are_rendered_one_document_each_and_read_no_further_than_max_chars(
                         "max_chars": 10 ** 6})
 
 
+def test_a_shuffled_text_keeps_the_form_and_words_and_breaks_the_facts(tmp_path):
+    """The format-versus-facts control: the same questions in the same order, the same answers,
+    each answer moved to another question (seeded); a row without the field stays as it was."""
+    rows = [*ROWS, {"question": "A row with no answers?"}]
+    path = jsonl(tmp_path / "qa.jsonl", rows)
+    template = "Question: {{question}}{% if answers is defined %}\nAnswer: {{answers | first}}{% endif %}"
+    spec = {"source": "files", "paths": [path], "template": template, "max_chars": 10 ** 6}
+    plain = text.documents(text.load_text(spec))
+    control = text.documents(text.load_text({**spec, "shuffle": {"field": "answers", "seed": 0}}))
+    assert len(control) == len(plain) == 201 and control[-1] == plain[-1]
+    split = [[d.split("\n") for d in docs] for docs in (plain, control)]
+    assert [d[0] for d in split[0]] == [d[0] for d in split[1]]            # the questions
+    assert sorted(d[1] for d in split[0][:200]) == sorted(d[1] for d in split[1][:200])
+    moved = sum(a != b for a, b in zip(plain, control))
+    assert moved >= 190, moved                                             # the facts broken
+    again = text.load_text({**spec, "shuffle": {"field": "answers", "seed": 0}})
+    other = text.load_text({**spec, "shuffle": {"field": "answers", "seed": 1}})
+    assert text.documents(again) == control and text.documents(other) != control
+
+
+@pytest.mark.parametrize("change,key,words", [
+    ({"shuffle": {"field": "nothing"}}, "text.shuffle.field", "no row of the text's files"),
+    ({"shuffle": {"field": "answers"}, "template": None}, "text.shuffle", "templated text"),
+])
+def test_a_shuffle_that_would_change_nothing_is_refused(tmp_path, change, key, words):
+    jsonl(tmp_path / "qa.jsonl", ROWS)
+    spec = {"source": "files", "paths": ["qa.jsonl"], "template": TEMPLATE, **change}
+    config = {**copy.deepcopy(SMOKE), "text": {k: v for k, v in spec.items() if v is not None}}
+    with pytest.raises(ConfigError) as err:
+        load_config(config, base_dir=tmp_path)
+    assert err.value.key == key and words in str(err.value), str(err.value)
+
+
 def test_decontamination_drops_what_holds_a_question_and_keeps_the_rest():
     probes = [{"question": "Question: What is the capital of Nigeria?", "subject": "Nigeria",
                "choices": ["Plymouth", "Abuja", "Juba", "Dodoma"], "gold": 1}]

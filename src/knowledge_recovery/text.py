@@ -83,31 +83,66 @@ class RowError(ValueError):
     """A row of a JSON Lines text file that is not a JSON object."""
 
 
-def _read_rows(paths: list[Path], template: str, max_chars: int) -> str:
+def _rows(path: Path):
+    """The rows of a JSON Lines file with their line numbers, each a JSON object."""
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RowError(f"{path}, line {n}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise RowError(f"{path}, line {n}: not a JSON object (a row's fields are what "
+                               f"the template reads)")
+            yield row
+
+
+def shuffled(rows: list[dict], field: str, seed: int) -> list[dict]:
+    """The rows with `field`'s values permuted among the rows that have it (seeded): a text
+    with the same form and words as the original whose facts (a question's answer) are broken."""
+    import random
+
+    holders = [i for i, row in enumerate(rows) if field in row]
+    values = [rows[i][field] for i in holders]
+    random.Random(seed).shuffle(values)
+    out = list(rows)
+    for i, value in zip(holders, values):
+        out[i] = {**rows[i], field: value}
+    return out
+
+
+class ShuffleError(ValueError):
+    """A text's `shuffle.field` that no row it reads has: the control would be the text itself."""
+
+
+def _read_rows(paths: list[Path], template: str, max_chars: int,
+               shuffle: dict | None = None) -> str:
     """JSON Lines files, each row rendered by `template` (its fields; Jinja's immutable sandbox,
     as a task's templates) as one document, the documents joined by blank lines and cut to
-    max_chars, reading no more rows than that takes."""
+    max_chars, reading no more rows than that takes; with `shuffle` ({field, seed}), each
+    file is read whole and that field permuted among its rows first (see `shuffled`)."""
     compiled = sandboxed(template)
-    parts, size = [], 0
+    parts, size, held = [], 0, False
     for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise RowError(f"{path}, line {n}: not JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise RowError(f"{path}, line {n}: not a JSON object (a row's fields are "
-                                   f"what the template reads)")
-                doc = compiled.render(**row).strip()
-                if doc:
-                    parts.append(doc)
-                    size += len(doc) + 2
-                if size >= max_chars:
-                    return "\n\n".join(parts)[:max_chars]
-    return "\n\n".join(parts)
+        rows = _rows(path)
+        if shuffle:
+            rows = list(rows)
+            held = held or any(shuffle["field"] in row for row in rows)
+            rows = shuffled(rows, shuffle["field"], shuffle.get("seed", 0))
+        for row in rows:
+            doc = compiled.render(**row).strip()
+            if doc:
+                parts.append(doc)
+                size += len(doc) + 2
+            if size >= max_chars:
+                break
+        if size >= max_chars:
+            break
+    if shuffle and not held:
+        raise ShuffleError(f"no row of the text's files has the field {shuffle['field']!r}")
+    return "\n\n".join(parts)[:max_chars]
 
 
 def load_text(spec: dict, base_dir: str | Path = ".") -> str:
@@ -118,7 +153,7 @@ def load_text(spec: dict, base_dir: str | Path = ".") -> str:
     elif source == "files":  # read no further than max_chars: a text file may be huge
         paths = [Path(base_dir, p) for p in spec["paths"]]
         if spec.get("template"):
-            return _read_rows(paths, spec["template"], spec["max_chars"])
+            return _read_rows(paths, spec["template"], spec["max_chars"], spec.get("shuffle"))
         return _read_files(paths, spec["max_chars"])
     else:
         import datasets

@@ -305,11 +305,14 @@ def _check_text(spec: dict, key: str, base: Path, needs: list[tuple[int, str]]) 
     be enough. Only local files are read here (built-in and hub texts at download)."""
     from jinja2 import TemplateError
 
-    from knowledge_recovery.text import RowError, load_text
+    from knowledge_recovery.text import RowError, ShuffleError, load_text
 
     if spec.get("template") is not None and spec["source"] != "files":
         raise ConfigError(f"{key}.template", "only a text from files (JSON Lines) is rendered "
                           "by a template")
+    if spec.get("shuffle") is not None and spec.get("template") is None:
+        raise ConfigError(f"{key}.shuffle", "only the rows of a templated text (JSON Lines, "
+                          "`template`) have fields to shuffle")
     if spec["source"] != "files":
         return
     problem = spec.get("template") is not None and tasks.template_problem(spec["template"])
@@ -324,6 +327,8 @@ def _check_text(spec: dict, key: str, base: Path, needs: list[tuple[int, str]]) 
         raise ConfigError(f"{key}.paths", f"a text file is not UTF-8 ({err.reason})") from None
     except RowError as err:
         raise ConfigError(f"{key}.paths", str(err)) from None
+    except ShuffleError as err:
+        raise ConfigError(f"{key}.shuffle.field", str(err)) from None
     except TemplateError as err:  # a field a row lacks, a key the sandbox refuses
         raise ConfigError(f"{key}.template", f"does not render every row: {type(err).__name__}: "
                           f"{err}") from None
