@@ -479,6 +479,21 @@ def test_changing_one_setting_reruns_only_what_it_affects(finished):
     assert job_counts(out.stdout) == {"train": 1, "evaluate": 1, "represent": 1, "aggregate": 1}
 
 
+def test_the_same_settings_in_another_order_rerun_nothing(finished):
+    workdir, config_path, _ = finished
+
+    def reversed_keys(value):
+        if isinstance(value, dict):
+            return {k: reversed_keys(value[k]) for k in reversed(list(value))}
+        return [reversed_keys(v) for v in value] if isinstance(value, list) else value
+
+    config = yaml.safe_load(Path(config_path).read_text())
+    reordered = workdir / "reordered.yaml"
+    reordered.write_text(yaml.safe_dump(reversed_keys(config), sort_keys=False))
+    assert yaml.safe_load(reordered.read_text()) == config
+    assert job_counts(snakemake(workdir, reordered, "--dry-run").stdout) == {}
+
+
 def test_a_packed_export_adds_only_the_pack_job(tmp_path, finished):
     # On a copy: the shared finished folder stays the uninterrupted run the kill tests compare with.
     workdir = _copy_run(finished, tmp_path / "run")

@@ -212,12 +212,28 @@ def check_shared_adapters(config: dict) -> None:
                                   + "): give one of them a 'name'")
 
 
+def sort_keys(value) -> None:
+    """Every mapping in a config, in place, in key order: the steps' settings reach Snakemake as
+    params, which it compares as text, so the same settings written in another order would
+    re-run every job that reads them."""
+    if isinstance(value, dict):
+        items = sorted(value.items())
+        value.clear()
+        value.update(items)
+        for v in value.values():
+            sort_keys(v)
+    elif isinstance(value, list):
+        for v in value:
+            sort_keys(v)
+
+
 def prepare(config: dict, base_dir: str | os.PathLike = ".", check_models: bool = True) -> dict:
     """A schema-validated config made ready for the workflow, in place: normalised, checked, and
     (`check_models`) checked on the models whose shape is known and on lm-eval's task list,
     which imports torch, transformers, peft and lm-eval (seconds, in a child process: see
     `preflight.run`): processes that only need the grid skip it."""
     grid.normalise(config)
+    sort_keys(config)
     check(config, base_dir)
     if check_models:
         from knowledge_recovery.pipeline import preflight
