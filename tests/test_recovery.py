@@ -117,6 +117,26 @@ def test_routed_idp_uses_every_prompt(tiny, text):
     assert len(totals) == 3 and (totals > 0).all(), totals
 
 
+def test_capped_routing_serves_the_best_scores_first_and_fills_no_prompt_past_capacity():
+    from knowledge_recovery.recovery.dynamic_prompts import capped_choice
+
+    # every row prefers prompt 0: uncapped, prompt 0 would take all four
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.0, 0.2], [0.7, 0.3, 0.0], [0.6, 0.0, 0.1]])
+    assert capped_choice(scores, 1.0).tolist() == [0, 0, 1, 2]  # capacity ceil(4/3) = 2
+    assert capped_choice(scores, 3.0).tolist() == [0, 0, 0, 0]  # factor m: no cap
+    assert sorted(capped_choice(torch.rand(8, 4), 1.0).bincount(minlength=4).tolist()) == [2] * 4
+
+
+def test_routed_training_with_a_capacity_cannot_collapse(tiny, text):
+    """Without the balance term, routing is free to collapse; the cap still spreads every batch."""
+    base, tok = tiny()
+    entry = {**IDP, "scheme": "routed", "balance_weight": 0.0, "capacity_factor": 1.0}
+    model = adapters.attach(base, entry)
+    _, history = adapters.train(model, entry, tok, [text], {**CFG, "steps": 10, "batch_size": 6},
+                                seed=0, log=lambda *_: None)
+    assert all(max(step) <= 2 for step in history["routing"]), history["routing"]  # ceil(6/3)
+
+
 def _perturb(model) -> None:
     """Move the adapter's trainable parameters off their initial values."""
     with torch.no_grad():

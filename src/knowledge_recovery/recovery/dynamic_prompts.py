@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -61,6 +62,22 @@ LAYOUTS = ("independent", "concatenated")
 SCHEMES = ("joint", "routed", "curated")
 
 
+def capped_choice(scores: torch.Tensor, capacity_factor: float) -> torch.Tensor:
+    """Each row's prompt in a routed training batch, no prompt taking more than
+    ceil(capacity_factor x rows / m) rows: the highest scores are served first and a row whose
+    best prompt is full goes to its best one with room (BASE layers' balanced assignment, with
+    Switch Transformers' capacity factor). Without it, the prompt that trains most scores
+    highest and takes every row (docs/methods.md, "IDP")."""
+    rows, m = scores.shape
+    capacity = math.ceil(capacity_factor * rows / m)
+    chosen, load = [-1] * rows, [0] * m
+    for flat in scores.flatten().argsort(descending=True).tolist():
+        i, j = divmod(flat, m)
+        if chosen[i] < 0 and load[j] < capacity:
+            chosen[i], load[j] = j, load[j] + 1
+    return torch.tensor(chosen, device=scores.device)
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass after the last scoring layer."""
 
@@ -68,7 +85,8 @@ class _StopForward(Exception):
 class DynamicPromptModel(nn.Module):
     def __init__(self, base, pool_size: int, num_tokens: int, score_layers: list[int],
                  scheme: str, balance_weight: float, layout: str = "concatenated",
-                 router_blocks: int | None = None, seed: int = 0):
+                 router_blocks: int | None = None, capacity_factor: float | None = None,
+                 seed: int = 0):
         """Every setting comes from a config entry (defaults live in the schema only); `layout`
         defaults to the one pools saved before it was a setting were trained in."""
         super().__init__()
@@ -88,6 +106,7 @@ class DynamicPromptModel(nn.Module):
         self.pool_size, self.num_tokens = pool_size, num_tokens
         self.score_layers = sorted(set(score_layers))
         self.scheme, self.balance_weight, self.layout = scheme, balance_weight, layout
+        self.capacity_factor = capacity_factor  # None: pools saved before it was a setting
         _, init = sample_vocab_embeddings(base, pool_size * num_tokens, seed)
         self.prompts = nn.Parameter(init.view(pool_size, num_tokens, -1))
         # zero until fitted: every prompt ties (then the input's hash picks); a parameter of the
@@ -116,7 +135,7 @@ class DynamicPromptModel(nn.Module):
         return {"pool_size": self.pool_size, "num_tokens": self.num_tokens,
                 "score_layers": self.score_layers, "scheme": self.scheme,
                 "balance_weight": self.balance_weight, "layout": self.layout,
-                "router_blocks": self.router_blocks}
+                "router_blocks": self.router_blocks, "capacity_factor": self.capacity_factor}
 
     def save_pretrained(self, path) -> None:
         from safetensors.torch import save_file
@@ -354,7 +373,8 @@ class DynamicPromptModel(nn.Module):
             raise RuntimeError("a curated pool trains prompt by prompt (train_curated)")
         if self.training:  # routed: hard choice for the LM loss, soft scores for the balance term
             scores = self.scores(input_ids, attention_mask)
-            chosen = scores.argmax(-1).detach()
+            chosen = (capped_choice(scores.detach(), self.capacity_factor)
+                      if self.capacity_factor else scores.argmax(-1).detach())
             out = self._run(self.prompts[chosen], input_ids, attention_mask, labels)
             share = scores / scores.sum(-1, keepdim=True).clamp(min=1e-9)
             counts = torch.bincount(chosen, minlength=self.pool_size)
