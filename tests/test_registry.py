@@ -85,7 +85,8 @@ FILLED = [
     ({"method": "idp", "num_virtual_tokens": 10, "pool_size": 4},
      {"method": "idp", "num_virtual_tokens": 10, "pool_size": 4, "score_layers": [0, 1],
       "scheme": "routed", "layout": "independent", "balance_weight": 1.0,
-      "selection": "router", "select_on": "context", "router_blocks": 64}),
+      "capacity_factor": 1.0, "selection": "router", "select_on": "context",
+      "router_blocks": 64}),
 ]
 
 
