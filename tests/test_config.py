@@ -258,6 +258,14 @@ def test_idp_selection_variants_share_one_adapter():
         load_config(config)
 
 
+def test_routed_idp_capacities_train_apart():
+    config = {**copy.deepcopy(SMOKE), "recovery": [
+        IDP, {**IDP, "capacity_factor": 1.5}, {**IDP, "capacity_factor": 2}]}
+    recs = load_config(config)["recovery"]
+    assert [r["train_id"] for r in recs] == ["idp-m2-n4-routed", "idp-m2-n4-routed-cap1.5",
+                                             "idp-m2-n4-routed-uncapped"]
+
+
 def skip_without_shared(path):
     """Configs that read ../shared/data/benchmarks (config/local-tasks.yaml) need it."""
     if "../shared/" in path.read_text() and not SHARED_BENCHMARKS.is_dir():

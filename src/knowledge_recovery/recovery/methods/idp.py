@@ -58,8 +58,16 @@ class IDPSettings(TrainedSettings):
     def id(self) -> str:
         return (f"idp-m{self.pool_size}-n{self.num_virtual_tokens}-{self.scheme}"
                 + ("" if self.layout == "independent" else "-concat")
+                + self._capacity_id()
                 + ("" if self.selection == "router" else f"-{self.selection}")
                 + ("" if self.select_on == "context" else f"-{self.select_on}"))
+
+    def _capacity_id(self) -> str:
+        """Routed pools name a capacity other than the default; pool_size or more is no cap."""
+        if self.scheme != "routed" or self.capacity_factor == 1:
+            return ""
+        return ("-uncapped" if self.capacity_factor >= self.pool_size
+                else f"-cap{self.capacity_factor:g}")
 
     def check(self, key: str) -> None:
         """A curated pool names one text per prompt; only a curated pool names texts."""
