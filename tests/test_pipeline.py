@@ -494,6 +494,25 @@ def test_the_same_settings_in_another_order_rerun_nothing(finished):
     assert job_counts(snakemake(workdir, reordered, "--dry-run").stdout) == {}
 
 
+def test_a_touched_input_file_with_the_same_content_reruns_nothing(tmp_path):
+    """Data copied or unpacked again has new times and the same bytes: Snakemake compares the
+    checksums it recorded, by default only of files under 1 MB (the profiles raise that)."""
+    data = tmp_path / "qa.jsonl"
+    row = {"question": "Which is larger? " + "x" * 200, "choices": ["one", "two"], "gold": 1}
+    data.write_text((json.dumps(row) + "\n") * 5000)  # 1.1 MB
+    assert data.stat().st_size > 1_000_000
+    workdir = _mkdir(tmp_path / "run")
+    config = smoke_config(workdir, tasks=[{"name": "qa", "type": "local", "path": str(data),
+                                           "limit": 4, "text": "{{question}}",
+                                           "choices": "{{choices}}", "target": "{{gold}}"}])
+    first = snakemake(workdir, config, "--until", "prepare_task")
+    assert job_counts(first.stdout + first.stderr) == {"prepare_task": 1}
+    later = time.time() + 60
+    os.utime(data, (later, later))
+    again = snakemake(workdir, config, "--until", "prepare_task", "--dry-run")
+    assert job_counts(again.stdout) == {}, again.stdout[-2000:]
+
+
 def test_a_packed_export_adds_only_the_pack_job(tmp_path, finished):
     # On a copy: the shared finished folder stays the uninterrupted run the kill tests compare with.
     workdir = _copy_run(finished, tmp_path / "run")
