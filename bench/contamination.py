@@ -27,26 +27,34 @@ from knowledge_recovery.text import Contamination, document_text, documents, ngr
 REPO = Path(__file__).resolve().parents[1]
 
 
-def contamination(config: dict, layout: Layout, text: str, n: int) -> pd.DataFrame:
-    """Per task file: its documents, those sharing a word n-gram with `text`, and (probes) the
-    text's documents naming one of its facts."""
-    seen = ngrams(words(text), n)
-    paragraphs = [words(p) for p in documents(text)]  # once, for every task's facts
-    rows = []
+def task_documents(config: dict, layout: Layout, n: int) -> list[tuple[str, list, Contamination]]:
+    """Per prepared task file: its name, its first `limit` documents and (probes) their facts;
+    read once for every text the grid checks."""
+    out = []
     for task in config["tasks"]:
         folder = Path(layout.root) / "tasks" / task["name"] / "lm_eval"
         for path in sorted(folder.glob("*.jsonl")):
             docs = task_formats.read_rows(path)
             docs = docs[:task.get("limit") or len(docs)]
-            shared = [sorted(ngrams(words(document_text(d)), n) & seen) for d in docs]
-            hits = [s for s in shared if s]
-            # the probes' facts (subject and answer) in the text's documents
-            facts = Contamination(docs, n)
-            naming = [f for f in map(facts.fact, paragraphs) if f] if facts.facts else []
-            rows.append({"task": path.stem, "documents": len(docs), "sharing": len(hits),
-                         "share": len(hits) / len(docs) if docs else 0.0,
-                         "text documents naming a fact": len(naming) if facts.facts else "",
-                         "examples": "; ".join([" ".join(s[0]) for s in hits[:3]] + naming[:3])})
+            out.append((path.stem, docs, Contamination(docs, n)))
+    return out
+
+
+def contamination(tasks: list[tuple[str, list, Contamination]], text: str, n: int) -> pd.DataFrame:
+    """Per task file: its documents, those sharing a word n-gram with `text`, and (probes) the
+    text's documents naming one of its facts."""
+    seen = ngrams(words(text), n)
+    paragraphs = [words(p) for p in documents(text)]  # once, for every task's facts
+    rows = []
+    for name, docs, facts in tasks:
+        shared = [sorted(ngrams(words(document_text(d)), n) & seen) for d in docs]
+        hits = [s for s in shared if s]
+        # the probes' facts (subject and answer) in the text's documents
+        naming = [f for f in map(facts.fact, paragraphs) if f] if facts.facts else []
+        rows.append({"task": name, "documents": len(docs), "sharing": len(hits),
+                     "share": len(hits) / len(docs) if docs else 0.0,
+                     "text documents naming a fact": len(naming) if facts.facts else "",
+                     "examples": "; ".join([" ".join(s[0]) for s in hits[:3]] + naming[:3])})
     table = pd.DataFrame(rows)
     table.attrs["words"] = len(words(text))
     return table
@@ -60,10 +68,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config, check_models=False)
     jobs = Jobs(config)
+    tasks = task_documents(config, jobs.paths, args.n)
     shown = ""
     for text_id, spec in jobs.texts.items():  # the grid's text and every entry's own
         path = jobs.paths.text(text_id)
-        table = contamination(config, jobs.paths, Path(path).read_text(), args.n)
+        table = contamination(tasks, Path(path).read_text(), args.n)
         what = "the grid's text" if text_id == RECOVERY_TEXT else "an entry's own text"
         named = ", ".join(spec.get("paths", [])) or spec.get("name") or spec.get("path")
         shown += (f"Documents of each task (its first `limit`) sharing a word {args.n}-gram "

@@ -124,20 +124,24 @@ def _read_rows(paths: list[Path], template: str, max_chars: int,
     max_chars, reading no more rows than that takes; with `shuffle` ({field, seed}), each
     file is read whole and that field permuted among its rows first (see `shuffled`)."""
     compiled = sandboxed(template)
-    parts, size, held = [], 0, False
-    for path in paths:
-        rows = _rows(path)
-        if shuffle:
-            rows = list(rows)
-            held = held or any(shuffle["field"] in row for row in rows)
-            rows = shuffled(rows, shuffle["field"], shuffle.get("seed", 0))
-        for row in rows:
-            doc = compiled.render(**row).strip()
-            if doc:
-                parts.append(doc)
-                size += len(doc) + 2
-            if size >= max_chars:
-                break
+    held = False  # whether a row read so far has the shuffled field
+
+    def rows():
+        nonlocal held
+        for path in paths:
+            found = _rows(path)
+            if shuffle:
+                found = list(found)
+                held = held or any(shuffle["field"] in row for row in found)
+                found = shuffled(found, shuffle["field"], shuffle.get("seed", 0))
+            yield from found
+
+    parts, size = [], 0
+    for row in rows():
+        doc = compiled.render(**row).strip()
+        if doc:
+            parts.append(doc)
+            size += len(doc) + 2
         if size >= max_chars:
             break
     if shuffle and not held:
