@@ -112,6 +112,9 @@ def test_every_output_exists_with_real_values(finished):
     selection = pd.read_csv(res / "summary" / "selection.csv")
     assert list(selection.cell) == ["tiny-llama/gptq-w4-g32-sym/idp-m2-n4-routed/seed0"]
     assert selection.questions.iloc[0] == 16 and 0 <= selection.selection_entropy.iloc[0] <= 1
+    # routed training with the default capacity: each of 6 steps sends one of its 2 examples
+    # to each prompt of the pool
+    assert json.loads(selection.trained_per_prompt.iloc[0]) == [6, 6]
     # A temporary name never survives a finished step.
     assert not list(res.rglob(".*.tmp-*"))
 

@@ -79,7 +79,7 @@ with step(smk):
         tested.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.claims_markdown,
                          claims.markdown(tested, settings["confidence"]))
-    selection = aggregate.selection_table(cells, smk.input.samples)
+    selection = aggregate.selection_table(cells, smk.input.samples, smk.params.train_manifests)
     with artifacts.atomic_path(smk.output.selection_csv) as tmp:
         selection.to_csv(tmp, index=False)
     artifacts.write_text(smk.output.selection_markdown, aggregate.selection_markdown(selection))

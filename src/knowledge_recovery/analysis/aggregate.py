@@ -582,14 +582,18 @@ def plot_pareto(table: pd.DataFrame, path: Path, x: str = "trainable_params") ->
 
 
 SELECTION_COLUMNS = ["cell", "tasks", "questions", "selected_per_prompt", "selected_share",
-                     "selected_top_share", "selection_entropy", "max_entropy", "selection_mi"]
+                     "selected_top_share", "selection_entropy", "max_entropy", "selection_mi",
+                     "trained_per_prompt"]
 
 
-def selection_table(cells: list, samples_files: list) -> pd.DataFrame:
+def selection_table(cells: list, samples_files: list,
+                    train_manifests: dict | None = None) -> pd.DataFrame:
     """Per cell that chooses a prompt per question (IDP's attention and random selection, not
     its oracle): how it spread the questions over its prompts, over all its tasks, and the
     mutual information between a question's task (a group's leaf: a probe relation) and its
-    prompt (`stats.selection_diagnostics`)."""
+    prompt (`stats.selection_diagnostics`); for a routed pool, also how many training
+    examples each prompt was routed (its train manifest's `history.routing`, summed): a
+    prompt that trained on few serves its questions badly."""
     from knowledge_recovery.analysis.stats import question_groups, selection_diagnostics
 
     rows = []
@@ -607,22 +611,36 @@ def selection_table(cells: list, samples_files: list) -> pd.DataFrame:
         if choices:
             found = selection_diagnostics(choices, groups, m)
             rows.append({"cell": cell.id, "tasks": len(set(groups)), "questions": len(choices),
-                         **found, "max_entropy": math.log2(m)})
+                         **found, "max_entropy": math.log2(m),
+                         "trained_per_prompt": _routed_examples(
+                             (train_manifests or {}).get(cell.id), m)})
     return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
+
+
+def _routed_examples(train_manifest, m: int) -> list[int] | None:
+    """The training examples routed to each prompt over every step; None where training did
+    not route (curated, joint) or the manifest is absent."""
+    routing = read_json(train_manifest)["history"].get("routing") if train_manifest else None
+    if not routing:
+        return None
+    return [sum(step[j] for step in routing) for j in range(m)]
 
 
 def selection_markdown(df: pd.DataFrame) -> str:
     head = ("How each selector spread the questions over its prompts: share per prompt, "
             "entropy of the shares (bits; the maximum, log2 m, when even; 0 when one prompt "
             "takes every question), and the mutual information between a question's task "
-            "(or probe relation) and its prompt (bits; 0 when the choice ignores the task)\n\n")
+            "(or probe relation) and its prompt (bits; 0 when the choice ignores the task); "
+            "for a routed pool, the training examples routed to each prompt\n\n")
     if df.empty:
         return head + "No cell chooses a prompt per question.\n"
     shown = pd.DataFrame({
         "cell": df.cell, "tasks": df.tasks, "questions": df.questions,
         "share per prompt": [" / ".join(f"{s:.2f}" for s in shares) for shares in df.selected_share],
         "entropy": [f"{e:.2f} of {x:.2f}" for e, x in zip(df.selection_entropy, df.max_entropy)],
-        "MI(task; prompt)": [f"{v:.3f}" for v in df.selection_mi]})
+        "MI(task; prompt)": [f"{v:.3f}" for v in df.selection_mi],
+        "trained per prompt": [" / ".join(map(str, t)) if isinstance(t, list) else "-"
+                               for t in df.trained_per_prompt]})
     return head + shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
