@@ -56,8 +56,12 @@ gpu-check: venv
 readme: venv
 	$(BIN)/python -m knowledge_recovery.cli.readme --configfile $(CONFIG)
 
+# Two workers, one test file each at a time (a file's tests share its module fixtures, such as the
+# smoke grid run once): the slow tests wait on subprocesses, SLURM and servers as much as they
+# compute. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ruff's rule set is in pyproject.toml; snakemake --lint checks the Snakefile and rules/ on the
 # default config and on every config in config/ (each includes other rules and paths).
