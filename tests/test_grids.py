@@ -77,7 +77,7 @@ def check_half_precision_grid(path: Path, monkeypatch) -> None:
     import numpy as np
     from safetensors import safe_open
 
-    from knowledge_recovery.analysis.agreement import agreement
+    from knowledge_recovery.analysis.agreement import agreement, selects_per_input
     from knowledge_recovery.artifacts import read_json, read_json_gz
     from knowledge_recovery.pipeline.config import load_config
     from knowledge_recovery.pipeline.jobs import Jobs
@@ -119,7 +119,8 @@ def check_half_precision_grid(path: Path, monkeypatch) -> None:
         twin = by_id[cell.id.replace(cell.model, cell.model.replace(dtype, "float32"))]
         mine = read_json_gz(paths.eval_samples(cell.model, cell.compression, cell.recovery_unit))
         theirs = read_json_gz(paths.eval_samples(twin.model, twin.compression, twin.recovery_unit))
-        found = agreement(mine, theirs, dtype, compressed=cell.compression != "dense")
+        found = agreement(mine, theirs, dtype, compressed=cell.compression != "dense",
+                          selects=selects_per_input(cell))
         assert found.ok and found.questions > 0, (cell.id, found)
     # compressed weights: on their quantization grid, to the dtype's rounding, and the grid the
     # float32 twin's (GPTQ's error feedback runs on other Hessians: scales differ a little)

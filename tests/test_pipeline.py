@@ -602,7 +602,8 @@ def _killed_once_started(workdir: Path, config: Path, started: Path) -> None:
 MEASURED_KEYS = {"wall_s", "cpu_s", "start_ms", "end_ms", "step_s", "median_step_s", "latency",
                  "latency_ms", "dense_latency_ms", "latency_over_dense", "argv", "host",
                  "content_sha256"}
-MEASURED_FILES = {"overview.md", "overview.tex", "displacement.md", "accuracy_vs_latency.png",
+MEASURED_FILES = {"overview.md", "overview.tex", "displacement.md", "training.md",
+                  "accuracy_vs_latency.png",
                   "report.html", "report.html.attached"}  # tables and plots that show times
 NOT_RESULTS = ("logs", "benchmarks", "mlartifacts", "set_aside", "mlflow.db", ".run.lock",
                ".mlflow.lock")

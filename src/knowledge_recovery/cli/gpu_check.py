@@ -58,7 +58,7 @@ def run(folder: Path, config: dict, hide_gpu: bool) -> float:
 
 def compare(folder: Path, half: dict, full: dict) -> list[tuple[str, object]]:
     """(cell, Agreement) for every half-precision cell against its float32 twin."""
-    from knowledge_recovery.analysis.agreement import agreement
+    from knowledge_recovery.analysis.agreement import agreement, selects_per_input
     from knowledge_recovery.artifacts import read_json_gz
     from knowledge_recovery.pipeline.config import load_config
     from knowledge_recovery.pipeline.jobs import Jobs
@@ -76,7 +76,8 @@ def compare(folder: Path, half: dict, full: dict) -> list[tuple[str, object]]:
                                                                 cell.recovery_unit))
             theirs = read_json_gz(jobs["full"].paths.eval_samples(twin, cell.compression,
                                                                   cell.recovery_unit))
-            out.append((cell.id, agreement(mine, theirs, dtype, cell.compression != "dense")))
+            out.append((cell.id, agreement(mine, theirs, dtype, cell.compression != "dense",
+                                           selects=selects_per_input(cell))))
         return out
     finally:
         os.chdir(here)
