@@ -586,8 +586,7 @@ SELECTION_COLUMNS = ["cell", "tasks", "questions", "selected_per_prompt", "selec
                      "trained_per_prompt"]
 
 
-def selection_table(cells: list, samples_files: list,
-                    train_manifests: dict | None = None) -> pd.DataFrame:
+def selection_table(cells: list, samples_files: list, train_manifests: dict) -> pd.DataFrame:
     """Per cell that chooses a prompt per question (IDP's attention and random selection, not
     its oracle): how it spread the questions over its prompts, over all its tasks, and the
     mutual information between a question's task (a group's leaf: a probe relation) and its
@@ -612,8 +611,7 @@ def selection_table(cells: list, samples_files: list,
             found = selection_diagnostics(choices, groups, m)
             rows.append({"cell": cell.id, "tasks": len(set(groups)), "questions": len(choices),
                          **found, "max_entropy": math.log2(m),
-                         "trained_per_prompt": _routed_examples(
-                             (train_manifests or {}).get(cell.id), m)})
+                         "trained_per_prompt": _routed_examples(train_manifests.get(cell.id), m)})
     return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
 
 
